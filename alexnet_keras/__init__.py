@@ -1,0 +1,7 @@
+"""alexnet_keras: AlexNet (Krizhevsky et al. 2012) as a Keras 3 model."""
+
+from alexnet_keras.alexnet import AlexNet
+from alexnet_keras.alexnet import minimum_input_size
+from alexnet_keras.local_response_normalization import LocalResponseNormalization
+
+__all__ = ["AlexNet", "LocalResponseNormalization", "minimum_input_size"]

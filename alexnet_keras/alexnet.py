@@ -1,0 +1,215 @@
+"""AlexNet as a Keras 3 functional model: the 2012 paper's network and the d2l variant."""
+
+import keras
+
+from alexnet_keras.local_response_normalization import LocalResponseNormalization
+
+VARIANTS = ("paper", "d2l")
+NORMALIZATIONS = ("lrn", "batchnorm", "none")
+
+# Per variant: default input, conv1 padding, the normalisation it uses by default,
+# and its initialisation.
+_VARIANT_DEFAULTS = {
+    "paper": {"input_shape": (227, 227, 3), "conv1_padding": 0, "normalization": "lrn"},
+    "d2l": {"input_shape": (224, 224, 1), "conv1_padding": 1, "normalization": "none"},
+}
+
+# (name, filters, kernel size, stride, paper bias init); conv1 is padded per variant,
+# the others "same". The paper sets biases to 1 in conv2, conv4 and conv5 "to
+# accelerate the early stages of learning by providing the ReLUs with positive inputs".
+_CONV_LAYERS = (
+    ("conv1", 96, 11, 4, 0.0),
+    ("conv2", 256, 5, 1, 1.0),
+    ("conv3", 384, 3, 1, 0.0),
+    ("conv4", 384, 3, 1, 1.0),
+    ("conv5", 256, 3, 1, 1.0),
+)
+# Max-pooling (overlapping, 3x3 stride 2) follows these convolutions.
+_POOLED = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+# LRN follows these convolutions' ReLU, before the pool.
+_LRN = {"conv1": "lrn1", "conv2": "lrn2"}
+
+
+def _map_size(size, conv1_padding):
+    """The spatial size of the last pooled map for an input side of `size`."""
+    size = (size + 2 * conv1_padding - 11) // 4 + 1
+    for _ in range(3):
+        size = (size - 3) // 2 + 1
+    return size
+
+
+def minimum_input_size(variant):
+    """The smallest input side for which every layer of `variant` has an output."""
+    padding = _VARIANT_DEFAULTS[variant]["conv1_padding"]
+    size = 11 - 2 * padding
+    while _map_size(size, padding) < 1:
+        size += 1
+    return size
+
+
+@keras.saving.register_keras_serializable(package="alexnet_keras")
+class AlexNet(keras.Model):
+    """AlexNet (Krizhevsky, Sutskever & Hinton, 2012) as a functional model.
+
+    `variant="paper"` is the paper's network at 227x227x3: conv1 96@11x11 stride 4
+    with no padding, ReLU, LRN, overlapping max-pool 3/2; conv2 256@5x5, ReLU, LRN,
+    pool; conv3 384@3x3, conv4 384@3x3, conv5 256@3x3, pool; fc6 and fc7 with 4096
+    units and dropout 0.5; fc8 giving logits. Weights are drawn from N(0, 0.01);
+    biases are 1 in conv2, conv4, conv5, fc6 and fc7 and 0 elsewhere. With 1000
+    classes it has 62,378,344 parameters (the paper's two-GPU grouping is not
+    reproduced; its connectivity is the full one).
+
+    `variant="d2l"` is the version taught by Dive into Deep Learning and the
+    tutorials derived from it: 224x224x1, conv1 padded by 1, no LRN, Glorot
+    initialisation. With 10 classes it has 46,764,746 parameters.
+
+    Both take float inputs already normalised by the data pipeline, channels
+    last, any number of channels and any height and width from the variant's
+    minimum up (67 for "paper", 65 for "d2l"), and return logits.
+
+    Args:
+        variant: `"paper"` or `"d2l"`.
+        num_classes: int, the number of logits of fc8.
+        input_shape: `(height, width, channels)`; the variant's own by default.
+        dropout_rate: float in [0, 1), dropout after fc6 and fc7.
+        normalization: `"lrn"` (after the ReLU of conv1 and conv2, as in the
+            paper), `"batchnorm"` (between every convolution and its ReLU) or
+            `"none"`; the variant's own by default.
+        **kwargs: standard `keras.Model` arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    ```python
+    model = AlexNet(variant="paper", num_classes=1000)
+    logits = model(keras.random.normal((1, 227, 227, 3)))
+    ```
+
+    Reference:
+        Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep
+        Convolutional Neural Networks", NeurIPS 2012.
+    """
+
+    def __init__(
+        self,
+        variant="paper",
+        num_classes=1000,
+        input_shape=None,
+        dropout_rate=0.5,
+        normalization=None,
+        **kwargs,
+    ):
+        if variant not in VARIANTS:
+            raise ValueError(
+                f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}"
+            )
+        defaults = _VARIANT_DEFAULTS[variant]
+        if normalization is None:
+            normalization = defaults["normalization"]
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"`normalization` must be one of {NORMALIZATIONS}. "
+                f"Received: normalization={normalization!r}"
+            )
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                "`num_classes` must be a positive integer. "
+                f"Received: num_classes={num_classes!r}"
+            )
+        if not 0 <= dropout_rate < 1:
+            raise ValueError(
+                f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}"
+            )
+        input_shape = tuple(input_shape or defaults["input_shape"])
+        if len(input_shape) != 3 or not all(
+            isinstance(dim, int) and dim > 0 for dim in input_shape
+        ):
+            raise ValueError(
+                "`input_shape` must be (height, width, channels) with positive "
+                f"integers. Received: input_shape={input_shape!r}"
+            )
+        smallest = minimum_input_size(variant)
+        if min(input_shape[:2]) < smallest:
+            raise ValueError(
+                f"The {variant!r} AlexNet needs inputs of at least "
+                f"{smallest}x{smallest} pixels. Received: input_shape={input_shape!r}"
+            )
+
+        if variant == "paper":
+            def kernel_init():
+                return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
+
+            def bias_init(value):
+                return keras.initializers.Constant(value)
+        else:
+            def kernel_init():
+                return keras.initializers.GlorotUniform()
+
+            def bias_init(value):
+                return keras.initializers.Zeros()
+
+        inputs = keras.Input(shape=input_shape, name="image")
+        x = inputs
+        for index, (name, filters, kernel_size, stride, bias) in enumerate(
+            _CONV_LAYERS, start=1
+        ):
+            if name == "conv1" and defaults["conv1_padding"]:
+                x = keras.layers.ZeroPadding2D(defaults["conv1_padding"], name="pad1")(x)
+            x = keras.layers.Conv2D(
+                filters,
+                kernel_size,
+                strides=stride,
+                padding="valid" if name == "conv1" else "same",
+                activation=None if normalization == "batchnorm" else "relu",
+                kernel_initializer=kernel_init(),
+                bias_initializer=bias_init(bias),
+                name=name,
+            )(x)
+            if normalization == "batchnorm":
+                x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+                x = keras.layers.ReLU(name=f"relu{index}")(x)
+            if normalization == "lrn" and name in _LRN:
+                x = LocalResponseNormalization(name=_LRN[name])(x)
+            if name in _POOLED:
+                x = keras.layers.MaxPooling2D(3, strides=2, name=_POOLED[name])(x)
+        x = keras.layers.Flatten(name="flatten")(x)
+        for name, bias in (("fc6", 1.0), ("fc7", 1.0)):
+            x = keras.layers.Dense(
+                4096,
+                activation="relu",
+                kernel_initializer=kernel_init(),
+                bias_initializer=bias_init(bias),
+                name=name,
+            )(x)
+            x = keras.layers.Dropout(dropout_rate, name=f"dropout{name[-1]}")(x)
+        # fc8 gives logits, computed in float32 so softmax and loss stay exact
+        # under mixed precision.
+        outputs = keras.layers.Dense(
+            num_classes,
+            kernel_initializer=kernel_init(),
+            bias_initializer=bias_init(0.0),
+            dtype="float32",
+            name="fc8",
+        )(x)
+        kwargs.setdefault("name", f"alexnet_{variant}")
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        self.variant = variant
+        self.num_classes = num_classes
+        self.image_shape = input_shape
+        self.dropout_rate = dropout_rate
+        self.normalization = normalization
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "variant": self.variant,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.image_shape),
+            "dropout_rate": self.dropout_rate,
+            "normalization": self.normalization,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

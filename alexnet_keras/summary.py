@@ -1,0 +1,65 @@
+"""Print AlexNet's layers with their output shapes and parameter counts.
+
+    python -m alexnet_keras.summary --variant d2l --input-shape 224,224,1 --num-classes 10
+
+The shapes come from building the functional model, so every layer is listed
+even where a tutorial's dummy forward pass would fail.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _input_shape(text):
+    try:
+        dims = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected HEIGHT,WIDTH,CHANNELS such as 227,227,3, got {text!r}"
+        )
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected three positive integers HEIGHT,WIDTH,CHANNELS, got {text!r}"
+        )
+    return dims
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m alexnet_keras.summary", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--variant", choices=("paper", "d2l"), default="paper")
+    parser.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        default=None,
+        help="HEIGHT,WIDTH,CHANNELS (default: 227,227,3 for paper, 224,224,1 for d2l)",
+    )
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="number of classes (default: 1000 for paper, 10 for d2l)")
+    parser.add_argument("--normalization", choices=("lrn", "batchnorm", "none"),
+                        default=None, help="default: the variant's own")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from alexnet_keras.alexnet import AlexNet
+
+    num_classes = args.num_classes
+    if num_classes is None:
+        num_classes = 1000 if args.variant == "paper" else 10
+    try:
+        model = AlexNet(
+            variant=args.variant,
+            num_classes=num_classes,
+            input_shape=args.input_shape,
+            normalization=args.normalization,
+        )
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    model.summary(line_length=80)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

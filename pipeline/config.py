@@ -1,0 +1,146 @@
+"""The pipeline's settings: frozen dataclasses, one per stage, validated once.
+
+Flags become a `RunConfig` in `pipeline.run`; it is written to the run directory
+as `config.json` and each stage receives only its own part.
+"""
+
+import dataclasses
+import json
+
+STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+EXPORT_FORMATS = ("saved_model", "keras")
+
+
+class ConfigError(ValueError):
+    """A setting a user gave is invalid; the message names it and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from and how they reach the model.
+
+    `image_size` is (height, width) and `channels` the model's input channels;
+    `None` in either means "resolve from the dataset and variant" (see
+    `pipeline.run`), and stages only ever see resolved values.
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    ingest_dir: str | None = None
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
+    strict: bool = False
+    label_offset: int = 0
+    class_names: str | None = None
+    cache: str | None = None
+    pca_noise: bool = False
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.image_size is not None and (
+            len(self.image_size) != 2 or min(self.image_size) < 1
+        ):
+            raise ConfigError(
+                f"--image-size must be SIZE or HEIGHT,WIDTH. Received: {self.image_size}"
+            )
+        if self.channels not in (None, 1, 3):
+            raise ConfigError(f"--channels must be 1 or 3. Received: {self.channels}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Arguments of `alexnet_keras.AlexNet` that are not taken from the data."""
+
+    variant: str = "paper"
+    dropout_rate: float = 0.5
+    normalization: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How the model is trained: strategy, optimisation and the run directory."""
+
+    strategy: str = "default"
+    cpu_replicas: int | None = None
+    epochs: int = 10
+    steps_per_epoch: int | None = None
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    seed: int | None = None
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    output_dir: str = "runs/latest"
+
+    def __post_init__(self):
+        checks = (
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_schedule in LR_SCHEDULES,
+             f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+             "--steps-per-epoch must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.learning_rate > 0, "--learning-rate must be positive"),
+            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
+            (self.cpu_replicas is None or self.cpu_replicas >= 1,
+             "--cpu-replicas must be at least 1"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"{message}. Received: {self}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Blessing and export for TF Serving."""
+
+    export_dir: str = "saved_models/alexnet"
+    bless_tolerance: float = 0.01
+    force_push: bool = False
+    export_formats: tuple[str, ...] = ("saved_model",)
+
+    def __post_init__(self):
+        unknown = set(self.export_formats) - set(EXPORT_FORMATS)
+        if unknown:
+            raise ConfigError(
+                f"--export-format must be among {', '.join(EXPORT_FORMATS)}. "
+                f"Received: {', '.join(sorted(unknown))}"
+            )
+        if self.bless_tolerance < 0:
+            raise ConfigError(
+                f"--bless-tolerance must be >= 0. Received: {self.bless_tolerance}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one `python -m pipeline.run` does."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        def tuples(section, config_class):
+            fields = {}
+            for key, value in values.get(section, {}).items():
+                fields[key] = tuple(value) if isinstance(value, list) else value
+            return config_class(**fields)
+
+        return cls(
+            data=tuples("data", DataConfig),
+            model=tuples("model", ModelConfig),
+            train=tuples("train", TrainConfig),
+            export=tuples("export", ExportConfig),
+        )
