@@ -13,8 +13,16 @@ LR_SCHEDULES = ("constant", "plateau", "cosine")
 EXPORT_FORMATS = ("saved_model", "keras")
 
 
-class ConfigError(ValueError):
-    """A setting a user gave is invalid; the message names it and the fix."""
+class PipelineError(Exception):
+    """A problem the user caused and can fix: a bad flag, path, file or dataset.
+
+    Its message is one line that names the thing and the fix; the command-line
+    entry points print it and exit with status 2 instead of a traceback.
+    """
+
+
+class ConfigError(PipelineError, ValueError):
+    """A setting a user gave is invalid."""
 
 
 @dataclasses.dataclass(frozen=True)
