@@ -1,0 +1,590 @@
+"""Tests of pipeline.ingest and pipeline.sources: every source, the manifest, the
+splits, reuse, atomic output, bad input and the command line."""
+
+import collections
+import io
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn import datasets
+
+from pipeline import ingest
+from pipeline.config import DataConfig
+from pipeline.config import PipelineError
+
+CLI = [sys.executable, "-m", "pipeline.ingest"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _pixels(seed, height=20, width=24, channels=3):
+    return np.random.default_rng(seed).integers(
+        0, 256, (height, width, channels), np.uint8
+    )
+
+
+def _encode(pixels, image_format):
+    if image_format == "jpeg":
+        return tf.io.encode_jpeg(pixels).numpy()
+    if image_format == "png":
+        return tf.io.encode_png(pixels).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=image_format.upper())
+    return buffer.getvalue()
+
+
+def _write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as file:
+        file.write(data)
+    return path
+
+
+def _image_folder(root, per_class=6):
+    """Two classes of JPEG, PNG, BMP and GIF files; returns {path: (label, bytes)}."""
+    images = {}
+    formats = ("jpeg", "png", "bmp", "gif", "jpeg", "png")
+    for label, class_name in enumerate(("cat", "dog")):
+        for index in range(per_class):
+            image_format = formats[index % len(formats)]
+            data = _encode(_pixels(10 * label + index, 18 + index, 22), image_format)
+            path = _write(
+                os.path.join(root, class_name, f"{index}.{image_format}"), data
+            )
+            images[path] = (label, data)
+    return images
+
+
+def _records(ingest_dir, manifest, split):
+    """The parsed records of one output split."""
+    features = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/format": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/height": tf.io.FixedLenFeature([], tf.int64),
+        "image/width": tf.io.FixedLenFeature([], tf.int64),
+    }
+    files = [
+        os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]
+    ]
+    return list(
+        tf.data.TFRecordDataset(files)
+        .map(lambda record: tf.io.parse_single_example(record, features))
+        .as_numpy_iterator()
+    )
+
+
+def _all_records(ingest_dir, manifest):
+    return [
+        record
+        for split in ingest.SPLITS
+        for record in _records(ingest_dir, manifest, split)
+    ]
+
+
+def _mtimes(directory):
+    return {
+        name: os.stat(os.path.join(directory, name)).st_mtime_ns
+        for name in os.listdir(directory)
+    }
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    output_dir = str(tmp_path_factory.mktemp("digits") / "out")
+    return output_dir, ingest.ingest(DataConfig(dataset="digits"), output_dir)
+
+
+def test_digits_manifest_and_exact_pixels(digits):
+    output_dir, manifest = digits
+    assert manifest["source"] == "digits"
+    assert manifest["class_names"] == [str(digit) for digit in range(10)]
+    assert manifest["channels"] == 1
+    assert manifest["flip"] is False
+    assert manifest["skipped"] == []
+    assert manifest == ingest.load_manifest(output_dir)
+    sizes = {split: info["num_examples"] for split, info in manifest["splits"].items()}
+    assert sizes == {"train": 1437, "validation": 180, "test": 180}
+
+    sklearn_digits = datasets.load_digits()
+    expected = collections.Counter(
+        (int(label), np.round(image * 255 / 16).astype(np.uint8).tobytes())
+        for image, label in zip(sklearn_digits.images, sklearn_digits.target)
+    )
+    records = _all_records(output_dir, manifest)
+    assert {record["image/format"] for record in records} == {b"png"}
+    found = collections.Counter(
+        (
+            int(record["image/class/label"]),
+            tf.io.decode_png(record["image/encoded"]).numpy().tobytes(),
+        )
+        for record in records
+    )
+    assert found == expected
+    first = tf.io.decode_png(records[0]["image/encoded"]).numpy()
+    assert first.shape == (8, 8, 1) and first.max() <= 255
+
+
+def test_digits_split_is_stratified(digits):
+    output_dir, manifest = digits
+    labels = {
+        split: np.array(
+            [
+                record["image/class/label"]
+                for record in _records(output_dir, manifest, split)
+            ]
+        )
+        for split in ingest.SPLITS
+    }
+    total = np.bincount(np.concatenate(list(labels.values())), minlength=10)
+    for split in ("validation", "test"):
+        per_class = np.bincount(labels[split], minlength=10)
+        assert np.all(np.abs(per_class - total * 0.1) <= 1), (split, per_class)
+
+
+def test_split_is_deterministic(digits, tmp_path):
+    output_dir, manifest = digits
+    again = ingest.ingest(DataConfig(dataset="digits"), str(tmp_path / "again"))
+    assert again["splits"] == manifest["splits"]
+    for info in manifest["splits"].values():
+        for name in info["files"]:
+            with open(os.path.join(output_dir, name), "rb") as first:
+                with open(tmp_path / "again" / name, "rb") as second:
+                    assert first.read() == second.read()
+
+
+def test_folder_keeps_original_bytes_and_skips_bad_files(tmp_path, caplog):
+    images = _image_folder(tmp_path / "images")
+    good_jpeg = images[str(tmp_path / "images" / "cat" / "0.jpeg")][1]
+    truncated = _write(
+        str(tmp_path / "images" / "cat" / "truncated.jpg"),
+        good_jpeg[: len(good_jpeg) // 2],
+    )
+    text = _write(str(tmp_path / "images" / "dog" / "notes.txt"), b"not an image\n")
+    _write(str(tmp_path / "images" / "dog" / ".DS_Store"), b"\0\0")
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
+        manifest = ingest.ingest(
+            DataConfig(dataset=f"folder:{tmp_path / 'images'}"), str(tmp_path / "out")
+        )
+
+    assert manifest["class_names"] == ["cat", "dog"]
+    assert manifest["channels"] == 3 and manifest["flip"] is True
+    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert set(skipped) == {truncated, text}
+    assert skipped[truncated].startswith("corrupt jpeg")
+    assert skipped[text] == "not a JPEG, PNG, BMP or GIF image"
+    assert truncated in caplog.text and text in caplog.text
+    assert sum(info["num_examples"] for info in manifest["splits"].values()) == len(
+        images
+    )
+
+    records = _all_records(str(tmp_path / "out"), manifest)
+    assert sorted(
+        (int(r["image/class/label"]), r["image/encoded"]) for r in records
+    ) == sorted(images.values())
+    formats = {r["image/encoded"]: r["image/format"].decode() for r in records}
+    assert set(formats.values()) == {"jpeg", "png", "bmp", "gif"}
+    for record in records:
+        height, width, _ = tf.io.decode_image(
+            record["image/encoded"], expand_animations=False
+        ).shape
+        assert (record["image/height"], record["image/width"]) == (height, width)
+
+
+def test_strict_raises_naming_the_file_and_leaves_nothing(tmp_path):
+    images = _image_folder(tmp_path / "images")
+    jpeg = next(data for _, data in images.values() if data.startswith(b"\xff\xd8"))
+    truncated = _write(str(tmp_path / "images" / "dog" / "cut.jpg"), jpeg[:-200])
+    with pytest.raises(PipelineError, match="cut.jpg: corrupt jpeg") as error:
+        ingest.ingest(
+            DataConfig(dataset=f"folder:{tmp_path / 'images'}", strict=True),
+            str(tmp_path / "out"),
+        )
+    assert truncated in str(error.value)
+    assert sorted(os.listdir(tmp_path)) == ["images"]
+
+
+@pytest.mark.slow
+def test_cli_strict_exits_2_naming_the_file(tmp_path):
+    _image_folder(tmp_path / "images")
+    _write(str(tmp_path / "images" / "cat" / "readme.txt"), b"hello")
+    result = subprocess.run(
+        [
+            *CLI,
+            "--dataset",
+            f"folder:{tmp_path / 'images'}",
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--strict",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    # TensorFlow's own start-up lines (no CUDA here) may come first.
+    errors = [
+        line for line in result.stderr.splitlines() if line.startswith("python -m")
+    ]
+    assert errors == [
+        "python -m pipeline.ingest: error: "
+        f"{tmp_path / 'images' / 'cat' / 'readme.txt'}: "
+        "not a JPEG, PNG, BMP or GIF image (--strict stops at the first bad image; "
+        "without it, bad images are skipped and listed)"
+    ]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_reuse_then_reingest_after_a_change(tmp_path, caplog):
+    _image_folder(tmp_path / "images")
+    config = DataConfig(dataset=f"folder:{tmp_path / 'images'}")
+    output_dir = str(tmp_path / "out")
+    first = ingest.ingest(config, output_dir)
+    before = _mtimes(output_dir)
+
+    with caplog.at_level(logging.INFO, logger="pipeline.ingest"):
+        assert ingest.ingest(config, output_dir) == first
+    assert f"reusing {output_dir}" in caplog.text
+    assert _mtimes(output_dir) == before
+
+    _write(str(tmp_path / "images" / "dog" / "new.png"), _encode(_pixels(99), "png"))
+    added = ingest.ingest(config, output_dir)
+    assert added["fingerprint"] != first["fingerprint"]
+    assert sum(info["num_examples"] for info in added["splits"].values()) == 13
+
+    _write(
+        str(tmp_path / "images" / "dog" / "new.png"),
+        _encode(_pixels(100, 30, 30), "png"),
+    )
+    changed = ingest.ingest(config, output_dir)
+    assert changed["fingerprint"] != added["fingerprint"]
+    assert sorted(os.listdir(tmp_path)) == ["images", "out"]
+
+
+def test_strict_rerun_rejects_an_ingest_that_skipped_files(tmp_path):
+    _image_folder(tmp_path / "images")
+    _write(str(tmp_path / "images" / "cat" / "notes.txt"), b"text")
+    ingest.ingest(
+        DataConfig(dataset=f"folder:{tmp_path / 'images'}"), str(tmp_path / "out")
+    )
+    with pytest.raises(PipelineError, match="notes.txt"):
+        ingest.ingest(
+            DataConfig(dataset=f"folder:{tmp_path / 'images'}", strict=True),
+            str(tmp_path / "out"),
+        )
+
+
+def _example(image_bytes, label):
+    feature = {
+        "image/encoded": tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[image_bytes])
+        ),
+        "image/class/label": tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[label])
+        ),
+    }
+    return tf.train.Example(
+        features=tf.train.Features(feature=feature)
+    ).SerializeToString()
+
+
+def _tfrecords(directory, names, per_file=10):
+    """ImageNet-style files, labels 1..3 (1-based); returns (label, bytes) pairs."""
+    written = []
+    os.makedirs(directory, exist_ok=True)
+    for file_index, name in enumerate(names):
+        with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
+            for index in range(per_file):
+                data = _encode(_pixels(100 * file_index + index), "jpeg")
+                label = 1 + index % 3
+                writer.write(_example(data, label))
+                written.append((label, data))
+    return written
+
+
+def test_tfrecord_round_trip_with_label_offset_and_class_names(tmp_path):
+    names = [
+        "train-00000-of-00002",
+        "train-00001-of-00002",
+        "validation-00000-of-00001",
+    ]
+    written = _tfrecords(tmp_path / "records", names)
+    names_file = _write(str(tmp_path / "names.txt"), b"tench\ngoldfish\nshark\n")
+    config = DataConfig(
+        dataset=f"tfrecord:{tmp_path / 'records' / '*'}",
+        label_offset=1,
+        class_names=names_file,
+    )
+    manifest = ingest.ingest(config, str(tmp_path / "out"))
+
+    assert manifest["class_names"] == ["tench", "goldfish", "shark"]
+    sizes = {split: info["num_examples"] for split, info in manifest["splits"].items()}
+    # Validation is the files' own; test is carved out of train (10% of 20).
+    assert sizes == {"train": 18, "validation": 10, "test": 2}
+    records = _all_records(str(tmp_path / "out"), manifest)
+    assert sorted(
+        (int(r["image/class/label"]), r["image/encoded"]) for r in records
+    ) == sorted((label - 1, data) for label, data in written)
+    validation = _records(str(tmp_path / "out"), manifest, "validation")
+    assert sorted(r["image/encoded"] for r in validation) == sorted(
+        data for _, data in written[20:]
+    )
+
+
+def test_tfrecord_without_names_infers_them_and_pools_unnamed_files(tmp_path):
+    _tfrecords(tmp_path / "records", ["part-0.tfrecord", "part-1.tfrecord"])
+    pattern = f"tfrecord:{tmp_path / 'records' / '*.tfrecord'}"
+    manifest = ingest.ingest(
+        DataConfig(dataset=pattern, label_offset=1), str(tmp_path / "a")
+    )
+    assert manifest["class_names"] == ["0", "1", "2"]
+    assert [info["num_examples"] for info in manifest["splits"].values()] == [16, 2, 2]
+    unshifted = ingest.ingest(DataConfig(dataset=pattern), str(tmp_path / "b"))
+    assert unshifted["class_names"] == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"label_offset": 2}, "below --label-offset 2"),
+        ({"label_offset": 1, "class_names": "a,b"}, "--class-names gives 2 names"),
+        ({"class_names": "single"}, "neither a file nor a comma-separated list"),
+    ],
+)
+def test_tfrecord_label_errors(tmp_path, options, message):
+    _tfrecords(tmp_path / "records", ["part-0"])
+    config = DataConfig(dataset=f"tfrecord:{tmp_path / 'records' / '*'}", **options)
+    with pytest.raises(PipelineError, match=message):
+        ingest.ingest(config, str(tmp_path / "out"))
+
+
+def _tfds_metadata(data_dir, name, split_sizes):
+    """Writes the dataset_info.json a prepared dataset would have, so that
+    tfds.testing.mock_data knows the dataset's splits."""
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0)
+                for split, size in split_sizes.items()
+            ]
+        )
+    )
+    os.makedirs(builder.data_dir)
+    builder.info.write_to_directory(builder.data_dir)
+    return builder.info
+
+
+@pytest.mark.parametrize("name,flip", [("fashion_mnist", True), ("mnist", False)])
+def test_tfds_source_with_mock_data(tmp_path, name, flip):
+    info = _tfds_metadata(tmp_path / "tfds", name, {"train": 40, "test": 20})
+    with tfds.testing.mock_data(
+        num_examples=40,
+        data_dir=str(tmp_path / "tfds"),
+        policy=tfds.testing.MockPolicy.USE_FILES,
+    ):
+        manifest = ingest.ingest(
+            DataConfig(dataset=f"tfds:{name}"), str(tmp_path / "out")
+        )
+        # The mock gives every split the same 40 examples.
+        expected = list(
+            tfds.builder(name)
+            .as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+            .as_numpy_iterator()
+        )
+    assert manifest["source"] == f"tfds:{name}"
+    assert manifest["class_names"] == info.features["label"].names
+    assert manifest["channels"] == 1 and manifest["flip"] is flip
+    sizes = {split: info["num_examples"] for split, info in manifest["splits"].items()}
+    assert sizes == {"train": 36, "validation": 4, "test": 40}
+    records = _records(str(tmp_path / "out"), manifest, "test")
+    assert sorted(
+        (int(r["image/class/label"]), r["image/encoded"]) for r in records
+    ) == sorted((int(example["label"]), example["image"]) for example in expected)
+
+
+def test_tfds_errors_are_one_line(monkeypatch, tmp_path):
+    with pytest.raises(PipelineError, match="unknown TFDS dataset 'no_such_set'"):
+        ingest.ingest(DataConfig(dataset="tfds:no_such_set"), str(tmp_path / "out"))
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'storage.googleapis.com'\nmore detail")
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
+    with pytest.raises(PipelineError) as error:
+        ingest.ingest(
+            DataConfig(dataset="tfds:cifar10", data_dir=str(tmp_path / "tfds")),
+            str(tmp_path / "out"),
+        )
+    message = str(error.value)
+    assert "could not download or prepare TFDS dataset 'cifar10'" in message
+    assert (
+        "Failed to resolve" in message
+        and "--data-dir" in message
+        and "\n" not in message
+    )
+
+
+def _bad_sources(root):
+    os.makedirs(root / "one" / "only")
+    _write(str(root / "one" / "only" / "a.png"), _encode(_pixels(0), "png"))
+    os.makedirs(root / "empty" / "a")
+    os.makedirs(root / "empty" / "b")
+    _write(str(root / "empty" / "a" / "a.png"), _encode(_pixels(0), "png"))
+    return {
+        "imagenet": "unknown dataset 'imagenet'",
+        "csv:/tmp/x": "unknown dataset 'csv:/tmp/x'",
+        "folder:": "malformed dataset 'folder:'",
+        f"folder:{root / 'missing'}": "is not a directory",
+        f"folder:{root / 'one'}": "has 1 class folder",
+        f"folder:{root / 'empty'}": f"class folder {root / 'empty' / 'b'} has no files",
+        f"tfrecord:{root / 'nothing' / '*.tfrecord'}": "no files match",
+    }
+
+
+def test_bad_sources_raise_one_line_errors(tmp_path):
+    for spec, message in _bad_sources(tmp_path).items():
+        with pytest.raises(PipelineError) as error:
+            ingest.ingest(DataConfig(dataset=spec), str(tmp_path / "out"))
+        assert message in str(error.value) and "\n" not in str(error.value), spec
+    with pytest.raises(PipelineError, match="apply to tfrecord: datasets only"):
+        ingest.ingest(
+            DataConfig(dataset="digits", label_offset=1), str(tmp_path / "out")
+        )
+
+
+def test_leftovers_of_a_killed_ingest_are_not_trusted(tmp_path):
+    _image_folder(tmp_path / "images")
+    config = DataConfig(dataset=f"folder:{tmp_path / 'images'}")
+    # A process that no longer exists (PIDs never get this large) left its
+    # temporary directory behind.
+    leftover = tmp_path / f".out.ingest-{2**30}-x1y2"
+    _write(str(leftover / "train-00000.tfrecord"), b"partial")
+    ingest.ingest(config, str(tmp_path / "out"))
+    assert not leftover.exists()
+
+    # A directory without manifest.json is never taken for a dataset.
+    _write(str(tmp_path / "half" / "train-00000.tfrecord"), b"partial")
+    with pytest.raises(PipelineError, match="holds no manifest.json"):
+        ingest.ingest(config, str(tmp_path / "half"))
+    with pytest.raises(PipelineError, match="holds no finished ingest"):
+        ingest.load_manifest(str(tmp_path / "half"))
+
+
+def test_a_copy_finished_meanwhile_by_another_worker_is_kept(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "images")
+    output_dir = str(tmp_path / "out")
+    write = ingest._write
+
+    def write_while_another_worker_finishes(source, fingerprint, directory, strict):
+        manifest = write(source, fingerprint, directory, strict)
+        shutil.copytree(directory, output_dir)
+        _write(os.path.join(output_dir, "in-use"), b"")
+        return manifest
+
+    monkeypatch.setattr(ingest, "_write", write_while_another_worker_finishes)
+    manifest = ingest.ingest(
+        DataConfig(dataset=f"folder:{tmp_path / 'images'}"), output_dir
+    )
+    assert os.path.exists(os.path.join(output_dir, "in-use"))
+    assert ingest.load_manifest(output_dir) == manifest
+    assert sorted(os.listdir(tmp_path)) == ["images", "out"]
+
+
+@pytest.mark.slow
+def test_killed_cli_leaves_no_output_dir(tmp_path):
+    output_dir = tmp_path / "digits"
+    process = subprocess.Popen(
+        [*CLI, "--output-dir", str(output_dir)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not any(name.startswith(".digits.ingest-") for name in os.listdir(tmp_path)):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not output_dir.exists()
+    manifest = ingest.ingest(DataConfig(dataset="digits"), str(output_dir))
+    assert manifest["splits"]["train"]["num_examples"] == 1437
+    assert os.listdir(tmp_path) == ["digits"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--dataset", "imagenet"],
+            "python -m pipeline.ingest: error: unknown dataset 'imagenet'",
+        ),
+        (
+            ["--label-offset", "one"],
+            "python -m pipeline.ingest: error: argument --label-offset",
+        ),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(tmp_path, argv, message):
+    result = subprocess.run(
+        [*CLI, "--output-dir", str(tmp_path / "out"), *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 2
+    errors = [
+        line for line in result.stderr.splitlines() if line.startswith("python -m")
+    ]
+    assert len(errors) == 1 and errors[0].startswith(message)
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_prints_a_summary(tmp_path, capsys):
+    _image_folder(tmp_path / "images")
+    _write(str(tmp_path / "images" / "cat" / "notes.txt"), b"text")
+    output_dir = str(tmp_path / "out")
+    assert (
+        ingest.main(
+            ["--dataset", f"folder:{tmp_path / 'images'}", "--output-dir", output_dir]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out == (
+        f"train 10, validation 1, test 1 examples; 1 skipped; in {output_dir}\n"
+    )
+
+
+def test_default_ingest_dir(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    ingest.ingest(DataConfig(dataset="folder:images"))
+    expected = ingest.default_ingest_dir(f"folder:{tmp_path / 'images'}")
+    assert os.listdir(tmp_path / "data") == [os.path.basename(expected)]
+    assert expected.startswith(os.path.join("data", "folder-images-"))
+
+    assert ingest.default_ingest_dir("digits") == os.path.join("data", "digits")
+    assert ingest.default_ingest_dir("tfds:cifar10") == os.path.join(
+        "data", "tfds-cifar10"
+    )
+    assert ingest.default_ingest_dir("tfds:imagenette/320px-v2") == os.path.join(
+        "data", "tfds-imagenette-320px-v2"
+    )
+    first = ingest.default_ingest_dir("folder:/data/a/train")
+    second = ingest.default_ingest_dir("folder:/data/b/train")
+    assert first.startswith(os.path.join("data", "folder-train-")) and first != second
+    assert ingest.default_ingest_dir("tfrecord:/data/imagenet/train-*").startswith(
+        os.path.join("data", "tfrecord-imagenet-")
+    )

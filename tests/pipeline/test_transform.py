@@ -1,0 +1,350 @@
+"""Tests of pipeline.transform: decoding, evaluation preprocessing and the tf.data
+pipeline (batches, labels, augmentation, caching, sharding, two replicas)."""
+
+import dataclasses
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pipeline import ingest
+from pipeline import transform
+from pipeline.config import DataConfig
+from pipeline.config import PipelineError
+
+# Class folders sort as blue, green, red: label 0 is mostly blue, and so on.
+DOMINANT_CHANNEL = {"blue": 2, "green": 1, "red": 0}
+FORMATS = ("jpeg", "png", "jpeg", "bmp", "gif", "jpeg")
+
+
+def _encode(pixels, image_format):
+    if image_format == "jpeg":
+        return tf.io.encode_jpeg(pixels).numpy()
+    if image_format == "png":
+        return tf.io.encode_png(pixels).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.squeeze()).save(buffer, format=image_format.upper())
+    return buffer.getvalue()
+
+
+def _coloured(rng, channel, height, width):
+    pixels = rng.integers(20, 60, (height, width, 3), np.uint8)
+    pixels[..., channel] += 160
+    return pixels
+
+
+def _write_folder(root, make_pixels, class_names, per_class):
+    rng = np.random.default_rng(0)
+    for class_name in class_names:
+        os.makedirs(os.path.join(root, class_name))
+        for index in range(per_class):
+            image_format = FORMATS[index % len(FORMATS)]
+            data = _encode(make_pixels(rng, class_name), image_format)
+            with open(
+                os.path.join(root, class_name, f"{index}.{image_format}"), "wb"
+            ) as file:
+                file.write(data)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    """36 images in three colour classes; shards of 8 so train has several files."""
+    root = tmp_path_factory.mktemp("colours")
+
+    def make_pixels(rng, class_name):
+        height, width = rng.integers(24, 48, 2)
+        return _coloured(rng, DOMINANT_CHANNEL[class_name], height, width)
+
+    _write_folder(
+        str(root / "images"), make_pixels, sorted(DOMINANT_CHANNEL), per_class=12
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ingest, "SHARD_SIZE", 8)
+        manifest = ingest.ingest(
+            DataConfig(dataset=f"folder:{root / 'images'}"), str(root / "out")
+        )
+    return str(root / "out"), manifest
+
+
+def _config(**overrides):
+    return DataConfig(**{"image_size": (16, 16), "channels": 3, "seed": 7, **overrides})
+
+
+def _batches(dataset):
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset]
+
+
+def _assert_colours_match_labels(images, labels):
+    dominant = images.mean(axis=(1, 2)).argmax(axis=-1)
+    expected = [
+        DOMINANT_CHANNEL[name] for name in np.array(sorted(DOMINANT_CHANNEL))[labels]
+    ]
+    np.testing.assert_array_equal(dominant, expected)
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "png", "bmp", "gif"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_decode_image_formats_and_channels(image_format, channels):
+    pixels = _coloured(np.random.default_rng(1), 0, 10, 14)
+    image = transform.decode_image(_encode(pixels, image_format), channels)
+    assert image.shape == (10, 14, channels) and image.dtype == tf.uint8
+    if image_format in ("png", "bmp") and channels == 3:
+        np.testing.assert_array_equal(image, pixels)
+
+
+@pytest.mark.parametrize("image_format", ["png", "bmp"])
+def test_decode_image_grey(image_format):
+    pixels = np.random.default_rng(2).integers(0, 256, (6, 5, 1), np.uint8)
+    np.testing.assert_array_equal(
+        transform.decode_image(_encode(pixels, image_format), 1), pixels
+    )
+    np.testing.assert_array_equal(
+        transform.decode_image(_encode(pixels, image_format), 3),
+        np.repeat(pixels, 3, axis=-1),
+    )
+
+
+def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
+    jpeg = _encode(_coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
+    for corrupt in (jpeg[: len(jpeg) // 2], b"plain text"):
+        with pytest.raises(tf.errors.InvalidArgumentError):
+            transform.decode_image(corrupt, 3)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def serve(image_bytes):
+        images = tf.map_fn(
+            lambda one: transform.preprocess_for_eval(
+                transform.decode_image(one, 3), (8, 8)
+            ),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([8, 8, 3], tf.float32),
+        )
+        return images
+
+    assert serve(tf.constant([jpeg, jpeg])).shape == (2, 8, 8, 3)
+
+
+def test_preprocess_for_eval_range_shape_and_central_crop():
+    rng = np.random.default_rng(4)
+    image = rng.integers(0, 256, (30, 40, 3), np.uint8)
+    single = transform.preprocess_for_eval(image, (16, 12))
+    assert single.shape == (16, 12, 3) and single.dtype == tf.float32
+    assert -1.0 <= single.numpy().min() and single.numpy().max() <= 1.0
+
+    batch = transform.preprocess_for_eval(np.stack([image, image[::-1]]), (16, 12))
+    assert batch.shape == (2, 16, 12, 3)
+    np.testing.assert_allclose(batch[0], single, atol=1e-6)
+    np.testing.assert_allclose(
+        transform.preprocess_for_eval(image.astype(np.float32), (16, 12)),
+        single,
+        atol=1e-6,
+    )
+    assert np.all(
+        transform.preprocess_for_eval(np.zeros((9, 9, 1), np.uint8), (4, 4)) == -1.0
+    )
+    assert np.all(
+        transform.preprocess_for_eval(np.full((9, 9, 1), 255, np.uint8), (4, 4)) == 1.0
+    )
+
+    # The central crop leaves out a 2-pixel frame around a 64x64 image (it keeps
+    # the central 87.5% of each side, 56 pixels).
+    framed = np.zeros((64, 64, 1), np.uint8)
+    framed[2:-2, 2:-2] = 255
+    np.testing.assert_allclose(
+        transform.preprocess_for_eval(framed, (32, 32)), 1.0, atol=1e-5
+    )
+
+
+def test_preprocess_for_eval_in_a_graph_with_unknown_sizes():
+    function = tf.function(
+        lambda images: transform.preprocess_for_eval(images, (16, 16)),
+        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
+    )
+    output = function.get_concrete_function().structured_outputs
+    assert output.shape.as_list() == [None, 16, 16, 3]
+    assert function(tf.zeros([2, 20, 30, 3], tf.uint8)).shape == (2, 16, 16, 3)
+
+
+def test_evaluation_batches_keep_every_example_with_its_label(colours):
+    ingest_dir, manifest = colours
+    batches = _batches(
+        transform.make_dataset(ingest_dir, "train", _config(), 8, training=False)
+    )
+    assert [len(labels) for _, labels in batches] == [8, 8, 8, 4]
+    images = np.concatenate([images for images, _ in batches])
+    labels = np.concatenate([labels for _, labels in batches])
+    assert (
+        images.shape == (28, 16, 16, 3)
+        and images.dtype == np.float32
+        and labels.dtype == np.int32
+    )
+    assert manifest["splits"]["train"]["num_examples"] == 28
+    _assert_colours_match_labels(images, labels)
+
+    grey = _batches(
+        transform.make_dataset(ingest_dir, "test", _config(channels=1), 8, False)
+    )
+    assert grey[0][0].shape == (4, 16, 16, 1)
+
+
+def test_training_batches_static_shapes_labels_and_seeded_order(colours):
+    ingest_dir, _ = colours
+    dataset = transform.make_dataset(ingest_dir, "train", _config(), 8, training=True)
+    assert dataset.element_spec[0].shape.as_list() == [8, 16, 16, 3]
+    assert dataset.element_spec[1].shape.as_list() == [8]
+    first_epoch, second_epoch = _batches(dataset), _batches(dataset)
+    assert len(first_epoch) == 3  # 28 // 8: the partial batch is dropped
+    for images, labels in first_epoch:
+        assert images.dtype == np.float32 and labels.dtype == np.int32
+        assert -1.0 <= images.min() and images.max() <= 1.0
+        _assert_colours_match_labels(images, labels)
+
+    again = _batches(
+        transform.make_dataset(ingest_dir, "train", _config(), 8, training=True)
+    )
+    for (images, labels), (images_again, labels_again) in zip(first_epoch, again):
+        np.testing.assert_array_equal(images, images_again)
+        np.testing.assert_array_equal(labels, labels_again)
+    assert not np.array_equal(first_epoch[0][0], second_epoch[0][0])
+
+
+def test_flip_only_where_the_manifest_allows_it(tmp_path):
+    def bright_left(rng, class_name):
+        pixels = np.zeros((24, 24, 3), np.uint8)
+        pixels[:, :12] = 255
+        return pixels
+
+    _write_folder(str(tmp_path / "images"), bright_left, ["a", "b"], per_class=24)
+    ingest_dir = str(tmp_path / "out")
+    manifest = ingest.ingest(
+        DataConfig(dataset=f"folder:{tmp_path / 'images'}"), ingest_dir
+    )
+
+    def flipped(config):
+        images = np.concatenate(
+            [
+                images
+                for images, _ in _batches(
+                    transform.make_dataset(ingest_dir, "train", config, 8, True)
+                )
+            ]
+        )
+        # A crop of 70% of the area or more always holds the middle, so its
+        # left half stays brighter unless the crop was flipped.
+        return images[:, :, :8].mean(axis=(1, 2, 3)) < images[:, :, 8:].mean(
+            axis=(1, 2, 3)
+        )
+
+    assert manifest["flip"] is True
+    assert 0 < flipped(_config()).sum() < len(flipped(_config()))
+    with open(os.path.join(ingest_dir, "manifest.json"), "w") as file:
+        json.dump({**manifest, "flip": False}, file)
+    assert not flipped(_config()).any()
+    assert not flipped(_config(seed=None)).any()
+
+
+def test_pca_noise_shifts_each_image_by_one_colour(colours):
+    ingest_dir, _ = colours
+    plain = _batches(transform.make_dataset(ingest_dir, "train", _config(), 8, True))[
+        0
+    ][0]
+    noisy = _batches(
+        transform.make_dataset(ingest_dir, "train", _config(pca_noise=True), 8, True)
+    )[0][0]
+    shift = noisy - plain
+    np.testing.assert_allclose(
+        shift, shift[:, :1, :1, :] + np.zeros_like(shift), atol=1e-5
+    )
+    assert 0 < np.abs(shift).mean() < 0.3
+    with pytest.raises(PipelineError, match="--pca-noise needs colour input"):
+        transform.make_dataset(
+            ingest_dir, "train", _config(channels=1, pca_noise=True), 8, True
+        )
+
+
+@pytest.mark.parametrize("cache", ["memory", "file"])
+def test_cache_gives_the_same_examples(colours, tmp_path, cache):
+    ingest_dir, _ = colours
+    cache = str(tmp_path / "cache") if cache == "file" else cache
+    uncached = _batches(transform.make_dataset(ingest_dir, "test", _config(), 8, False))
+    cached_dataset = transform.make_dataset(
+        ingest_dir, "test", _config(cache=cache), 8, False
+    )
+    for _ in range(2):
+        for (images, labels), (cached_images, cached_labels) in zip(
+            uncached, _batches(cached_dataset)
+        ):
+            np.testing.assert_allclose(images, cached_images, atol=1e-6)
+            np.testing.assert_array_equal(labels, cached_labels)
+    training = _batches(
+        transform.make_dataset(ingest_dir, "train", _config(cache=cache), 8, True)
+    )
+    assert len(training) == 3
+    _assert_colours_match_labels(*training[0])
+
+
+@pytest.mark.parametrize(
+    "split", ["train", "test"]
+)  # 4 files (by file), 1 file (by record)
+def test_input_pipelines_read_disjoint_shards(colours, split):
+    ingest_dir, manifest = colours
+
+    def examples(input_context=None):
+        images = np.concatenate(
+            [
+                images
+                for images, _ in _batches(
+                    transform.make_dataset(
+                        ingest_dir, split, _config(), 4, False, input_context
+                    )
+                )
+            ]
+        )
+        return {image.round(4).tobytes() for image in images}, len(images)
+
+    everything, total = examples()
+    shards = [
+        examples(tf.distribute.InputContext(2, pipeline, 1)) for pipeline in (0, 1)
+    ]
+    assert (
+        shards[0][1] + shards[1][1]
+        == total
+        == manifest["splits"][split]["num_examples"]
+    )
+    assert shards[0][0] | shards[1][0] == everything and not shards[0][0] & shards[1][0]
+
+
+def test_two_replicas_each_get_half_the_global_batch(colours):
+    ingest_dir, _ = colours
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    dataset = transform.distribute_dataset(
+        strategy, ingest_dir, "train", _config(), 8, training=True
+    )
+    images, labels = next(iter(dataset))
+    local_images = strategy.experimental_local_results(images)
+    local_labels = strategy.experimental_local_results(labels)
+    assert [tuple(part.shape) for part in local_images] == [(4, 16, 16, 3)] * 2
+    assert [tuple(part.shape) for part in local_labels] == [(4,)] * 2
+    assert [part.device.endswith("CPU:0") for part in local_images] == [True, False]
+    with pytest.raises(PipelineError, match="does not split evenly over 2 replicas"):
+        transform.distribute_dataset(
+            strategy, ingest_dir, "train", _config(), 7, training=True
+        )
+
+
+def test_make_dataset_errors(colours, tmp_path):
+    ingest_dir, _ = colours
+    with pytest.raises(PipelineError, match="has no split 'holdout'"):
+        transform.make_dataset(ingest_dir, "holdout", _config(), 8, False)
+    with pytest.raises(PipelineError, match="too few for a batch of 64"):
+        transform.make_dataset(ingest_dir, "train", _config(), 64, True)
+    with pytest.raises(PipelineError, match="holds no finished ingest"):
+        transform.make_dataset(str(tmp_path), "train", _config(), 8, False)
+    with pytest.raises(ValueError, match="resolved image_size and channels"):
+        transform.make_dataset(
+            ingest_dir, "train", dataclasses.replace(_config(), channels=None), 8, False
+        )
