@@ -1,0 +1,445 @@
+"""Evaluate: test-split metrics and pictures, and blessing against the served model.
+
+    python -m pipeline.evaluate --saved-model saved_models/alexnet --dataset digits
+
+evaluates any export on any dataset through the export's own `serving_default`
+signature (encoded images in, so the export's in-graph preprocessing is what is
+measured), after ingesting the dataset (an earlier ingest is reused). It writes
+`evaluation.json` and the pictures to `--output-dir`.
+
+`python -m pipeline.run` calls `evaluate` on the trained Keras model and then
+`bless`, TFX's model validation: the new model is pushed only if its test
+accuracy is at least that of the newest version already exported, measured now
+on the same test split, minus a tolerance.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.figure import Figure
+from sklearn import metrics as sklearn_metrics
+
+from pipeline import export
+from pipeline import ingest
+from pipeline import transform
+from pipeline.config import DataConfig
+from pipeline.config import PipelineError
+
+BATCH_SIZE = 64
+MISCLASSIFIED_SHOWN = 8
+# Beyond these class counts the confusion matrix would be unreadable with
+# numbers in its cells, or with names on its axes.
+_MAX_CLASSES_WITH_VALUES = 20
+_MAX_CLASSES_WITH_NAMES = 100
+
+logger = logging.getLogger(__name__)
+
+
+def _encoded_batches(ingest_dir, manifest, split):
+    """Batches of (encoded images, labels) of an ingested split, as numpy."""
+    files = [
+        os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]
+    ]
+    features = {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    }
+    dataset = tf.data.TFRecordDataset(files).batch(BATCH_SIZE)
+    dataset = dataset.map(lambda records: tf.io.parse_example(records, features))
+    for batch in dataset.as_numpy_iterator():
+        yield batch["image/encoded"], batch["image/class/label"]
+
+
+class _Misclassified:
+    """Keeps the first few misclassified images for a picture."""
+
+    def __init__(self):
+        self.images, self.true, self.predicted = [], [], []
+
+    def add(self, images, labels, predictions):
+        for index in np.flatnonzero(labels != predictions):
+            if len(self.images) == MISCLASSIFIED_SHOWN:
+                return
+            self.images.append(np.asarray(images[index]))
+            self.true.append(int(labels[index]))
+            self.predicted.append(int(predictions[index]))
+
+
+def _predict_keras(model, ingest_dir, data_config, split, misclassified):
+    @tf.function(reduce_retracing=True)
+    def probabilities_of(images):
+        return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+
+    dataset = transform.make_dataset(
+        ingest_dir, split, data_config, BATCH_SIZE, training=False
+    )
+    all_probabilities, all_labels = [], []
+    for images, labels in dataset:
+        probabilities = probabilities_of(images).numpy()
+        labels = labels.numpy()
+        misclassified.add(images.numpy(), labels, probabilities.argmax(axis=1))
+        all_probabilities.append(probabilities)
+        all_labels.append(labels)
+    return np.concatenate(all_probabilities), np.concatenate(all_labels)
+
+
+def _predict_encoded(predict_fn, ingest_dir, manifest, split, misclassified):
+    all_probabilities, all_labels = [], []
+    for encoded, labels in _encoded_batches(ingest_dir, manifest, split):
+        probabilities = np.asarray(predict_fn(tf.constant(encoded)))
+        predictions = probabilities.argmax(axis=1)
+        needed = MISCLASSIFIED_SHOWN - len(misclassified.images)
+        # Only the images shown are decoded, for display, at the dataset's channels.
+        shown = {
+            i: transform.decode_image(encoded[i], manifest["channels"]).numpy()
+            for i in np.flatnonzero(labels != predictions)[:needed]
+        }
+        misclassified.add(
+            [shown.get(i) for i in range(len(labels))], labels, predictions
+        )
+        all_probabilities.append(probabilities)
+        all_labels.append(labels)
+    return np.concatenate(all_probabilities), np.concatenate(all_labels)
+
+
+def _metrics(split, labels, probabilities, class_names):
+    classes = list(range(len(class_names)))
+    if probabilities.shape[1] != len(class_names):
+        raise PipelineError(
+            f"the model gives {probabilities.shape[1]} class probabilities but the "
+            f"dataset has {len(class_names)} classes; evaluate it on the dataset it "
+            "was trained for"
+        )
+    predictions = probabilities.argmax(axis=1)
+    precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0
+    )
+    result = {
+        f"{split}_accuracy": float(sklearn_metrics.accuracy_score(labels, predictions)),
+    }
+    if len(classes) > 5:
+        result[f"{split}_top5_accuracy"] = float(
+            sklearn_metrics.top_k_accuracy_score(
+                labels, probabilities, k=5, labels=classes
+            )
+        )
+    result["num_examples"] = int(len(labels))
+    result["per_class"] = {
+        name: {"precision": float(p), "recall": float(r), "support": int(s)}
+        for name, p, r, s in zip(class_names, precision, recall, support)
+    }
+    result["confusion_matrix"] = sklearn_metrics.confusion_matrix(
+        labels, predictions, labels=classes
+    ).tolist()
+    return result
+
+
+def _table(split, metrics):
+    line = f"{split} accuracy {metrics[f'{split}_accuracy']:.4f}"
+    if f"{split}_top5_accuracy" in metrics:
+        line += f", top-5 {metrics[f'{split}_top5_accuracy']:.4f}"
+    lines = [
+        f"{line} on {metrics['num_examples']} examples",
+        f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"{name[:20]:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} "
+            f"{row['support']:>8d}"
+        )
+    return "\n".join(lines)
+
+
+def _plot_confusion_matrix(matrix, class_names, path):
+    count = len(class_names)
+    side = min(4 + 0.4 * count, 40)
+    figure = Figure(figsize=(side, side), layout="constrained")
+    axes = figure.add_subplot()
+    display = sklearn_metrics.ConfusionMatrixDisplay(
+        np.asarray(matrix),
+        display_labels=class_names if count <= _MAX_CLASSES_WITH_NAMES else None,
+    )
+    display.plot(
+        ax=axes,
+        include_values=count <= _MAX_CLASSES_WITH_VALUES,
+        xticks_rotation="vertical",
+        colorbar=False,
+    )
+    axes.set_title("Confusion matrix")
+    figure.savefig(path, dpi=100)
+
+
+def _displayable(image):
+    # Per-image min-max, so any normalisation shows as the full grey or colour range.
+    image = np.asarray(image, dtype=np.float32)
+    low, high = image.min(), image.max()
+    image = (image - low) / (high - low) if high > low else np.zeros_like(image)
+    return image[..., 0] if image.shape[-1] == 1 else image
+
+
+def _plot_conv1_kernels(model, path):
+    """The learned conv1 kernels as a grid, like Figure 3 of the paper."""
+    kernel = keras.ops.convert_to_numpy(model.get_layer("conv1").kernel)
+    filters = kernel.shape[-1]
+    columns = 12
+    rows = -(-filters // columns)
+    figure = Figure(figsize=(columns, rows))
+    for index in range(filters):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(
+            _displayable(kernel[..., index]), cmap="gray", interpolation="nearest"
+        )
+        axes.axis("off")
+    figure.suptitle(
+        f"conv1 kernels ({kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]})"
+    )
+    figure.savefig(path, dpi=80)
+
+
+def _plot_misclassified(misclassified, class_names, path):
+    shown = len(misclassified.images)
+    columns = 4
+    rows = max(1, -(-shown // columns))
+    figure = Figure(figsize=(2.5 * columns, 3 * rows), layout="constrained")
+    if not shown:
+        figure.text(0.5, 0.5, "No misclassified images", ha="center", va="center")
+    for index, image in enumerate(misclassified.images):
+        axes = figure.add_subplot(rows, columns, index + 1)
+        axes.imshow(_displayable(image), cmap="gray")
+        axes.set_title(
+            f"true: {class_names[misclassified.true[index]]}\n"
+            f"predicted: {class_names[misclassified.predicted[index]]}",
+            fontsize=9,
+        )
+        axes.axis("off")
+    figure.savefig(path, dpi=80)
+
+
+def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
+    """Metrics of `model` on an ingested split, with pictures written to `run_dir`.
+
+    Args:
+        model: a Keras model giving logits for images from
+            `pipeline.transform.make_dataset` (eval preprocessing), or a
+            `predict_fn` taking a string tensor [batch] of encoded images and
+            returning class probabilities [batch, classes] (an export's
+            `serving_default`).
+        ingest_dir: a directory written by `pipeline.ingest`.
+        data_config: a `DataConfig` with `image_size` and `channels` resolved
+            (used for a Keras model).
+        run_dir: where `confusion_matrix.png`, `misclassified.png` and, for a
+            Keras model, `conv1_kernels.png` go.
+        split: "train", "validation" or "test"; it prefixes the accuracy keys.
+
+    Returns:
+        `{split}_accuracy`, `{split}_top5_accuracy` (more than 5 classes only),
+        `num_examples`, `per_class` ({name: {precision, recall, support}}) and
+        `confusion_matrix` (rows are true classes, columns predicted ones).
+    """
+    manifest = ingest.load_manifest(ingest_dir)
+    if split not in manifest["splits"] or not manifest["splits"][split]["num_examples"]:
+        raise PipelineError(
+            f"{ingest_dir} has no {split} examples; use another --split"
+        )
+    class_names = manifest["class_names"]
+    misclassified = _Misclassified()
+    is_keras = isinstance(model, keras.Model)
+    if is_keras:
+        probabilities, labels = _predict_keras(
+            model, ingest_dir, data_config, split, misclassified
+        )
+    else:
+        probabilities, labels = _predict_encoded(
+            model, ingest_dir, manifest, split, misclassified
+        )
+    metrics = _metrics(split, labels, probabilities, class_names)
+
+    os.makedirs(run_dir, exist_ok=True)
+    _plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        class_names,
+        os.path.join(run_dir, "confusion_matrix.png"),
+    )
+    _plot_misclassified(
+        misclassified, class_names, os.path.join(run_dir, "misclassified.png")
+    )
+    if is_keras and any(layer.name == "conv1" for layer in model.layers):
+        _plot_conv1_kernels(model, os.path.join(run_dir, "conv1_kernels.png"))
+    logger.info("%s", _table(split, metrics))
+    return metrics
+
+
+def _load_signature(version_dir):
+    """The export's `serving_default` and the object that keeps its variables alive."""
+    try:
+        loaded = tf.saved_model.load(version_dir)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise PipelineError(
+            f"cannot load the SavedModel in {version_dir} "
+            f"({str(error).splitlines()[0]}); check that it is a complete export"
+        ) from None
+    if export.BYTES_SIGNATURE not in loaded.signatures:
+        raise PipelineError(
+            f"{version_dir} has no {export.BYTES_SIGNATURE} signature; export it with "
+            "pipeline.export"
+        )
+    return loaded, loaded.signatures[export.BYTES_SIGNATURE]
+
+
+def _baseline_accuracy(version_dir, ingest_dir, manifest):
+    """Test accuracy of an exported version, or a reason it cannot be compared."""
+    loaded, signature = _load_signature(version_dir)
+    class_names = np.array(
+        [name.encode() for name in manifest["class_names"]], dtype=object
+    )
+    correct = total = 0
+    for encoded, labels in _encoded_batches(ingest_dir, manifest, "test"):
+        outputs = signature(**{export.BYTES_INPUT: tf.constant(encoded)})
+        class_id = outputs["class_id"].numpy()
+        # Same number of classes, and the names the export gives its predictions
+        # are the dataset's: otherwise the accuracies measure different tasks.
+        if outputs["probabilities"].shape[1] != len(class_names) or np.any(
+            outputs["class_name"].numpy() != class_names[class_id]
+        ):
+            return None, "its classes differ from the dataset's"
+        correct += int(np.sum(class_id == labels))
+        total += len(labels)
+    return correct / total, None
+
+
+def bless(
+    candidate_accuracy, export_dir, ingest_dir, data_config, tolerance, force_push
+):
+    """Decides whether a model with `candidate_accuracy` may replace the served one.
+
+    The baseline is the newest version in `export_dir`, loaded with
+    `tf.saved_model.load` and run through its `serving_default` signature on the
+    test split of `ingest_dir` now, so both models are measured on the same data.
+    The candidate is blessed when there is no baseline, when `candidate_accuracy
+    >= baseline - tolerance`, or when `force_push` is set.
+
+    Returns:
+        `blessed` (bool), `candidate_accuracy`, `baseline_accuracy` (None without
+        a comparable baseline), `baseline_version` and `reason`, a sentence.
+    """
+    result = {
+        "blessed": True,
+        "candidate_accuracy": float(candidate_accuracy),
+        "baseline_accuracy": None,
+        "baseline_version": None,
+    }
+    found = export.versions(export_dir)
+    if not found:
+        result["reason"] = f"first model: {export_dir} has no version yet"
+        if force_push:
+            result["reason"] += " (--force-push was not needed)"
+        return result
+
+    version = found[-1]
+    result["baseline_version"] = version
+    version_dir = os.path.join(export_dir, str(version))
+    manifest = ingest.load_manifest(ingest_dir)
+    try:
+        baseline, problem = _baseline_accuracy(version_dir, ingest_dir, manifest)
+    except PipelineError:
+        if not force_push:
+            raise
+        baseline, problem = None, f"{version_dir} could not be loaded"
+    result["baseline_accuracy"] = baseline
+    on_data = f"on the {data_config.dataset} test split"
+    if force_push:
+        compared = (
+            f"{candidate_accuracy:.4f} vs version {version}'s {baseline:.4f}"
+            if baseline is not None
+            else problem
+        )
+        result["reason"] = f"forced with --force-push ({compared} {on_data})"
+    elif problem:
+        result["blessed"] = False
+        result["reason"] = (
+            f"version {version} in {export_dir} cannot be compared: {problem}; "
+            "use another --export-dir, or --force-push to replace it anyway"
+        )
+    elif candidate_accuracy >= baseline - tolerance:
+        result["reason"] = (
+            f"test accuracy {candidate_accuracy:.4f} is at least version {version}'s "
+            f"{baseline:.4f} minus the tolerance {tolerance} {on_data}"
+        )
+    else:
+        result["blessed"] = False
+        result["reason"] = (
+            f"test accuracy {candidate_accuracy:.4f} is below version {version}'s "
+            f"{baseline:.4f} minus the tolerance {tolerance} {on_data}; "
+            "--force-push exports it anyway"
+        )
+    logger.info("Blessing: %s", result["reason"])
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.evaluate",
+        description="Evaluate an export on a dataset through its serving signature.",
+    )
+    parser.add_argument(
+        "--saved-model",
+        required=True,
+        help="a version directory, or a base directory (its newest version)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits, tfds:<name>, folder:<path> or tfrecord:<glob>",
+    )
+    parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    parser.add_argument(
+        "--split", default="test", choices=("train", "validation", "test")
+    )
+    parser.add_argument(
+        "--output-dir",
+        default="runs/evaluation",
+        help="where evaluation.json and the pictures go",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        version_dir = export.resolve_saved_model(args.saved_model)
+        data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir)
+        ingest_dir = ingest.default_ingest_dir(args.dataset)
+        manifest = ingest.ingest(data_config, ingest_dir)
+        loaded, signature = _load_signature(version_dir)
+        num_outputs = signature.structured_outputs["probabilities"].shape[-1]
+        if num_outputs != len(manifest["class_names"]):
+            raise PipelineError(
+                f"{version_dir} has {num_outputs} classes but {args.dataset} has "
+                f"{len(manifest['class_names'])}; evaluate it on the dataset it was "
+                "trained for"
+            )
+
+        def predict_fn(image_bytes):
+            return signature(**{export.BYTES_INPUT: image_bytes})["probabilities"]
+
+        logger.info(
+            "Evaluating %s on the %s split of %s", version_dir, args.split, args.dataset
+        )
+        metrics = evaluate(
+            predict_fn, ingest_dir, data_config, args.output_dir, args.split
+        )
+    except PipelineError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    metrics.update(saved_model=version_dir, dataset=args.dataset, split=args.split)
+    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as file:
+        json.dump(metrics, file, indent=2)
+    logger.info("Metrics and pictures are in %s", args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Export a trained AlexNet for TensorFlow Serving: numbered SavedModel versions.
+
+`python -m pipeline.run` calls `export_saved_model` for a blessed model; inspect
+what it wrote with
+
+    saved_model_cli show --dir saved_models/alexnet/1 --all
+
+Each export is `<export_dir>/<version>/` (1, 2, ...), the layout TF Serving polls,
+with two signatures:
+
+- `serving_default`: `image_bytes`, string [None], encoded JPEG/PNG/BMP/GIF images
+  of any size, decoded, resized and normalised in the graph by the same
+  `pipeline.transform.preprocess_for_eval` that evaluation uses;
+- `serving_pixels`: `pixels`, float32 [None, height, width, channels] in 0-255,
+  for clients that decode images themselves.
+
+Both answer `probabilities` (float32 [None, classes], softmax of the logits),
+`class_id` (int64 [None]), `class_name` (string [None]), `top_k_class_name`
+(string [None, k]) and `top_k_probabilities` (float32 [None, k]), k = min(5,
+classes). `assets.extra/tf_serving_warmup_requests` holds a few requests TF Serving
+replays before it serves the version.
+"""
+
+import errno
+import logging
+import os
+import re
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from pipeline import transform
+from pipeline.config import PipelineError
+
+BYTES_SIGNATURE = "serving_default"
+BYTES_INPUT = "image_bytes"
+PIXELS_SIGNATURE = "serving_pixels"
+PIXELS_INPUT = "pixels"
+OUTPUTS = (
+    "probabilities",
+    "class_id",
+    "class_name",
+    "top_k_class_name",
+    "top_k_probabilities",
+)
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+TOP_K = 5
+# TF Serving only loads directories named by an integer, so a version is written
+# under this prefix and renamed into place once it is complete.
+_TEMP_PREFIX = ".tmp-"
+_TEMP_NAME = re.compile(r"^\.tmp-\d+-(\d+)$")
+# Each warm-up image is replayed alone and all of them once as a batch, so both a
+# single-image and a batched request have run before the first real one.
+_MAX_WARMUP_IMAGES = 4
+
+logger = logging.getLogger(__name__)
+
+
+def versions(export_dir):
+    """The integer version numbers present in `export_dir`, ascending."""
+    if not os.path.isdir(export_dir):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(export_dir)
+        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+    )
+
+
+def resolve_saved_model(path):
+    """A version directory as given, or the newest version of a base directory."""
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        return path
+    found = versions(path)
+    if not found:
+        raise PipelineError(
+            f"{path} is neither a SavedModel nor a directory of numbered versions; "
+            "pass a version directory such as saved_models/alexnet/1 or its parent"
+        )
+    return os.path.join(path, str(found[-1]))
+
+
+def _serving_functions(model, class_names, image_size, channels):
+    names = tf.constant(list(class_names))
+    top_k = min(TOP_K, len(class_names))
+    image_spec = tf.TensorSpec((*image_size, channels), tf.float32)
+
+    def classify(images):
+        # float32 whatever the model's compute dtype, so clients always get the same.
+        logits = tf.cast(model(images, training=False), tf.float32)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        best = tf.math.top_k(probabilities, k=top_k)
+        return {
+            "probabilities": probabilities,
+            "class_id": class_id,
+            "class_name": tf.gather(names, class_id),
+            "top_k_class_name": tf.gather(names, best.indices),
+            "top_k_probabilities": best.values,
+        }
+
+    def decode_one(encoded):
+        image = transform.decode_image(encoded, channels)
+        return tf.ensure_shape(
+            transform.preprocess_for_eval(image, image_size), image_spec.shape
+        )
+
+    def serve_image_bytes(image_bytes):
+        # Images differ in size, so each is decoded and resized on its own
+        # before they form one batch.
+        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=image_spec)
+        return classify(images)
+
+    def serve_pixels(pixels):
+        return classify(transform.preprocess_for_eval(pixels, image_size))
+
+    return serve_image_bytes, serve_pixels
+
+
+def _encode(image):
+    if isinstance(image, bytes):
+        return image
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., np.newaxis]
+    return tf.io.encode_png(image.astype(np.uint8)).numpy()
+
+
+def _generated_images(image_size, channels):
+    # A smooth gradient, deliberately not at the model's size, so the warm-up
+    # exercises resizing and both the PNG and the JPEG decoder.
+    height, width = image_size[0] + 13, image_size[1] + 7
+    rows = np.linspace(0, 255, height)[:, np.newaxis, np.newaxis]
+    cols = np.linspace(255, 0, width)[np.newaxis, :, np.newaxis]
+    image = ((rows + cols) / 2 * np.ones((1, 1, channels))).astype(np.uint8)
+    return [tf.io.encode_png(image).numpy(), tf.io.encode_jpeg(image).numpy()]
+
+
+def _write_warmup(version_dir, model_name, encoded_images):
+    path = os.path.join(version_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    batches = [[image] for image in encoded_images]
+    if len(encoded_images) > 1:
+        batches.append(list(encoded_images))
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch in batches:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name = model_name
+            request.model_spec.signature_name = BYTES_SIGNATURE
+            request.inputs[BYTES_INPUT].CopyFrom(
+                tf.make_tensor_proto(batch, dtype=tf.string)
+            )
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)
+            )
+            writer.write(log.SerializeToString())
+
+
+def _process_is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_abandoned_exports(export_dir):
+    # A killed export leaves its temporary directory behind; TF Serving ignores
+    # it, and the next export removes it once its writer is gone.
+    for name in os.listdir(export_dir):
+        match = _TEMP_NAME.match(name)
+        if match and not _process_is_alive(int(match.group(1))):
+            logger.info("Removing abandoned export %s", os.path.join(export_dir, name))
+            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+
+
+def export_saved_model(
+    model, class_names, image_size, channels, export_dir, warmup_images=None
+):
+    """Write `model` as the next version under `export_dir` and return its path.
+
+    Args:
+        model: a built Keras model returning logits for float32 images of
+            `(*image_size, channels)` normalised by `preprocess_for_eval`.
+        class_names: one name per logit, in logit order.
+        image_size: `(height, width)` the model takes.
+        channels: 1 or 3, the channels images are decoded to.
+        export_dir: TF Serving's base path for this model, e.g.
+            `saved_models/alexnet`; its last component names the model in the
+            warm-up requests.
+        warmup_images: optional encoded images (bytes) or uint8 arrays
+            `[height, width, channels]` to replay at load time, e.g. a few test
+            images; a generated image is used when not given.
+    """
+    num_logits = model.outputs[0].shape[-1] if model.outputs else None
+    if num_logits is not None and num_logits != len(class_names):
+        raise PipelineError(
+            f"the model has {num_logits} outputs but {len(class_names)} class names "
+            "were given; pass one class name per output"
+        )
+    export_dir = os.path.abspath(export_dir)
+    try:
+        os.makedirs(export_dir, exist_ok=True)
+    except OSError as error:
+        raise PipelineError(
+            f"cannot write to {export_dir} ({error.strerror}); choose another "
+            "--export-dir"
+        ) from None
+    _remove_abandoned_exports(export_dir)
+    version = max(versions(export_dir), default=0) + 1
+    version_dir = os.path.join(export_dir, str(version))
+    temp_dir = os.path.join(export_dir, f"{_TEMP_PREFIX}{version}-{os.getpid()}")
+    if warmup_images:
+        encoded = [_encode(image) for image in list(warmup_images)[:_MAX_WARMUP_IMAGES]]
+    else:
+        encoded = _generated_images(image_size, channels)
+
+    serve_image_bytes, serve_pixels = _serving_functions(
+        model, class_names, tuple(image_size), channels
+    )
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        # Added first and under TF Serving's default name: what a client gets
+        # when it names no signature.
+        archive.add_endpoint(
+            BYTES_SIGNATURE,
+            serve_image_bytes,
+            input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+        )
+        archive.add_endpoint(
+            PIXELS_SIGNATURE,
+            serve_pixels,
+            input_signature=[
+                tf.TensorSpec(
+                    [None, *image_size, channels], tf.float32, name=PIXELS_INPUT
+                )
+            ],
+        )
+        archive.write_out(temp_dir, verbose=False)
+        _write_warmup(temp_dir, os.path.basename(export_dir), encoded)
+        # One rename, so TF Serving never sees a half-written version; an existing
+        # version (another export won the race) is never replaced.
+        if os.path.exists(version_dir):
+            raise PipelineError(
+                f"{version_dir} appeared while exporting; run the export again"
+            )
+        try:
+            os.rename(temp_dir, version_dir)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise PipelineError(
+                    f"{version_dir} appeared while exporting; run the export again"
+                ) from error
+            raise
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    logger.info("Exported version %d to %s", version, version_dir)
+    return version_dir
+
+
+def export_keras(model, path):
+    """Save `model` as a `.keras` file at `path` (for retraining or Keras tools)."""
+    if not str(path).endswith(".keras"):
+        raise PipelineError(f"a Keras model file must end in .keras. Received: {path}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    model.save(path)
+    logger.info("Saved the Keras model to %s", path)
+    return str(path)

@@ -1,0 +1,286 @@
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib import image as matplotlib_image
+from sklearn import metrics as sklearn_metrics
+
+import serving_testlib
+from alexnet_keras import AlexNet
+from pipeline import evaluate
+from pipeline import export
+from pipeline.config import PipelineError
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return serving_testlib.digits(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trained_metrics(tmp_path_factory, digits):
+    """evaluate() of the trained Keras model, and the run directory it wrote."""
+    ingest_dir, data_config, _ = digits
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    model = serving_testlib.trained_model(tmp_path_factory)
+    return evaluate.evaluate(model, ingest_dir, data_config, run_dir), run_dir
+
+
+def assert_png(path):
+    assert os.path.getsize(path) > 1000
+    picture = matplotlib_image.imread(path)
+    assert picture.ndim == 3 and min(picture.shape[:2]) > 100
+
+
+def test_metrics_on_a_known_case():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    # Predicted: 0, 1, 1, 1, 2, 0.
+    probabilities = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.1, 0.7, 0.2],
+            [0.2, 0.5, 0.3],
+            [0.1, 0.1, 0.8],
+            [0.5, 0.1, 0.4],
+        ]
+    )
+    metrics = evaluate._metrics("test", labels, probabilities, ["a", "b", "c"])
+    assert metrics["test_accuracy"] == pytest.approx(4 / 6)
+    assert "test_top5_accuracy" not in metrics
+    assert metrics["num_examples"] == 6
+    assert metrics["per_class"] == {
+        "a": {
+            "precision": pytest.approx(1 / 2),
+            "recall": pytest.approx(1 / 2),
+            "support": 2,
+        },
+        "b": {
+            "precision": pytest.approx(2 / 3),
+            "recall": pytest.approx(1.0),
+            "support": 2,
+        },
+        "c": {
+            "precision": pytest.approx(1.0),
+            "recall": pytest.approx(1 / 2),
+            "support": 2,
+        },
+    }
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    with pytest.raises(
+        PipelineError, match="3 class probabilities but the dataset has 4"
+    ):
+        evaluate._metrics("test", labels, probabilities, ["a", "b", "c", "d"])
+
+
+def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
+    ingest_dir, data_config, manifest = digits
+
+    def scores(image_bytes):
+        # Arbitrary but fixed per image: a hash of its bytes.
+        digest = hashlib.sha256(image_bytes).digest()
+        return np.frombuffer(digest[:10], dtype=np.uint8).astype(np.float64) + 1
+
+    def predict_fn(image_bytes):
+        rows = np.stack([scores(image) for image in image_bytes.numpy()])
+        return rows / rows.sum(axis=1, keepdims=True)
+
+    encoded, labels = serving_testlib.encoded_split(ingest_dir, "test")
+    probabilities = predict_fn(tf.constant(encoded))
+    predictions = probabilities.argmax(axis=1)
+
+    metrics = evaluate.evaluate(predict_fn, ingest_dir, data_config, str(tmp_path))
+    assert (
+        metrics["num_examples"]
+        == manifest["splits"]["test"]["num_examples"]
+        == len(labels)
+    )
+    assert metrics["test_accuracy"] == pytest.approx(
+        sklearn_metrics.accuracy_score(labels, predictions)
+    )
+    assert metrics["test_top5_accuracy"] == pytest.approx(
+        sklearn_metrics.top_k_accuracy_score(
+            labels, probabilities, k=5, labels=range(10)
+        )
+    )
+    precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=range(10), zero_division=0
+    )
+    assert list(metrics["per_class"]) == manifest["class_names"]
+    for index, row in enumerate(metrics["per_class"].values()):
+        assert row == {
+            "precision": pytest.approx(precision[index]),
+            "recall": pytest.approx(recall[index]),
+            "support": support[index],
+        }
+    np.testing.assert_array_equal(
+        metrics["confusion_matrix"],
+        sklearn_metrics.confusion_matrix(labels, predictions, labels=range(10)),
+    )
+    assert_png(tmp_path / "confusion_matrix.png")
+    assert_png(tmp_path / "misclassified.png")
+    # Figure 3 needs the kernels, which only a Keras model has.
+    assert not (tmp_path / "conv1_kernels.png").exists()
+
+
+def test_evaluate_a_keras_model(trained_metrics, digits):
+    metrics, run_dir = trained_metrics
+    _, _, manifest = digits
+    assert metrics["test_accuracy"] > 0.9
+    assert metrics["test_top5_accuracy"] >= metrics["test_accuracy"]
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10)
+    assert (
+        matrix.sum()
+        == metrics["num_examples"]
+        == manifest["splits"]["test"]["num_examples"]
+    )
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["test_accuracy"])
+    assert [row["support"] for row in metrics["per_class"].values()] == matrix.sum(
+        axis=1
+    ).tolist()
+    for name in ("confusion_matrix.png", "conv1_kernels.png", "misclassified.png"):
+        assert_png(os.path.join(run_dir, name))
+
+
+def test_cli_measures_the_export_through_its_own_signature(
+    tmp_path, tmp_path_factory, monkeypatch, trained_metrics
+):
+    monkeypatch.chdir(tmp_path)  # the dataset is ingested into ./data/digits
+    exit_code = evaluate.main(
+        [
+            "--saved-model",
+            os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
+            "--dataset",
+            "digits",
+            "--output-dir",
+            "out",
+        ]
+    )
+    assert exit_code == 0
+    assert (tmp_path / "data" / "digits" / "manifest.json").exists()
+    with open(tmp_path / "out" / "evaluation.json") as file:
+        metrics = json.load(file)
+    # Encoded test images through the export's in-graph decoding and
+    # preprocessing score exactly what the Keras model scored on the same split.
+    keras_metrics = trained_metrics[0]
+    assert metrics["test_accuracy"] == pytest.approx(keras_metrics["test_accuracy"])
+    assert metrics["confusion_matrix"] == keras_metrics["confusion_matrix"]
+    assert metrics["saved_model"].endswith(os.path.join("alexnet", "1"))
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        assert_png(tmp_path / "out" / name)
+
+
+def test_cli_names_a_missing_export(tmp_path, capsys):
+    exit_code = evaluate.main(
+        ["--saved-model", str(tmp_path / "nothing"), "--dataset", "digits"]
+    )
+    assert exit_code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m pipeline.evaluate: error: ")
+    assert str(tmp_path / "nothing") in error and error.count("\n") == 1
+
+
+def copy_of_the_export(tmp_path_factory, tmp_path):
+    """A base directory whose newest version (1) is the trained model."""
+    base = tmp_path / "alexnet"
+    shutil.copytree(serving_testlib.trained_export(tmp_path_factory), base / "1")
+    return str(base)
+
+
+def test_the_first_model_is_always_blessed(tmp_path, digits):
+    ingest_dir, data_config, _ = digits
+    result = evaluate.bless(
+        0.1, str(tmp_path / "alexnet"), ingest_dir, data_config, 0.01, False
+    )
+    assert result == {
+        "blessed": True,
+        "candidate_accuracy": 0.1,
+        "baseline_accuracy": None,
+        "baseline_version": None,
+        "reason": result["reason"],
+    }
+    assert "first model" in result["reason"]
+
+
+def test_a_worse_model_is_not_pushed_unless_forced(
+    tmp_path, tmp_path_factory, digits, trained_metrics
+):
+    ingest_dir, data_config, manifest = digits
+    export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
+    worse = serving_testlib.worse_model(tmp_path_factory)
+    candidate = evaluate.evaluate(worse, ingest_dir, data_config, str(tmp_path / "run"))
+    assert candidate["test_accuracy"] < 0.2
+
+    result = evaluate.bless(
+        candidate["test_accuracy"], export_dir, ingest_dir, data_config, 0.01, False
+    )
+    assert result["blessed"] is False
+    assert result["baseline_version"] == 1
+    # The served version, measured now through its own signature, scores what the
+    # trained Keras model scored.
+    assert result["baseline_accuracy"] == pytest.approx(
+        trained_metrics[0]["test_accuracy"]
+    )
+    assert (
+        "below version 1's" in result["reason"] and "--force-push" in result["reason"]
+    )
+    assert export.versions(export_dir) == [1]
+
+    forced = evaluate.bless(
+        candidate["test_accuracy"], export_dir, ingest_dir, data_config, 0.01, True
+    )
+    assert forced["blessed"] is True and "forced" in forced["reason"]
+    assert forced["baseline_accuracy"] == result["baseline_accuracy"]
+    pushed = export.export_saved_model(
+        worse, manifest["class_names"], (67, 67), 1, export_dir
+    )
+    assert os.path.basename(pushed) == "2"
+
+
+def test_tolerance_decides_near_ties(
+    tmp_path, tmp_path_factory, digits, trained_metrics
+):
+    ingest_dir, data_config, _ = digits
+    export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
+    baseline = trained_metrics[0]["test_accuracy"]
+    equal = evaluate.bless(baseline, export_dir, ingest_dir, data_config, 0.0, False)
+    assert equal["blessed"] is True
+    slightly_worse = evaluate.bless(
+        baseline - 0.005, export_dir, ingest_dir, data_config, 0.01, False
+    )
+    assert slightly_worse["blessed"] is True
+    assert (
+        evaluate.bless(
+            baseline - 0.02, export_dir, ingest_dir, data_config, 0.01, False
+        )["blessed"]
+        is False
+    )
+
+
+def test_an_export_for_other_classes_is_not_compared(
+    tmp_path, digits, capsys, monkeypatch
+):
+    ingest_dir, data_config, _ = digits
+    monkeypatch.chdir(tmp_path)  # the command line ingests into ./data/digits
+    export_dir = str(tmp_path / "alexnet")
+    other = AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))
+    export.export_saved_model(other, ["cat", "dog", "fox"], (67, 67), 3, export_dir)
+
+    result = evaluate.bless(0.9, export_dir, ingest_dir, data_config, 0.01, False)
+    assert result["blessed"] is False and result["baseline_accuracy"] is None
+    assert "cannot be compared" in result["reason"]
+    forced = evaluate.bless(0.9, export_dir, ingest_dir, data_config, 0.01, True)
+    assert forced["blessed"] is True and "forced" in forced["reason"]
+
+    exit_code = evaluate.main(
+        ["--saved-model", export_dir, "--dataset", "digits", "--output-dir", "out"]
+    )
+    assert exit_code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m pipeline.evaluate: error: ")
+    assert "has 3 classes but digits has 10" in error and error.count("\n") == 1

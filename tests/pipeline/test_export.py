@@ -1,0 +1,261 @@
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import prediction_log_pb2
+
+import serving_testlib
+from alexnet_keras import AlexNet
+from pipeline import export
+from pipeline.config import PipelineError
+
+CLASS_NAMES = ["cat", "dog", "fox"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    return serving_testlib.digits(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The trained digits export, loaded like TF Serving loads it."""
+    session = serving_testlib.ServingSession(
+        serving_testlib.trained_export(tmp_path_factory)
+    )
+    yield session
+    session.close()
+
+
+def tiny_model():
+    return AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))
+
+
+def test_layout_and_signatures(tmp_path_factory, served):
+    version_dir = serving_testlib.trained_export(tmp_path_factory)
+    assert os.path.basename(version_dir) == "1"
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(version_dir, "variables"))
+    assert sorted(os.listdir(os.path.dirname(version_dir))) == ["1"]
+
+    signatures = served.signatures
+    assert {"serving_default", "serving_pixels"} <= set(signatures)
+    default = signatures["serving_default"]
+    assert list(default.inputs) == ["image_bytes"]
+    assert default.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    assert [d.size for d in default.inputs["image_bytes"].tensor_shape.dim] == [-1]
+    pixels = signatures["serving_pixels"]
+    assert list(pixels.inputs) == ["pixels"]
+    assert pixels.inputs["pixels"].dtype == tf.float32.as_datatype_enum
+    assert [d.size for d in pixels.inputs["pixels"].tensor_shape.dim] == [-1, 67, 67, 1]
+    for signature in (default, pixels):
+        outputs = signature.outputs
+        assert set(outputs) == set(export.OUTPUTS)
+        assert outputs["probabilities"].dtype == tf.float32.as_datatype_enum
+        assert outputs["class_id"].dtype == tf.int64.as_datatype_enum
+        assert outputs["class_name"].dtype == tf.string.as_datatype_enum
+        assert [d.size for d in outputs["top_k_class_name"].tensor_shape.dim] == [-1, 5]
+
+
+def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, served):
+    ingest_dir, _, manifest = digits
+    class_names = manifest["class_names"]
+    images, labels = [], []
+    # Real digits at sizes and in formats the model never saw, grey and colour.
+    for index, size, channels, image_format in (
+        (0, (30, 41), 1, "png"),
+        (1, (120, 90), 3, "jpeg"),
+        (2, (67, 67), 1, "jpeg"),
+        (3, (200, 160), 3, "png"),
+    ):
+        image, label = serving_testlib.digit_image(ingest_dir, index, size, channels)
+        images.append(serving_testlib.encode(image, image_format))
+        labels.append(label)
+
+    outputs = served.run({"image_bytes": images})
+    expected = serving_testlib.keras_probabilities(
+        serving_testlib.trained_model(tmp_path_factory), images
+    )
+    probabilities = outputs["probabilities"]
+    assert probabilities.shape == (4, 10)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    argmax = probabilities.argmax(axis=1)
+    np.testing.assert_array_equal(outputs["class_id"], argmax)
+    assert [name.decode() for name in outputs["class_name"]] == [
+        class_names[i] for i in argmax
+    ]
+    # The fitted model knows digits: most of these are named right.
+    assert np.mean(argmax == np.array(labels)) >= 0.75
+    order = np.argsort(-probabilities, axis=1)[:, :5]
+    np.testing.assert_allclose(
+        outputs["top_k_probabilities"], np.take_along_axis(probabilities, order, axis=1)
+    )
+    assert outputs["top_k_class_name"][:, 0].tolist() == outputs["class_name"].tolist()
+
+
+def test_serving_pixels_agrees_with_serving_default(digits, served):
+    ingest_dir, _, _ = digits
+    image, _ = serving_testlib.digit_image(ingest_dir, 5, (67, 67), 1)
+    from_bytes = served.run({"image_bytes": [serving_testlib.encode(image, "png")]})
+    from_pixels = served.run(
+        {"pixels": image[np.newaxis].astype(np.float32)},
+        signature_name="serving_pixels",
+    )
+    np.testing.assert_allclose(
+        from_pixels["probabilities"], from_bytes["probabilities"], atol=1e-5
+    )
+    assert from_pixels["class_name"].tolist() == from_bytes["class_name"].tolist()
+
+
+def test_corrupt_bytes_fail_that_request_only(digits, served):
+    ingest_dir, _, _ = digits
+    image, _ = serving_testlib.digit_image(ingest_dir, 0, (30, 30), 1)
+    png = serving_testlib.encode(image, "png")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        served.run({"image_bytes": [png, b"this is not an image"]})
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        served.run({"image_bytes": [png[: len(png) // 2]]})
+    outputs = served.run({"image_bytes": [png]})
+    assert outputs["probabilities"].shape == (1, 10)
+
+
+def test_warmup_requests_replay_in_the_serving_session(
+    tmp_path_factory, digits, served
+):
+    version_dir = serving_testlib.trained_export(tmp_path_factory)
+    path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(path)
+    ]
+    # Three test images were given: each alone, then all three as one batch.
+    assert [
+        len(log.predict_log.request.inputs["image_bytes"].string_val) for log in logs
+    ] == [1, 1, 1, 3]
+    given = serving_testlib.encoded_split(digits[0], "test")[0][:3]
+    assert list(logs[-1].predict_log.request.inputs["image_bytes"].string_val) == given
+    for log in logs:
+        request = log.predict_log.request
+        assert request.model_spec.name == "alexnet"
+        inputs = {
+            name: tf.make_ndarray(proto) for name, proto in request.inputs.items()
+        }
+        outputs = served.run(inputs, signature_name=request.model_spec.signature_name)
+        assert outputs["probabilities"].shape == (len(inputs["image_bytes"]), 10)
+
+
+def test_generated_warmup_exercises_png_and_jpeg(tmp_path):
+    version_dir = export.export_saved_model(
+        tiny_model(), CLASS_NAMES, (67, 67), 3, tmp_path
+    )
+    path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    session = serving_testlib.ServingSession(version_dir)
+    try:
+        images = []
+        for record in tf.data.TFRecordDataset(path):
+            request = prediction_log_pb2.PredictionLog.FromString(
+                record.numpy()
+            ).predict_log.request
+            assert request.model_spec.signature_name == "serving_default"
+            inputs = {
+                name: tf.make_ndarray(proto) for name, proto in request.inputs.items()
+            }
+            outputs = session.run(inputs)
+            assert outputs["top_k_class_name"].shape == (len(inputs["image_bytes"]), 3)
+            images.extend(inputs["image_bytes"])
+    finally:
+        session.close()
+    assert {tf.io.is_jpeg(image).numpy() for image in images} == {True, False}
+
+
+def test_versions_count_up_and_never_overwrite(tmp_path):
+    model = tiny_model()
+    first = export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    with open(os.path.join(first, "saved_model.pb"), "rb") as file:
+        first_graph = file.read()
+    os.makedirs(tmp_path / "7" / "variables")  # e.g. a version put there by hand
+    (tmp_path / "not-a-version").mkdir()
+    second = export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    assert (os.path.basename(first), os.path.basename(second)) == ("1", "8")
+    assert export.versions(tmp_path) == [1, 7, 8]
+    with open(os.path.join(first, "saved_model.pb"), "rb") as file:
+        assert file.read() == first_graph
+    assert export.resolve_saved_model(str(tmp_path)) == str(tmp_path / "8")
+    assert export.resolve_saved_model(first) == first
+    with pytest.raises(PipelineError, match="numbered versions"):
+        export.resolve_saved_model(str(tmp_path / "not-a-version"))
+
+
+def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
+    model = tiny_model()
+    first = export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    before = sorted(os.listdir(first))
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed while writing the warm-up file")
+
+    # The SavedModel is written by then: only the warm-up is missing.
+    monkeypatch.setattr(export, "_write_warmup", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["1"]
+    assert sorted(os.listdir(first)) == before
+
+
+def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    abandoned = tmp_path / f".tmp-1-{dead.pid}"
+    (abandoned / "variables").mkdir(parents=True)
+    (abandoned / "saved_model.pb").write_bytes(b"half written")
+    live = tmp_path / f".tmp-5-{os.getpid()}"  # another export still writing
+    live.mkdir()
+    assert export.versions(tmp_path) == []
+
+    version_dir = export.export_saved_model(
+        tiny_model(), CLASS_NAMES, (67, 67), 3, tmp_path
+    )
+    assert os.path.basename(version_dir) == "1"
+    assert not abandoned.exists()
+    assert live.exists()
+    assert export.versions(tmp_path) == [1]
+
+
+def test_class_names_must_match_the_logits(tmp_path):
+    with pytest.raises(PipelineError, match="3 outputs but 2 class names"):
+        export.export_saved_model(tiny_model(), ["cat", "dog"], (67, 67), 3, tmp_path)
+    assert export.versions(tmp_path) == []
+
+
+def test_export_keras_round_trips(tmp_path):
+    model = tiny_model()
+    path = export.export_keras(model, str(tmp_path / "run" / "model.keras"))
+    restored = keras.saving.load_model(path)
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 67, 67, 3)).astype("float32")
+    np.testing.assert_allclose(restored(images), model(images), atol=1e-6)
+    with pytest.raises(PipelineError, match=r"\.keras"):
+        export.export_keras(model, str(tmp_path / "model.h5"))
+
+
+def test_models_config_serves_the_exports():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(
+        os.path.dirname(export.__file__), "..", "saved_models", "models.config"
+    )
+    with open(path) as file:
+        config = text_format.Parse(
+            file.read(), model_server_config_pb2.ModelServerConfig()
+        )
+    (model,) = config.model_config_list.config
+    assert (model.name, model.base_path, model.model_platform) == (
+        "alexnet",
+        "/models/alexnet",
+        "tensorflow",
+    )

@@ -1,0 +1,324 @@
+import base64
+import concurrent.futures
+import http.server
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+import serving_testlib
+from pipeline import predict
+
+MODEL_NAME = "alexnet"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The trained digits export loaded like TF Serving, and its path."""
+    version_dir = serving_testlib.trained_export(tmp_path_factory)
+    session = serving_testlib.ServingSession(version_dir)
+    yield session, version_dir
+    session.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """A PNG and a JPEG digit on disk, and what TF Serving answers for each."""
+    ingest_dir, _, manifest = serving_testlib.digits(tmp_path_factory)
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for index, size, image_format in ((0, (40, 32), "png"), (1, (90, 90), "jpeg")):
+        image, _ = serving_testlib.digit_image(ingest_dir, index, size, 1)
+        path = folder / f"digit{index}.{'png' if image_format == 'png' else 'jpg'}"
+        path.write_bytes(serving_testlib.encode(image, image_format))
+        paths.append(str(path))
+    not_an_image = folder / "notes.txt"
+    not_an_image.write_text("not an image")
+    return paths, str(not_an_image)
+
+
+def expected_top_k(session, path, k=5):
+    with open(path, "rb") as file:
+        outputs = session.run({"image_bytes": [file.read()]})
+    names = [name.decode() for name in outputs["top_k_class_name"][0]]
+    return list(zip(names, outputs["top_k_probabilities"][0].tolist()))[:k]
+
+
+def assert_same_answers(results, session, paths, k=5):
+    assert [path for path, _ in results] == paths
+    for path, classes in results:
+        expected = expected_top_k(session, path, k)
+        assert [name for name, _ in classes] == [name for name, _ in expected]
+        np.testing.assert_allclose(
+            [p for _, p in classes], [p for _, p in expected], atol=1e-6
+        )
+
+
+def json_value(value):
+    value = np.asarray(value)
+    if value.dtype.kind in "OS":
+        return np.char.decode(value.astype(bytes), "utf-8").tolist()
+    return value.tolist()
+
+
+class RestServer:
+    """TF Serving's REST predict API in a thread, answering from a ServingSession."""
+
+    def __init__(self, session):
+        self.session = session
+        self.requests = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                try:
+                    owner.handle(self)
+                except Exception as error:  # a format check failed: tell the client
+                    owner.reply(self, 500, {"error": f"test server: {error!r}"})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def reply(self, handler, status, body):
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def handle(self, handler):
+        body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+        self.requests.append((handler.path, body))
+        match = re.fullmatch(
+            r"/v1/models/([^/:]+)(?:/versions/(\d+))?:predict", handler.path
+        )
+        if not match or match.group(1) != MODEL_NAME:
+            return self.reply(
+                handler,
+                404,
+                {
+                    "error": f"Servable not found for request: "
+                    f"Latest({match and match.group(1)})"
+                },
+            )
+        # The documented row format with binary strings as {"b64": ...}.
+        assert body["signature_name"] == "serving_default"
+        assert set(body) == {"signature_name", "instances"}
+        encoded = [
+            base64.b64decode(row["image_bytes"]["b64"]) for row in body["instances"]
+        ]
+        try:
+            outputs = self.session.run({"image_bytes": encoded})
+        except tf.errors.InvalidArgumentError as error:
+            return self.reply(handler, 400, {"error": error.message})
+        # Row format: one object per instance; strings as text (no "_bytes" suffix).
+        predictions = [
+            {name: json_value(value[row]) for name, value in outputs.items()}
+            for row in range(len(encoded))
+        ]
+        self.reply(handler, 200, {"predictions": predictions})
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """TF Serving's gRPC PredictionService.Predict, answering from a ServingSession."""
+
+    def __init__(self, session):
+        self.session = session
+        self.requests = []
+
+    def Predict(self, request, context):
+        self.requests.append(request)
+        if request.model_spec.name != MODEL_NAME:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Servable not found for request: Latest({request.model_spec.name})",
+            )
+        inputs = {
+            name: tf.make_ndarray(proto) for name, proto in request.inputs.items()
+        }
+        try:
+            outputs = self.session.run(
+                inputs,
+                signature_name=request.model_spec.signature_name or "serving_default",
+            )
+        except tf.errors.InvalidArgumentError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, error.message)
+        response = predict_pb2.PredictResponse()
+        response.model_spec.CopyFrom(request.model_spec)
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+
+@pytest.fixture(scope="module")
+def rest_server(served):
+    server = RestServer(served[0])
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_server(served):
+    service = PredictionService(served[0])
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield service, f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def one_line_error(capsys):
+    captured = capsys.readouterr()
+    assert captured.err.startswith("python -m pipeline.predict: error: ")
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+    return captured.err
+
+
+def test_rest_sends_the_documented_request_and_prints_top_k(
+    rest_server, served, images, capsys
+):
+    session, _ = served
+    paths, _ = images
+    rest_server.requests.clear()
+    assert (
+        predict.main([*paths, "--server", rest_server.url, "--model", MODEL_NAME]) == 0
+    )
+
+    # One request per image, so a bad image can be named.
+    assert [path for path, _ in rest_server.requests] == [
+        "/v1/models/alexnet:predict"
+    ] * 2
+    with open(paths[1], "rb") as file:
+        assert rest_server.requests[1][1]["instances"] == [
+            {"image_bytes": {"b64": base64.b64encode(file.read()).decode()}}
+        ]
+    output = capsys.readouterr().out.splitlines()
+    assert output[0] == paths[0] and output[6] == paths[1]
+    best_name, best_probability = expected_top_k(session, paths[0])[0]
+    assert output[1].split() == ["1.", best_name, f"{best_probability:.4f}"]
+    assert len(output) == 12
+
+    results = predict.predict(paths, server=rest_server.url, version=1, top_k=3)
+    assert rest_server.requests[-1][0] == "/v1/models/alexnet/versions/1:predict"
+    assert_same_answers(results, session, paths, k=3)
+
+
+def test_rest_error_replies_name_the_file_and_the_server(rest_server, images, capsys):
+    paths, not_an_image = images
+    assert predict.main([paths[0], not_an_image, "--server", rest_server.url]) == 2
+    error = one_line_error(capsys)
+    assert not_an_image in error and rest_server.url in error and "400" in error
+    assert "Unknown image file format" in error
+
+    assert (
+        predict.main([paths[0], "--server", rest_server.url, "--model", "resnet"]) == 2
+    )
+    error = one_line_error(capsys)
+    assert "404" in error and "Servable not found" in error
+
+
+def test_grpc_sends_a_predict_request_and_agrees_with_rest(
+    grpc_server, served, images, capsys
+):
+    service, target = grpc_server
+    session, _ = served
+    paths, _ = images
+    service.requests.clear()
+    assert (
+        predict.main([*paths, "--grpc", target, "--version", "1", "--top-k", "2"]) == 0
+    )
+    request = service.requests[0]
+    assert request.model_spec.name == MODEL_NAME
+    assert request.model_spec.signature_name == "serving_default"
+    assert request.model_spec.version.value == 1
+    assert list(request.inputs) == ["image_bytes"]
+    with open(paths[0], "rb") as file:
+        assert list(request.inputs["image_bytes"].string_val) == [file.read()]
+    assert len(capsys.readouterr().out.splitlines()) == 6
+
+    results = predict.predict(paths, grpc_target=target)
+    assert_same_answers(results, session, paths)
+
+
+def test_grpc_invalid_argument_names_the_file(grpc_server, images, capsys):
+    _, target = grpc_server
+    _, not_an_image = images
+    assert predict.main([not_an_image, "--grpc", target]) == 2
+    error = one_line_error(capsys)
+    assert not_an_image in error and "INVALID_ARGUMENT" in error
+    assert "Unknown image file format" in error
+
+
+def test_unreachable_servers_are_named(images, capsys):
+    paths, _ = images
+    port = free_port()
+    assert predict.main([paths[0], "--grpc", f"127.0.0.1:{port}"]) == 2
+    error = one_line_error(capsys)
+    assert f"cannot reach TF Serving at 127.0.0.1:{port}" in error
+
+
+@pytest.mark.slow
+def test_the_command_line_exits_without_a_traceback(images):
+    paths, _ = images
+    url = f"http://127.0.0.1:{free_port()}"
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipeline.predict", paths[0], "--server", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=os.path.dirname(os.path.dirname(predict.__file__)),
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert completed.returncode == 2
+    assert "Traceback" not in completed.stderr
+    assert (
+        completed.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"python -m pipeline.predict: error: cannot reach TF Serving at {url}"
+        )
+    )
+
+
+def test_saved_model_answers_locally_like_the_server(served, images, capsys):
+    session, version_dir = served
+    paths, not_an_image = images
+    # The base directory: its newest version is used.
+    results = predict.predict(paths, saved_model=os.path.dirname(version_dir))
+    assert_same_answers(results, session, paths)
+
+    assert predict.main([not_an_image, "--saved-model", version_dir]) == 2
+    error = one_line_error(capsys)
+    assert not_an_image in error and version_dir in error
+    assert "Unknown image file format" in error
+
+    missing = os.path.join(os.path.dirname(not_an_image), "missing.jpg")
+    assert predict.main([missing, "--saved-model", version_dir]) == 2
+    assert f"cannot read {missing}" in one_line_error(capsys)
