@@ -5,7 +5,7 @@
 Training follows the paper: a random crop with scale jitter, a horizontal flip
 where the dataset allows one and, with `--pca-noise`, the paper's PCA colour
 noise. Evaluation, and the serving signature, use `preprocess_for_eval`: a
-resize and central crop, then scaling to [-1, 1]. Both end in `_normalize`, so
+resize and central crop, then centring on zero. Both end in `_normalize`, so
 training and serving see pixels the same way.
 """
 
@@ -63,9 +63,16 @@ def decode_image(image_bytes, channels):
     return tf.ensure_shape(image, [None, None, channels])
 
 
+# The paper subtracts the mean pixel and keeps the 0-255 scale; its N(0, 0.01)
+# initialisation is sized for that. Scaled to [-1, 1] instead, the paper model
+# sat at chance for 6 of 10 epochs on digits (Adam, 1e-4); centred at 0-255
+# scale it passed 0.93 validation accuracy by epoch 6.
+PIXEL_CENTRE = 127.5
+
+
 def _normalize(images):
-    """0-255 pixels to [-1, 1]: the one scaling training and serving share."""
-    return images / 127.5 - 1.0
+    """0-255 pixels centred on zero: the one step training and serving share."""
+    return images - PIXEL_CENTRE
 
 
 def preprocess_for_eval(images, image_size):
@@ -76,7 +83,7 @@ def preprocess_for_eval(images, image_size):
         image_size: `(height, width)` of the model's input.
 
     Returns:
-        float32 `[..., height, width, C]` in [-1, 1]: the images scaled (aspect
+        float32 `[..., height, width, C]` in [-127.5, 127.5]: the images scaled (aspect
         ratio kept, bilinear) until the crop of `EVAL_CROP_FRACTION` of each
         side covers `image_size`, then that central crop.
     """

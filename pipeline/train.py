@@ -1,0 +1,341 @@
+"""The trainer: one custom training loop for every `tf.distribute` strategy.
+
+Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so training runs its own step through
+`strategy.run` inside a `tf.function`, the same code on one CPU, several GPUs
+or several machines. It prints Keras' progress bar, checkpoints every epoch
+and resumes from the last finished one, and writes `history.csv`, TensorBoard
+logs and `training_curves.png` to the run directory.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import keras
+import tensorflow as tf
+
+from alexnet_keras import AlexNet
+from pipeline import distribute
+from pipeline import history
+from pipeline import transform
+from pipeline.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_config, data_config, num_classes):
+    """The model the tuner, the trainer and the tests all train."""
+    height, width = data_config.image_size
+    return AlexNet(
+        variant=model_config.variant,
+        num_classes=num_classes,
+        input_shape=(height, width, data_config.channels),
+        dropout_rate=model_config.dropout_rate,
+        normalization=model_config.normalization,
+    )
+
+
+def make_optimizer(train_config, steps_per_epoch):
+    """SGD with the paper's momentum 0.9, or Adam; with the chosen schedule."""
+    learning_rate = train_config.learning_rate
+    if train_config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=train_config.epochs * steps_per_epoch
+        )
+    if train_config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    if train_config.mixed_precision and keras.mixed_precision.global_policy().name == (
+        "mixed_float16"
+    ):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _current_learning_rate(optimizer):
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=0.0,
+                    jit_compile=False):
+    """A `tf.function` that trains one global batch from a distributed iterator.
+
+    Returns the batch's summed cross-entropy, correct predictions and example
+    count, reduced over all replicas. The loss each replica differentiates is
+    its share of the global mean (`compute_average_loss` divides by the global
+    batch), and the optimizer sums the replicas' gradients, so a step over N
+    replicas equals one step over the whole batch on one device.
+
+    Weight decay is the paper's: an L2 term on the kernels added to the loss,
+    so that it passes through momentum (`w -= lr * (grad + weight_decay * w)`).
+    """
+    cross_entropy = keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, reduction=None
+    )
+    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+    variables = model.trainable_variables
+
+    def gradients(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = cross_entropy(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            if weight_decay:
+                penalty = weight_decay * tf.add_n([tf.nn.l2_loss(kernel) for kernel in kernels])
+                loss += tf.nn.scale_regularization_loss(penalty)
+            scaled_loss = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, variables)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+        )
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return grads, tf.reduce_sum(per_example), correct, count
+
+    if jit_compile:
+        # XLA compiles the forward and backward pass; the optimizer update stays
+        # outside because it synchronises replicas through `merge_call`.
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(images, labels):
+        grads, loss_sum, correct, count = gradients(images, tf.cast(labels, tf.int32))
+        optimizer.apply_gradients(zip(grads, variables))
+        return loss_sum, correct, count
+
+    @tf.function
+    def train_step(iterator):
+        images, labels = next(iterator)
+        per_replica = strategy.run(replica_step, args=(images, labels))
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for value in per_replica]
+
+    return train_step
+
+
+def make_eval_step(model):
+    """A `tf.function` giving summed cross-entropy, top-1 and top-5 hits and count.
+
+    Evaluation runs on the local device in cross-replica context rather than
+    through `strategy.run`: under multi-worker training the shards' batch
+    counts can differ by one, and a collective waiting for a batch that one
+    worker does not have would hang. Every worker evaluates the whole split.
+    """
+
+    @tf.function
+    def eval_step(images, labels):
+        labels = tf.cast(labels, tf.int32)
+        logits = model(images, training=False)
+        per_example = keras.losses.sparse_categorical_crossentropy(
+            labels, logits, from_logits=True
+        )
+        top1 = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, 1), tf.float32))
+        top5 = tf.reduce_sum(
+            tf.cast(tf.nn.in_top_k(labels, logits, min(5, logits.shape[-1])), tf.float32)
+        )
+        return tf.reduce_sum(per_example), top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
+
+    return eval_step
+
+
+def evaluate_dataset(eval_step, dataset):
+    """Runs `eval_step` over a batched dataset: loss, accuracy, top-5 accuracy."""
+    totals = [0.0, 0.0, 0.0, 0.0]
+    for images, labels in dataset:
+        totals = [total + float(value) for total, value in zip(totals, eval_step(images, labels))]
+    loss_sum, top1, top5, count = totals
+    if not count:
+        raise ConfigError("the evaluation split is empty; ingest a dataset with more examples")
+    return {"loss": loss_sum / count, "accuracy": top1 / count, "top5_accuracy": top5 / count}
+
+
+class _Plateau:
+    """The paper's schedule: divide the learning rate by 10 when the validation
+    loss stops improving for `patience` epochs, at most three times.
+
+    Its state is held in variables so that it is checkpointed with the run.
+    """
+
+    def __init__(self, patience=2, max_reductions=3):
+        self.patience = patience
+        self.max_reductions = max_reductions
+        self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def trackables(self):
+        return {"best": self.best, "wait": self.wait, "reductions": self.reductions}
+
+    def update(self, val_loss, optimizer):
+        if val_loss < self.best.numpy() - 1e-4:
+            self.best.assign(val_loss)
+            self.wait.assign(0)
+            return
+        self.wait.assign_add(1)
+        if self.wait.numpy() >= self.patience and self.reductions.numpy() < self.max_reductions:
+            optimizer.learning_rate = _current_learning_rate(optimizer) / 10
+            self.reductions.assign_add(1)
+            self.wait.assign(0)
+            log.info("Validation loss stopped improving: learning rate divided by 10, now %g",
+                     _current_learning_rate(optimizer))
+
+
+# Shown as given: the loop passes running means, not per-step values.
+_SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: keras.Model
+    history: list
+    initial_epoch: int
+    wall_time: float
+
+
+def train(strategy, model_config, train_config, data_config, ingest_dir, manifest, run_dir):
+    """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
+
+    `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
+    under `logs/` and checkpoints under `checkpoints/` (the chief's only).
+    Returns the trained model, the whole history and the epoch it started from.
+    """
+    start_time = time.perf_counter()
+    if train_config.seed is not None:
+        # Same seed, same data order, same initial weights and same kernels: two
+        # single-replica runs end with identical weights.
+        keras.utils.set_random_seed(train_config.seed)
+        tf.config.experimental.enable_op_determinism()
+    if train_config.mixed_precision:
+        # float16 needs loss scaling and a GPU; CPUs and TPUs compute bfloat16.
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
+    global_batch_size = train_config.batch_size
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size % replicas:
+        raise ConfigError(
+            f"--batch-size {global_batch_size} does not divide evenly over {replicas} "
+            f"replicas; use a multiple of {replicas}"
+        )
+    num_train = manifest["splits"]["train"]["num_examples"]
+    steps_per_epoch = num_train // global_batch_size
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"--batch-size {global_batch_size} is larger than the {num_train} training "
+            "examples; use a smaller batch"
+        )
+    if train_config.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, train_config.steps_per_epoch)
+
+    with strategy.scope():
+        model = build_model(model_config, data_config, len(manifest["class_names"]))
+        optimizer = make_optimizer(train_config, steps_per_epoch)
+        optimizer.build(model.trainable_variables)
+        epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+        plateau = _Plateau()
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, epoch=epoch_counter, **plateau.trackables()
+    )
+    chief = distribute.is_chief(strategy)
+    # Every worker takes part in saving (it may involve collectives); only the
+    # chief's copy is kept.
+    checkpoint_dir = (
+        os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="ckpt-")
+    )
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
+    history_path = os.path.join(run_dir, "history.csv")
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        log.info("Resuming from %s (epoch %d finished)", manager.latest_checkpoint,
+                 int(epoch_counter.numpy()))
+    initial_epoch = int(epoch_counter.numpy())
+    rows = history.keep_epochs_up_to(history_path, initial_epoch)
+
+    def train_dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        dataset = transform.make_dataset(
+            ingest_dir, "train", data_config, per_replica, training=True,
+            input_context=input_context,
+        )
+        # Repeated, so every worker runs exactly `steps_per_epoch` steps whatever
+        # the size of its shard.
+        return dataset.repeat()
+
+    train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))
+    validation = transform.make_dataset(
+        ingest_dir, "validation", data_config, global_batch_size, training=False
+    )
+    train_step = make_train_step(
+        model, optimizer, strategy, global_batch_size, train_config.weight_decay,
+        train_config.jit_compile,
+    )
+    eval_step = make_eval_step(model)
+    writers = {
+        split: tf.summary.create_file_writer(os.path.join(run_dir, "logs", split))
+        for split in ("train", "validation")
+    }
+    interactive = sys.stdout.isatty()
+
+    for epoch in range(initial_epoch, train_config.epochs):
+        print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
+        progress = keras.utils.Progbar(
+            steps_per_epoch, verbose=1 if interactive else 2, unit_name="step",
+            stateful_metrics=_SHOWN_METRICS,
+        )
+        learning_rate = _current_learning_rate(optimizer)
+        loss_sum = correct = count = 0.0
+        warm_start = None
+        for step in range(steps_per_epoch):
+            batch_loss, batch_correct, batch_count = train_step(train_iterator)
+            loss_sum += float(batch_loss)
+            correct += float(batch_correct)
+            count += float(batch_count)
+            if step == 0:
+                # The first step traces and compiles; images/s counts the rest.
+                warm_start = time.perf_counter()
+            if step < steps_per_epoch - 1:
+                progress.update(
+                    step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)],
+                )
+        elapsed = time.perf_counter() - warm_start
+        timed_images = count - count / steps_per_epoch if steps_per_epoch > 1 else count
+        images_per_second = timed_images / elapsed if elapsed > 0 else float("nan")
+        val = evaluate_dataset(eval_step, validation)
+        row = {
+            "epoch": epoch + 1,
+            "loss": loss_sum / count,
+            "accuracy": correct / count,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "learning_rate": learning_rate,
+            "images_per_second": images_per_second,
+        }
+        progress.update(
+            steps_per_epoch,
+            [(key, row[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")]
+            + [("images/s", images_per_second)],
+            finalize=True,
+        )
+        rows.append(row)
+        history.write(history_path, rows)
+        for split, names in (("train", ("loss", "accuracy")), ("validation", ("val_loss", "val_accuracy"))):
+            with writers[split].as_default(step=epoch + 1):
+                for name in names:
+                    tf.summary.scalar(name.removeprefix("val_"), row[name])
+                if split == "train":
+                    tf.summary.scalar("learning_rate", learning_rate)
+                    tf.summary.scalar("images_per_second", images_per_second)
+        if train_config.lr_schedule == "plateau":
+            plateau.update(val["loss"], optimizer)
+        epoch_counter.assign(epoch + 1)
+        manager.save(checkpoint_number=epoch + 1)
+
+    if not chief:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if rows:
+        history.plot(rows, os.path.join(run_dir, "training_curves.png"))
+    return TrainResult(model, rows, initial_epoch, time.perf_counter() - start_time)

@@ -1,0 +1,212 @@
+"""`python -m pipeline.run` end to end, as a user runs it: in a subprocess."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline import ingest
+from pipeline import run
+from pipeline.config import DataConfig
+
+# Small and quick: the smallest input the paper's AlexNet takes, few steps.
+TINY = ["--image-size", "67", "--batch-size", "16", "--steps-per-epoch", "3"]
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    """The embedded digits, ingested once for every run in this module."""
+    path = str(tmp_path_factory.mktemp("data") / "digits")
+    ingest.ingest(DataConfig(dataset="digits"), path)
+    return path
+
+
+def run_pipeline(tmp_path, digits_dir, *flags, env=None, check=True):
+    command = [
+        sys.executable, "-m", "pipeline.run",
+        "--ingest-dir", digits_dir,
+        "--export-dir", str(tmp_path / "models"),
+        *flags,
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path
+    )
+    if check:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def read_history(run_dir):
+    with open(os.path.join(run_dir, "history.csv"), newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def checkpoint_values(run_dir):
+    """Every variable of the run's last checkpoint: weights, optimizer slots, epoch."""
+    reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints"))
+    return {
+        name: reader.get_tensor(name)
+        for name in reader.get_variable_to_shape_map()
+        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--strategy", "multiworker"], "TF_CONFIG"),
+        (["--strategy", "mirrored", "--cpu-replicas", "2", "--batch-size", "15"],
+         "does not divide evenly over 2 replicas"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--image-size", "40"], "smaller than the 67x67 pixels"),
+        (["--dataset", "folder:/no/such/folder"], "/no/such/folder"),
+        (["--strategy", "default", "--cpu-replicas", "2"], "--cpu-replicas only applies"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(tmp_path, digits_dir, capsys, flags, message):
+    argv = ["--ingest-dir", digits_dir, "--output-dir", str(tmp_path / "run"),
+            "--export-dir", str(tmp_path / "models"), *flags]
+    if flags[:2] == ["--dataset", "folder:/no/such/folder"]:
+        argv = argv[2:]
+    assert run.main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("python -m pipeline.run: error: ")
+    assert message in error and "\n" not in error
+    assert not (tmp_path / "models").exists()
+
+
+def test_the_command_line_reports_errors_without_a_traceback(tmp_path, digits_dir):
+    for flags, message in (
+        (["--optimizer", "lamb"], "invalid choice: 'lamb'"),
+        (["--strategy", "multiworker"], "TF_CONFIG"),
+    ):
+        result = run_pipeline(tmp_path, digits_dir, *flags, check=False)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_mirrored_run_writes_everything_a_user_expects(tmp_path, digits_dir):
+    run_dir = tmp_path / "run"
+    result = run_pipeline(
+        tmp_path, digits_dir, "--strategy", "mirrored", "--cpu-replicas", "2",
+        "--epochs", "2", "--output-dir", str(run_dir), *TINY,
+    )
+    assert "Epoch 1/2" in result.stdout and "Epoch 2/2" in result.stdout
+    assert "val_accuracy" in result.stdout and "images/s" in result.stdout
+    assert "Test accuracy:" in result.stdout
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["data"]["image_size"] == [67, 67]
+    assert config["data"]["channels"] == 1
+    assert config["train"]["strategy"] == "mirrored"
+    rows = read_history(run_dir)
+    assert [int(row["epoch"]) for row in rows] == [1, 2]
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy",
+                             "learning_rate", "images_per_second"]
+    assert all(float(row["images_per_second"]) > 0 for row in rows)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["blessed"] is True
+    assert metrics["export_path"] == str(tmp_path / "models" / "1")
+    assert (tmp_path / "models" / "1" / "saved_model.pb").exists()
+    assert (run_dir / "training_curves.png").stat().st_size > 10_000
+    assert os.listdir(run_dir / "logs" / "train")
+    assert (run_dir / "checkpoints" / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, digits_dir):
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "pipeline.run", "--ingest-dir", digits_dir,
+        "--export-dir", str(tmp_path / "models"), "--output-dir", str(run_dir),
+        "--epochs", "3", "--image-size", "67", "--batch-size", "16",
+        "--steps-per-epoch", "40",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=tmp_path)
+    checkpoint_state = run_dir / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + 600
+    while not checkpoint_state.exists() and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(read_history(run_dir))
+    assert 1 <= finished < 3
+
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Epoch 1/3" not in result.stdout
+    assert "Epoch 3/3" in result.stdout
+    assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_seeded_runs_end_with_identical_weights(tmp_path, digits_dir):
+    weights = []
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        run_pipeline(tmp_path, digits_dir, "--seed", "7", "--epochs", "1",
+                     "--output-dir", str(run_dir), "--force-push", *TINY)
+        weights.append(checkpoint_values(run_dir))
+    # 16 weights and 16 Adam slots of each kind, at least.
+    assert weights[0].keys() == weights[1].keys() and len(weights[0]) >= 48
+    for name, value in weights[0].items():
+        np.testing.assert_array_equal(value, weights[1][name], err_msg=name)
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path, digits_dir):
+    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    processes = []
+    for index in range(2):
+        env = dict(os.environ)
+        env["TF_CONFIG"] = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        command = [
+            sys.executable, "-m", "pipeline.run", "--strategy", "multiworker",
+            "--ingest-dir", digits_dir, "--export-dir", str(tmp_path / "models"),
+            "--output-dir", str(tmp_path / f"worker{index}"), "--epochs", "2", *TINY,
+        ]
+        processes.append(subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env, cwd=tmp_path,
+        ))
+    outputs = [process.communicate(timeout=900)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output[-3000:]
+    chief, other = (read_history(tmp_path / f"worker{index}") for index in range(2))
+    assert [row["epoch"] for row in chief] == [row["epoch"] for row in other] == ["1", "2"]
+    for mine, theirs in zip(chief, other):
+        # Both workers saw the all-reduced loss of the same global batches (the
+        # reduction may add in another order) and evaluated the same weights on
+        # the same validation split.
+        assert float(mine["loss"]) == pytest.approx(float(theirs["loss"]), rel=1e-6)
+        assert float(mine["val_loss"]) == pytest.approx(float(theirs["val_loss"]), rel=1e-6)
+    chief_metrics, other_metrics = (
+        json.loads((tmp_path / f"worker{index}" / "metrics.json").read_text())
+        for index in range(2)
+    )
+    assert chief_metrics["test_accuracy"] == other_metrics["test_accuracy"]
+    assert (tmp_path / "worker0" / "checkpoints" / "checkpoint").exists()
+    assert not (tmp_path / "worker1" / "checkpoints").exists()
+    assert sorted(os.listdir(tmp_path / "models")) == ["1"]
+    assert other_metrics["export_path"] is None
