@@ -11,6 +11,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 EXPORT_FORMATS = ("saved_model", "keras")
+TUNERS = ("random", "hyperband", "bayesian")
 
 
 class PipelineError(Exception):
@@ -127,6 +128,30 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """The hyperparameter search that may precede training."""
+
+    tuner: str | None = None
+    max_trials: int = 10
+    epochs: int = 3
+    tune_dir: str | None = None
+    space_file: str | None = None
+    hparams_file: str | None = None
+
+    def __post_init__(self):
+        if self.tuner not in (None, *TUNERS):
+            raise ConfigError(f"--tune must be one of {', '.join(TUNERS)}. Received: {self.tuner}")
+        if self.max_trials < 1 or self.epochs < 1:
+            raise ConfigError(
+                "--max-trials and --tune-epochs must be at least 1. "
+                f"Received: {self.max_trials}, {self.epochs}"
+            )
+        if self.tuner and self.hparams_file:
+            raise ConfigError("--tune searches for hyperparameters and --hparams gives "
+                              "them: use one or the other")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one `python -m pipeline.run` does."""
 
@@ -134,6 +159,7 @@ class RunConfig:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
+    tune: TuneConfig = TuneConfig()
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -151,4 +177,5 @@ class RunConfig:
             model=tuples("model", ModelConfig),
             train=tuples("train", TrainConfig),
             export=tuples("export", ExportConfig),
+            tune=tuples("tune", TuneConfig),
         )

@@ -22,6 +22,7 @@ from pipeline import evaluate
 from pipeline import export
 from pipeline import ingest
 from pipeline import train
+from pipeline import tune
 from pipeline.config import PipelineError
 
 log = logging.getLogger("pipeline.run")
@@ -106,6 +107,21 @@ def build_parser():
     train.add_argument("--jit-compile", action="store_true",
                        help="compile the training step with XLA")
 
+    tuning = parser.add_argument_group("tuning (keras-tuner)")
+    tuning.add_argument("--tune", choices=config_lib.TUNERS, default=None,
+                        help="search hyperparameters first, then train with the best")
+    tuning.add_argument("--max-trials", type=int, default=defaults.tune.max_trials,
+                        help="trials of a random or bayesian search")
+    tuning.add_argument("--tune-epochs", type=int, default=defaults.tune.epochs,
+                        help="epochs per trial (Hyperband: the most a trial gets)")
+    tuning.add_argument("--tune-dir", default=None,
+                        help="keras-tuner's directory (default: <output-dir>/tuning); "
+                             "reuse it to resume a search, share it across machines")
+    tuning.add_argument("--tune-space", default=None,
+                        help="JSON file replacing entries of the search space")
+    tuning.add_argument("--hparams", default=None,
+                        help="best_hparams.json of an earlier search: train with it, no search")
+
     export = parser.add_argument_group("evaluation and export")
     export.add_argument("--export-dir", default=defaults.export.export_dir,
                         help="TF Serving base path; versions go in numbered subdirectories")
@@ -148,6 +164,10 @@ def config_from_args(args):
             force_push=args.force_push,
             export_formats=tuple(dict.fromkeys(["saved_model", *(args.export_format or [])])),
         ),
+        tune=config_lib.TuneConfig(
+            tuner=args.tune, max_trials=args.max_trials, epochs=args.tune_epochs,
+            tune_dir=args.tune_dir, space_file=args.tune_space, hparams_file=args.hparams,
+        ),
     )
 
 
@@ -167,7 +187,8 @@ def resolve_data_config(data_config, variant, manifest):
 
 
 def run(config):
-    """Runs every stage in order; returns the metrics written to `metrics.json`."""
+    """Runs every stage in order; returns the metrics written to `metrics.json`
+    (None on a keras-tuner worker, which stops after the search)."""
     start = time.perf_counter()
     run_dir = config.train.output_dir
     os.makedirs(run_dir, exist_ok=True)
@@ -184,6 +205,17 @@ def run(config):
     manifest = ingest.ingest(config.data, ingest_dir)
     data_config = resolve_data_config(config.data, config.model.variant, manifest)
     config = dataclasses.replace(config, data=data_config)
+
+    # Tuner: the best hyperparameters of a search, or of an earlier one; the
+    # defaults stand when neither is asked for.
+    if config.tune.hparams_file:
+        config = tune.apply_hparams(config, tune.load_hparams(config.tune.hparams_file))
+    elif config.tune.tuner:
+        best = tune.tune(config, strategy, ingest_dir, manifest, run_dir)
+        if best is None:
+            log.info("This tuning worker is done; the chief trains and exports the final model")
+            return None
+        config = tune.apply_hparams(config, best)
     with open(os.path.join(run_dir, "config.json"), "w") as file:
         file.write(config.to_json())
 
@@ -251,7 +283,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
     try:
-        return 0 if run(config_from_args(args)) else 1
+        run(config_from_args(args))
+        return 0
     except PipelineError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2

@@ -189,12 +189,155 @@ class _Plateau:
 _SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
 
 
+def steps_per_epoch(train_config, manifest, replicas):
+    """Full global batches per epoch, capped by `--steps-per-epoch`."""
+    global_batch_size = train_config.batch_size
+    if global_batch_size % replicas:
+        raise ConfigError(
+            f"--batch-size {global_batch_size} does not divide evenly over {replicas} "
+            f"replicas; use a multiple of {replicas}"
+        )
+    num_train = manifest["splits"]["train"]["num_examples"]
+    steps = num_train // global_batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"--batch-size {global_batch_size} is larger than the {num_train} training "
+            "examples; use a smaller batch"
+        )
+    return min(steps, train_config.steps_per_epoch or steps)
+
+
+def fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manifest,
+        initial_epoch=0, callbacks=()):
+    """Trains `model` from `initial_epoch` to `train_config.epochs`; the epoch loop.
+
+    Prints `Epoch k/N` and Keras' progress bar, validates after every epoch and
+    calls the Keras `callbacks` (`on_epoch_end` gets `loss`, `accuracy`,
+    `val_loss`, `val_accuracy`, `learning_rate` and `images_per_second`), so
+    run-level bookkeeping and keras-tuner's callbacks plug in alike. Returns
+    the logs of the epochs it ran.
+    """
+    global_batch_size = train_config.batch_size
+    steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
+
+    def train_dataset_fn(input_context):
+        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
+        dataset = transform.make_dataset(
+            ingest_dir, "train", data_config, per_replica, training=True,
+            input_context=input_context,
+        )
+        # Repeated, so every worker runs exactly `steps` steps whatever the size
+        # of its shard.
+        return dataset.repeat()
+
+    train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))
+    validation = transform.make_dataset(
+        ingest_dir, "validation", data_config, global_batch_size, training=False
+    )
+    train_step = make_train_step(
+        model, optimizer, strategy, global_batch_size, train_config.weight_decay,
+        train_config.jit_compile,
+    )
+    eval_step = make_eval_step(model)
+    callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)
+    interactive = sys.stdout.isatty()
+    logs_per_epoch = []
+    callbacks.on_train_begin()
+    for epoch in range(initial_epoch, train_config.epochs):
+        print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
+        callbacks.on_epoch_begin(epoch)
+        progress = keras.utils.Progbar(
+            steps, verbose=1 if interactive else 2, unit_name="step",
+            stateful_metrics=_SHOWN_METRICS,
+        )
+        learning_rate = _current_learning_rate(optimizer)
+        loss_sum = correct = count = 0.0
+        for step in range(steps):
+            batch_loss, batch_correct, batch_count = train_step(train_iterator)
+            loss_sum += float(batch_loss)
+            correct += float(batch_correct)
+            count += float(batch_count)
+            if step == 0:
+                # The first step traces and compiles; images/s counts the rest.
+                warm_start = time.perf_counter()
+            if step < steps - 1:
+                progress.update(
+                    step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)]
+                )
+        elapsed = time.perf_counter() - warm_start
+        timed_images = count * (steps - 1) / steps if steps > 1 else count
+        validation_metrics = evaluate_dataset(eval_step, validation)
+        logs = {
+            "loss": loss_sum / count,
+            "accuracy": correct / count,
+            "val_loss": validation_metrics["loss"],
+            "val_accuracy": validation_metrics["accuracy"],
+            "learning_rate": learning_rate,
+            "images_per_second": timed_images / elapsed if elapsed > 0 else float("nan"),
+        }
+        progress.update(
+            steps,
+            [(key, logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")]
+            + [("images/s", logs["images_per_second"])],
+            finalize=True,
+        )
+        logs_per_epoch.append(logs)
+        callbacks.on_epoch_end(epoch, logs)
+    callbacks.on_train_end()
+    return logs_per_epoch
+
+
+class _RunRecorder(keras.callbacks.Callback):
+    """A run's bookkeeping after every epoch: `history.csv`, TensorBoard
+    scalars, the plateau schedule and the checkpoint, in that order."""
+
+    def __init__(self, run_dir, rows, optimizer, plateau, epoch_counter, manager):
+        super().__init__()
+        self.history_path = os.path.join(run_dir, "history.csv")
+        self.rows = rows
+        self.optimizer = optimizer
+        self.plateau = plateau
+        self.epoch_counter = epoch_counter
+        self.manager = manager
+        self.writers = {
+            split: tf.summary.create_file_writer(os.path.join(run_dir, "logs", split))
+            for split in ("train", "validation")
+        }
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch + 1, **logs})
+        history.write(self.history_path, self.rows)
+        with self.writers["train"].as_default(step=epoch + 1):
+            for name in ("loss", "accuracy", "learning_rate", "images_per_second"):
+                tf.summary.scalar(name, logs[name])
+        with self.writers["validation"].as_default(step=epoch + 1):
+            tf.summary.scalar("loss", logs["val_loss"])
+            tf.summary.scalar("accuracy", logs["val_accuracy"])
+        if self.plateau:
+            self.plateau.update(logs["val_loss"], self.optimizer)
+        self.epoch_counter.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
 @dataclasses.dataclass
 class TrainResult:
     model: keras.Model
     history: list
     initial_epoch: int
     wall_time: float
+
+
+def set_global_options(train_config):
+    """Process-wide settings a run needs before it builds anything."""
+    if train_config.seed is not None:
+        # Same seed, same data order, same initial weights and same kernels: two
+        # single-replica runs end with identical weights.
+        keras.utils.set_random_seed(train_config.seed)
+        tf.config.experimental.enable_op_determinism()
+    if train_config.mixed_precision:
+        # float16 needs loss scaling and a GPU; CPUs and TPUs compute bfloat16.
+        on_gpu = bool(tf.config.list_physical_devices("GPU"))
+        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
 
 
 def train(strategy, model_config, train_config, data_config, ingest_dir, manifest, run_dir):
@@ -205,35 +348,11 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
     Returns the trained model, the whole history and the epoch it started from.
     """
     start_time = time.perf_counter()
-    if train_config.seed is not None:
-        # Same seed, same data order, same initial weights and same kernels: two
-        # single-replica runs end with identical weights.
-        keras.utils.set_random_seed(train_config.seed)
-        tf.config.experimental.enable_op_determinism()
-    if train_config.mixed_precision:
-        # float16 needs loss scaling and a GPU; CPUs and TPUs compute bfloat16.
-        on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
-    global_batch_size = train_config.batch_size
-    replicas = strategy.num_replicas_in_sync
-    if global_batch_size % replicas:
-        raise ConfigError(
-            f"--batch-size {global_batch_size} does not divide evenly over {replicas} "
-            f"replicas; use a multiple of {replicas}"
-        )
-    num_train = manifest["splits"]["train"]["num_examples"]
-    steps_per_epoch = num_train // global_batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(
-            f"--batch-size {global_batch_size} is larger than the {num_train} training "
-            "examples; use a smaller batch"
-        )
-    if train_config.steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, train_config.steps_per_epoch)
-
+    set_global_options(train_config)
+    steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
     with strategy.scope():
         model = build_model(model_config, data_config, len(manifest["class_names"]))
-        optimizer = make_optimizer(train_config, steps_per_epoch)
+        optimizer = make_optimizer(train_config, steps)
         optimizer.build(model.trainable_variables)
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         plateau = _Plateau()
@@ -247,93 +366,18 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
         os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="ckpt-")
     )
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    history_path = os.path.join(run_dir, "history.csv")
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         log.info("Resuming from %s (epoch %d finished)", manager.latest_checkpoint,
                  int(epoch_counter.numpy()))
     initial_epoch = int(epoch_counter.numpy())
-    rows = history.keep_epochs_up_to(history_path, initial_epoch)
-
-    def train_dataset_fn(input_context):
-        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
-        dataset = transform.make_dataset(
-            ingest_dir, "train", data_config, per_replica, training=True,
-            input_context=input_context,
-        )
-        # Repeated, so every worker runs exactly `steps_per_epoch` steps whatever
-        # the size of its shard.
-        return dataset.repeat()
-
-    train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))
-    validation = transform.make_dataset(
-        ingest_dir, "validation", data_config, global_batch_size, training=False
+    rows = history.keep_epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
+    recorder = _RunRecorder(
+        run_dir, rows, optimizer, plateau if train_config.lr_schedule == "plateau" else None,
+        epoch_counter, manager,
     )
-    train_step = make_train_step(
-        model, optimizer, strategy, global_batch_size, train_config.weight_decay,
-        train_config.jit_compile,
-    )
-    eval_step = make_eval_step(model)
-    writers = {
-        split: tf.summary.create_file_writer(os.path.join(run_dir, "logs", split))
-        for split in ("train", "validation")
-    }
-    interactive = sys.stdout.isatty()
-
-    for epoch in range(initial_epoch, train_config.epochs):
-        print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
-        progress = keras.utils.Progbar(
-            steps_per_epoch, verbose=1 if interactive else 2, unit_name="step",
-            stateful_metrics=_SHOWN_METRICS,
-        )
-        learning_rate = _current_learning_rate(optimizer)
-        loss_sum = correct = count = 0.0
-        warm_start = None
-        for step in range(steps_per_epoch):
-            batch_loss, batch_correct, batch_count = train_step(train_iterator)
-            loss_sum += float(batch_loss)
-            correct += float(batch_correct)
-            count += float(batch_count)
-            if step == 0:
-                # The first step traces and compiles; images/s counts the rest.
-                warm_start = time.perf_counter()
-            if step < steps_per_epoch - 1:
-                progress.update(
-                    step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)],
-                )
-        elapsed = time.perf_counter() - warm_start
-        timed_images = count - count / steps_per_epoch if steps_per_epoch > 1 else count
-        images_per_second = timed_images / elapsed if elapsed > 0 else float("nan")
-        val = evaluate_dataset(eval_step, validation)
-        row = {
-            "epoch": epoch + 1,
-            "loss": loss_sum / count,
-            "accuracy": correct / count,
-            "val_loss": val["loss"],
-            "val_accuracy": val["accuracy"],
-            "learning_rate": learning_rate,
-            "images_per_second": images_per_second,
-        }
-        progress.update(
-            steps_per_epoch,
-            [(key, row[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")]
-            + [("images/s", images_per_second)],
-            finalize=True,
-        )
-        rows.append(row)
-        history.write(history_path, rows)
-        for split, names in (("train", ("loss", "accuracy")), ("validation", ("val_loss", "val_accuracy"))):
-            with writers[split].as_default(step=epoch + 1):
-                for name in names:
-                    tf.summary.scalar(name.removeprefix("val_"), row[name])
-                if split == "train":
-                    tf.summary.scalar("learning_rate", learning_rate)
-                    tf.summary.scalar("images_per_second", images_per_second)
-        if train_config.lr_schedule == "plateau":
-            plateau.update(val["loss"], optimizer)
-        epoch_counter.assign(epoch + 1)
-        manager.save(checkpoint_number=epoch + 1)
-
+    fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manifest,
+        initial_epoch, callbacks=[recorder])
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if rows:

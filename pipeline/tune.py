@@ -1,0 +1,264 @@
+"""Tuner: a keras-tuner search over the seed tutorial's exercises.
+
+    python -m pipeline.run --tune random --max-trials 10 --tune-epochs 5
+
+searches learning rate, optimizer, dropout, batch size, normalisation and
+weight decay, writes `best_hparams.json`, `tuning_trials.png` and a table of
+trials to the run directory, and `pipeline.run` then trains the final model
+with the winner. `--hparams best_hparams.json` reuses a winner without a search.
+
+Trials train with the same model builder (`train.build_model`) and the same
+epoch loop (`train.fit`) as the final model. Across machines, keras-tuner's own
+chief/worker mode runs the search: the same command everywhere, with
+`KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...), `KERASTUNER_ORACLE_IP`,
+`KERASTUNER_ORACLE_PORT` and a shared `--tune-dir`.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import keras_tuner
+
+from pipeline import train
+from pipeline.config import ConfigError
+from pipeline.config import TUNERS
+
+log = logging.getLogger(__name__)
+
+OBJECTIVE = "val_accuracy"
+# The seed tutorial's exercises (learning rates 0.1 to 0.0001, dropout 0.3 to
+# 0.7, batch 64 to 256, other normalisations) plus the paper's weight decay.
+# A `--tune-space` JSON file replaces any of these entries: a list is a choice,
+# {"min", "max", "sampling": "log"|"linear", "step"} a range.
+DEFAULT_SPACE = {
+    "learning_rate": {"min": 1e-4, "max": 1e-1, "sampling": "log"},
+    "optimizer": ["sgd", "adam"],
+    "dropout_rate": {"min": 0.3, "max": 0.7, "step": 0.1},
+    "batch_size": [64, 128, 256],
+    "normalization": ["lrn", "batchnorm", "none"],
+    "weight_decay": [0.0, 5e-4],
+}
+# Which config each hyperparameter belongs to.
+_MODEL_FIELDS = ("dropout_rate", "normalization")
+_TRAIN_FIELDS = ("learning_rate", "optimizer", "batch_size", "weight_decay")
+
+
+def load_space(path=None):
+    """The search space: the defaults, with entries replaced from a JSON file."""
+    space = dict(DEFAULT_SPACE)
+    if path is None:
+        return space
+    try:
+        with open(path) as file:
+            overrides = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot read --tune-space {path}: {error}") from None
+    unknown = set(overrides) - set(DEFAULT_SPACE)
+    if unknown:
+        raise ConfigError(
+            f"--tune-space {path} names unknown hyperparameters {sorted(unknown)}; "
+            f"known: {', '.join(DEFAULT_SPACE)}"
+        )
+    space.update(overrides)
+    return space
+
+
+def _define(hp, name, spec):
+    if isinstance(spec, list):
+        return hp.Choice(name, spec)
+    if isinstance(spec, dict) and {"min", "max"} <= set(spec):
+        kind = hp.Int if name == "batch_size" else hp.Float
+        return kind(name, spec["min"], spec["max"], step=spec.get("step"),
+                    sampling=spec.get("sampling", "linear"))
+    raise ConfigError(
+        f"the search space entry {name!r} must be a list of choices or a "
+        f'{{"min", "max"}} range. Received: {spec!r}'
+    )
+
+
+def apply_hparams(config, hparams):
+    """`config` (a RunConfig) with the model and training fields `hparams` sets."""
+    unknown = set(hparams) - set(_MODEL_FIELDS) - set(_TRAIN_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"unknown hyperparameters {sorted(unknown)}; known: "
+            f"{', '.join(_MODEL_FIELDS + _TRAIN_FIELDS)}"
+        )
+    model = {key: hparams[key] for key in _MODEL_FIELDS if key in hparams}
+    training = {key: hparams[key] for key in _TRAIN_FIELDS if key in hparams}
+    return dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, **model),
+        train=dataclasses.replace(config.train, **training),
+    )
+
+
+def load_hparams(path):
+    """The hyperparameters of a `best_hparams.json`."""
+    try:
+        with open(path) as file:
+            return json.load(file)["hyperparameters"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ConfigError(
+            f"cannot read --hparams {path} ({error}); pass a best_hparams.json "
+            "written by --tune"
+        ) from None
+
+
+class AlexNetHyperModel(keras_tuner.HyperModel):
+    """Builds a trial's model and trains it with the pipeline's own loop."""
+
+    def __init__(self, config, space, strategy, ingest_dir, manifest):
+        super().__init__(name="alexnet")
+        self.config = config
+        self.space = space
+        self.strategy = strategy
+        self.ingest_dir = ingest_dir
+        self.manifest = manifest
+
+    def _trial_config(self, hp):
+        hparams = {name: _define(hp, name, spec) for name, spec in self.space.items()}
+        return apply_hparams(self.config, hparams)
+
+    def build(self, hp):
+        config = self._trial_config(hp)
+        steps = train.steps_per_epoch(
+            config.train, self.manifest, self.strategy.num_replicas_in_sync
+        )
+        model = train.build_model(
+            config.model, config.data, len(self.manifest["class_names"])
+        )
+        # Compiled only to carry the optimizer, built in the tuner's strategy scope.
+        model.compile(optimizer=train.make_optimizer(config.train, steps))
+        return model
+
+    def fit(self, hp, model, *args, callbacks=(), epochs=None, initial_epoch=0, **kwargs):
+        config = self._trial_config(hp)
+        train_config = dataclasses.replace(config.train, epochs=epochs)
+        logs = train.fit(
+            model, model.optimizer, self.strategy, train_config, config.data,
+            self.ingest_dir, self.manifest, initial_epoch, callbacks,
+        )
+        return {OBJECTIVE: max(epoch[OBJECTIVE] for epoch in logs)}
+
+
+def make_tuner(kind, hypermodel, strategy, tune_dir, max_trials, tune_epochs, seed=None):
+    """The keras-tuner tuner `--tune kind` means, resuming from `tune_dir`."""
+    # keras-tuner distributes single-worker strategies only; a search across
+    # machines is its chief/worker mode instead.
+    distribution = None if strategy.num_replicas_in_sync == 1 else strategy
+    common = {
+        "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
+        "directory": os.path.dirname(os.path.abspath(tune_dir)),
+        "project_name": os.path.basename(os.path.abspath(tune_dir)),
+        "overwrite": False,
+        "seed": seed,
+        "distribution_strategy": distribution,
+    }
+    if kind == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=max_trials, **common)
+    if kind == "bayesian":
+        return keras_tuner.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
+    if kind == "hyperband":
+        # max_trials bounds nothing in Hyperband: its brackets follow from
+        # max_epochs and the reduction factor.
+        return keras_tuner.Hyperband(
+            hypermodel, max_epochs=tune_epochs, factor=3, hyperband_iterations=1, **common
+        )
+    raise ConfigError(f"--tune must be one of {', '.join(TUNERS)}. Received: {kind}")
+
+
+def is_tuning_worker():
+    """Whether this process is a keras-tuner worker (not the chief)."""
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+
+
+def tune(config, strategy, ingest_dir, manifest, run_dir):
+    """Searches hyperparameters; returns the best, or None on a tuning worker.
+
+    `config` is the whole RunConfig: its `tune` part sets the search, the rest
+    is what each trial starts from. An interrupted search given the same
+    `--tune-dir` continues where it stopped.
+    """
+    tune_config = config.tune
+    hypermodel = AlexNetHyperModel(
+        config, load_space(tune_config.space_file), strategy, ingest_dir, manifest
+    )
+    tune_dir = tune_config.tune_dir or os.path.join(run_dir, "tuning")
+    tuner = make_tuner(tune_config.tuner, hypermodel, strategy, tune_dir,
+                       tune_config.max_trials, tune_config.epochs, config.train.seed)
+    # On the chief of a distributed search this serves the oracle and trains
+    # nothing; on a worker or a single machine it runs trials.
+    tuner.search(epochs=tune_config.epochs)
+    if is_tuning_worker():
+        return None
+    return _report(tuner, run_dir)
+
+
+def _report(tuner, run_dir):
+    """Writes `best_hparams.json` and `tuning_trials.png`; returns the best values."""
+    trials = [
+        trial for trial in tuner.oracle.trials.values()
+        if trial.status == "COMPLETED" and trial.score is not None
+    ]
+    if not trials:
+        raise ConfigError(
+            "the search completed no trial; see the log above, or give it more "
+            "--max-trials or --tune-epochs"
+        )
+    trials.sort(key=lambda trial: trial.score, reverse=True)
+    names = list(DEFAULT_SPACE)
+    header = f"{'trial':>6} {'score':>7}  " + "  ".join(f"{name:>13}" for name in names)
+    lines = [header]
+    for trial in trials:
+        values = trial.hyperparameters.values
+        cells = "  ".join(f"{_format(values.get(name)):>13}" for name in names)
+        lines.append(f"{trial.trial_id:>6} {trial.score:7.4f}  {cells}")
+    print("\n".join(lines), flush=True)
+
+    best = trials[0]
+    hparams = {
+        name: value for name, value in best.hyperparameters.values.items()
+        if not name.startswith("tuner/")
+    }
+    with open(os.path.join(run_dir, "best_hparams.json"), "w") as file:
+        json.dump(
+            {"hyperparameters": hparams, "objective": OBJECTIVE, "score": best.score,
+             "trial_id": best.trial_id, "trials": len(trials)},
+            file, indent=2, sort_keys=True,
+        )
+    _plot_trials(trials, os.path.join(run_dir, "tuning_trials.png"))
+    return hparams
+
+
+def _format(value):
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)
+
+
+def _plot_trials(trials, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    in_order = sorted(trials, key=lambda trial: int(trial.trial_id))
+    figure, axis = pyplot.subplots(figsize=(8, 4))
+    scores = [trial.score for trial in in_order]
+    axis.bar(range(len(in_order)), scores, color="tab:blue")
+    axis.plot(range(len(in_order)), [max(scores[: i + 1]) for i in range(len(scores))],
+              "o-", color="tab:orange", label="best so far")
+    axis.set_xticks(range(len(in_order)), [trial.trial_id for trial in in_order],
+                    rotation=90 if len(in_order) > 20 else 0)
+    axis.set_xlabel("trial")
+    axis.set_ylabel(OBJECTIVE)
+    axis.set_ylim(0, max(1.0, max(scores)) if not math.isnan(max(scores)) else 1.0)
+    axis.legend()
+    axis.set_title("Hyperparameter search")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)

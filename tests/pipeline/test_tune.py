@@ -1,0 +1,183 @@
+"""Hyperparameter search with keras-tuner through `python -m pipeline.run --tune`."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline import ingest
+from pipeline import run
+from pipeline import tune
+from pipeline.config import ConfigError
+from pipeline.config import DataConfig
+from pipeline.config import RunConfig
+
+# A small space, so trials take seconds: batch 16 keeps 3 steps cheap.
+SMALL_SPACE = {
+    "batch_size": [16],
+    "learning_rate": {"min": 1e-5, "max": 1e-3, "sampling": "log"},
+    "optimizer": ["adam"],
+}
+TINY = ["--image-size", "67", "--steps-per-epoch", "3", "--epochs", "1",
+        "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("data") / "digits")
+    ingest.ingest(DataConfig(dataset="digits"), path)
+    return path
+
+
+@pytest.fixture()
+def space_file(tmp_path):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SMALL_SPACE))
+    return str(path)
+
+
+def trial_states(tune_dir):
+    states = {}
+    for path in glob.glob(os.path.join(tune_dir, "trial_*", "trial.json")):
+        with open(path) as file:
+            trial = json.load(file)
+        states[trial["trial_id"]] = trial["status"]
+    return states
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["random", "bayesian", "hyperband"])
+def test_each_tuner_completes_and_the_final_model_uses_the_winner(
+    tmp_path, digits_dir, space_file, kind
+):
+    run_dir = tmp_path / "run"
+    argv = ["--tune", kind, "--max-trials", "2", "--tune-epochs", "2",
+            "--tune-space", space_file, "--ingest-dir", digits_dir,
+            "--output-dir", str(run_dir), "--export-dir", str(tmp_path / "models"), *TINY]
+    assert run.main(argv) == 0
+    best = json.loads((run_dir / "best_hparams.json").read_text())
+    assert best["objective"] == "val_accuracy"
+    assert 0.0 <= best["score"] <= 1.0
+    hparams = best["hyperparameters"]
+    assert hparams["batch_size"] == 16 and hparams["optimizer"] == "adam"
+    assert 1e-5 <= hparams["learning_rate"] <= 1e-3
+    assert hparams["dropout_rate"] in (0.3, 0.4, 0.5, 0.6, 0.7)
+    assert hparams["normalization"] in ("lrn", "batchnorm", "none")
+    states = trial_states(run_dir / "tuning")
+    assert states and set(states.values()) == {"COMPLETED"}
+    if kind != "hyperband":
+        assert len(states) == 2
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["learning_rate"] == hparams["learning_rate"]
+    assert config["model"]["normalization"] == hparams["normalization"]
+    assert (run_dir / "tuning_trials.png").stat().st_size > 5_000
+    assert (tmp_path / "models" / "1" / "saved_model.pb").exists()
+
+
+def test_hparams_file_trains_without_a_search(tmp_path, digits_dir):
+    hparams = {"learning_rate": 3e-4, "optimizer": "sgd", "dropout_rate": 0.3,
+               "batch_size": 16, "normalization": "batchnorm", "weight_decay": 5e-4}
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"hyperparameters": hparams}))
+    run_dir = tmp_path / "run"
+    argv = ["--hparams", str(path), "--ingest-dir", digits_dir, "--output-dir", str(run_dir),
+            "--export-dir", str(tmp_path / "models"), *TINY]
+    assert run.main(argv) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["optimizer"] == "sgd"
+    assert config["train"]["weight_decay"] == 5e-4
+    assert config["model"]["normalization"] == "batchnorm"
+    assert config["model"]["dropout_rate"] == 0.3
+    assert not (run_dir / "tuning").exists()
+
+
+def test_bad_tuning_input_is_a_clear_error(tmp_path):
+    (tmp_path / "space.json").write_text(json.dumps({"momentum": [0.9]}))
+    with pytest.raises(ConfigError, match="unknown hyperparameters \\['momentum'\\]"):
+        tune.load_space(str(tmp_path / "space.json"))
+    with pytest.raises(ConfigError, match="cannot read --hparams"):
+        tune.load_hparams(str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="unknown hyperparameters"):
+        tune.apply_hparams(RunConfig(), {"epochs": 3})
+    config = tune.apply_hparams(RunConfig(), {"learning_rate": 0.01, "normalization": "none"})
+    assert config.train.learning_rate == 0.01 and config.model.normalization == "none"
+
+
+def _command(tmp_path, digits_dir, space_file, *flags):
+    return [sys.executable, "-m", "pipeline.run", "--ingest-dir", digits_dir,
+            "--tune-space", space_file, "--export-dir", str(tmp_path / "models"),
+            "--tune-dir", str(tmp_path / "search"), *TINY, *flags]
+
+
+@pytest.mark.slow
+def test_an_interrupted_search_resumes_instead_of_starting_over(
+    tmp_path, digits_dir, space_file
+):
+    command = _command(tmp_path, digits_dir, space_file, "--tune", "random",
+                       "--max-trials", "3", "--tune-epochs", "2")
+    process = subprocess.Popen(command + ["--output-dir", str(tmp_path / "first")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=tmp_path)
+    deadline = time.monotonic() + 600
+    while "COMPLETED" not in trial_states(tmp_path / "search").values():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {trial_id for trial_id, state in trial_states(tmp_path / "search").items()
+                if state == "COMPLETED"}
+    assert 1 <= len(finished) < 3
+    first_trial = tmp_path / "search" / f"trial_{sorted(finished)[0]}" / "trial.json"
+    before = first_trial.read_text()
+
+    result = subprocess.run(command + ["--output-dir", str(tmp_path / "second")],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    states = trial_states(tmp_path / "search")
+    assert len(states) == 3 and set(states.values()) == {"COMPLETED"}
+    # The finished trial was kept as it was, not run again.
+    assert first_trial.read_text() == before
+    assert json.loads((tmp_path / "second" / "best_hparams.json").read_text())["trials"] == 3
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_chief_and_two_workers_run_each_trial_once(tmp_path, digits_dir, space_file):
+    port = str(_free_port())
+    processes = {}
+    for tuner_id in ("chief", "tuner0", "tuner1"):
+        env = dict(os.environ, KERASTUNER_TUNER_ID=tuner_id,
+                   KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=port)
+        command = _command(tmp_path, digits_dir, space_file, "--tune", "random",
+                           "--max-trials", "3", "--tune-epochs", "1",
+                           "--output-dir", str(tmp_path / tuner_id))
+        processes[tuner_id] = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=env, cwd=tmp_path,
+        )
+        if tuner_id == "chief":
+            time.sleep(3)  # Let the oracle start listening first.
+    outputs = {name: process.communicate(timeout=900)[0]
+               for name, process in processes.items()}
+    for name, process in processes.items():
+        assert process.returncode == 0, f"{name}:\n{outputs[name][-3000:]}"
+    states = trial_states(tmp_path / "search")
+    assert len(states) == 3 and set(states.values()) == {"COMPLETED"}
+    # The workers trained the trials, one epoch each, each trial once ...
+    assert outputs["tuner0"].count("Epoch 1/1") + outputs["tuner1"].count("Epoch 1/1") == 3
+    # ... and the chief only the final model, which only it exported.
+    assert outputs["chief"].count("Epoch 1/1") == 1
+    assert (tmp_path / "chief" / "best_hparams.json").exists()
+    assert not (tmp_path / "tuner0" / "metrics.json").exists()
+    assert sorted(os.listdir(tmp_path / "models")) == ["1"]
