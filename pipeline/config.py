@@ -75,7 +75,7 @@ class TrainConfig:
     cpu_replicas: int | None = None
     epochs: int = 10
     steps_per_epoch: int | None = None
-    batch_size: int = 64
+    batch_size: int = 32
     optimizer: str = "adam"
     learning_rate: float = 1e-4
     weight_decay: float = 0.0

@@ -22,38 +22,19 @@ import sys
 import keras
 import numpy as np
 import tensorflow as tf
-from matplotlib.figure import Figure
 from sklearn import metrics as sklearn_metrics
 
 from pipeline import export
 from pipeline import ingest
+from pipeline import plots
 from pipeline import transform
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
 BATCH_SIZE = 64
 MISCLASSIFIED_SHOWN = 8
-# Beyond these class counts the confusion matrix would be unreadable with
-# numbers in its cells, or with names on its axes.
-_MAX_CLASSES_WITH_VALUES = 20
-_MAX_CLASSES_WITH_NAMES = 100
 
 logger = logging.getLogger(__name__)
-
-
-def _encoded_batches(ingest_dir, manifest, split):
-    """Batches of (encoded images, labels) of an ingested split, as numpy."""
-    files = [
-        os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]
-    ]
-    features = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    }
-    dataset = tf.data.TFRecordDataset(files).batch(BATCH_SIZE)
-    dataset = dataset.map(lambda records: tf.io.parse_example(records, features))
-    for batch in dataset.as_numpy_iterator():
-        yield batch["image/encoded"], batch["image/class/label"]
 
 
 class _Misclassified:
@@ -91,7 +72,7 @@ def _predict_keras(model, ingest_dir, data_config, split, misclassified):
 
 def _predict_encoded(predict_fn, ingest_dir, manifest, split, misclassified):
     all_probabilities, all_labels = [], []
-    for encoded, labels in _encoded_batches(ingest_dir, manifest, split):
+    for encoded, labels in ingest.encoded_batches(ingest_dir, split, BATCH_SIZE):
         probabilities = np.asarray(predict_fn(tf.constant(encoded)))
         predictions = probabilities.argmax(axis=1)
         needed = MISCLASSIFIED_SHOWN - len(misclassified.images)
@@ -156,71 +137,6 @@ def _table(split, metrics):
     return "\n".join(lines)
 
 
-def _plot_confusion_matrix(matrix, class_names, path):
-    count = len(class_names)
-    side = min(4 + 0.4 * count, 40)
-    figure = Figure(figsize=(side, side), layout="constrained")
-    axes = figure.add_subplot()
-    display = sklearn_metrics.ConfusionMatrixDisplay(
-        np.asarray(matrix),
-        display_labels=class_names if count <= _MAX_CLASSES_WITH_NAMES else None,
-    )
-    display.plot(
-        ax=axes,
-        include_values=count <= _MAX_CLASSES_WITH_VALUES,
-        xticks_rotation="vertical",
-        colorbar=False,
-    )
-    axes.set_title("Confusion matrix")
-    figure.savefig(path, dpi=100)
-
-
-def _displayable(image):
-    # Per-image min-max, so any normalisation shows as the full grey or colour range.
-    image = np.asarray(image, dtype=np.float32)
-    low, high = image.min(), image.max()
-    image = (image - low) / (high - low) if high > low else np.zeros_like(image)
-    return image[..., 0] if image.shape[-1] == 1 else image
-
-
-def _plot_conv1_kernels(model, path):
-    """The learned conv1 kernels as a grid, like Figure 3 of the paper."""
-    kernel = keras.ops.convert_to_numpy(model.get_layer("conv1").kernel)
-    filters = kernel.shape[-1]
-    columns = 12
-    rows = -(-filters // columns)
-    figure = Figure(figsize=(columns, rows))
-    for index in range(filters):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        axes.imshow(
-            _displayable(kernel[..., index]), cmap="gray", interpolation="nearest"
-        )
-        axes.axis("off")
-    figure.suptitle(
-        f"conv1 kernels ({kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]})"
-    )
-    figure.savefig(path, dpi=80)
-
-
-def _plot_misclassified(misclassified, class_names, path):
-    shown = len(misclassified.images)
-    columns = 4
-    rows = max(1, -(-shown // columns))
-    figure = Figure(figsize=(2.5 * columns, 3 * rows), layout="constrained")
-    if not shown:
-        figure.text(0.5, 0.5, "No misclassified images", ha="center", va="center")
-    for index, image in enumerate(misclassified.images):
-        axes = figure.add_subplot(rows, columns, index + 1)
-        axes.imshow(_displayable(image), cmap="gray")
-        axes.set_title(
-            f"true: {class_names[misclassified.true[index]]}\n"
-            f"predicted: {class_names[misclassified.predicted[index]]}",
-            fontsize=9,
-        )
-        axes.axis("off")
-    figure.savefig(path, dpi=80)
-
-
 def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
     """Metrics of `model` on an ingested split, with pictures written to `run_dir`.
 
@@ -261,16 +177,22 @@ def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
     metrics = _metrics(split, labels, probabilities, class_names)
 
     os.makedirs(run_dir, exist_ok=True)
-    _plot_confusion_matrix(
+    plots.confusion_matrix(
         metrics["confusion_matrix"],
         class_names,
         os.path.join(run_dir, "confusion_matrix.png"),
     )
-    _plot_misclassified(
-        misclassified, class_names, os.path.join(run_dir, "misclassified.png")
+    plots.misclassified(
+        misclassified.images,
+        [class_names[label] for label in misclassified.true],
+        [class_names[label] for label in misclassified.predicted],
+        os.path.join(run_dir, "misclassified.png"),
     )
     if is_keras and any(layer.name == "conv1" for layer in model.layers):
-        _plot_conv1_kernels(model, os.path.join(run_dir, "conv1_kernels.png"))
+        plots.conv1_kernels(
+            keras.ops.convert_to_numpy(model.get_layer("conv1").kernel),
+            os.path.join(run_dir, "conv1_kernels.png"),
+        )
     logger.info("%s", _table(split, metrics))
     return metrics
 
@@ -299,7 +221,7 @@ def _baseline_accuracy(version_dir, ingest_dir, manifest):
         [name.encode() for name in manifest["class_names"]], dtype=object
     )
     correct = total = 0
-    for encoded, labels in _encoded_batches(ingest_dir, manifest, "test"):
+    for encoded, labels in ingest.encoded_batches(ingest_dir, "test", BATCH_SIZE):
         outputs = signature(**{export.BYTES_INPUT: tf.constant(encoded)})
         class_id = outputs["class_id"].numpy()
         # Same number of classes, and the names the export gives its predictions

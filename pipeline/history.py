@@ -1,4 +1,4 @@
-"""The run's per-epoch record: `history.csv` and the training-curves PNG."""
+"""The run's per-epoch record, `history.csv`, kept with each epoch exactly once."""
 
 import csv
 import os
@@ -45,26 +45,3 @@ def keep_epochs_up_to(path, last_epoch):
     rows = read(path)
     write(path, [row for row in rows if row["epoch"] <= last_epoch])
     return [row for row in rows if row["epoch"] <= last_epoch]
-
-
-def plot(rows, path):
-    """Saves loss and accuracy per epoch, training against validation, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    epochs = [row["epoch"] for row in rows]
-    figure, axes = pyplot.subplots(1, 2, figsize=(10, 4))
-    for axis, metric in zip(axes, ("loss", "accuracy")):
-        axis.plot(epochs, [row[metric] for row in rows], "o-", label="training")
-        axis.plot(epochs, [row[f"val_{metric}"] for row in rows], "o-", label="validation")
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(metric)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    axes[0].set_title("Loss")
-    axes[1].set_title("Accuracy")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)

@@ -96,6 +96,16 @@ def load_manifest(ingest_dir):
         ) from None
 
 
+def encoded_batches(ingest_dir, split, batch_size=64):
+    """Batches of (encoded images, labels) of an ingested split, as numpy arrays."""
+    manifest = load_manifest(ingest_dir)
+    files = [os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]]
+    dataset = tf.data.TFRecordDataset(files).batch(batch_size)
+    dataset = dataset.map(lambda records: tf.io.parse_example(records, sources.IMAGE_FEATURES))
+    for batch in dataset.as_numpy_iterator():
+        yield batch["image/encoded"], batch["image/class/label"]
+
+
 def _stratified_split(labels, fractions, seed):
     """Indices per part: each `fractions` part, then "train" for the rest.
 

@@ -236,9 +236,11 @@ def run(config):
     # Pusher: a new version directory for TF Serving, from the chief only.
     metrics["export_path"] = None
     if chief and blessing["blessed"]:
+        # TF Serving replays a few real test images before it serves the version.
+        warmup_images, _ = next(ingest.encoded_batches(ingest_dir, "test", batch_size=3))
         metrics["export_path"] = export.export_saved_model(
             result.model, manifest["class_names"], data_config.image_size,
-            data_config.channels, config.export.export_dir,
+            data_config.channels, config.export.export_dir, warmup_images=list(warmup_images),
         )
     if chief and "keras" in config.export.export_formats:
         metrics["keras_path"] = export.export_keras(

@@ -285,14 +285,14 @@ def _class_names_option(value):
 
 
 # ImageNet's convention (TF's build_imagenet_data.py, TF Model Garden).
-_FEATURES = {
+IMAGE_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/class/label": tf.io.FixedLenFeature([], tf.int64),
 }
 
 
 def _parse(record):
-    return tf.io.parse_single_example(record, _FEATURES)
+    return tf.io.parse_single_example(record, IMAGE_FEATURES)
 
 
 def _read_labels(path):

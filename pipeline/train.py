@@ -23,6 +23,7 @@ import tensorflow as tf
 from alexnet_keras import AlexNet
 from pipeline import distribute
 from pipeline import history
+from pipeline import plots
 from pipeline import transform
 from pipeline.config import ConfigError
 
@@ -381,5 +382,5 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if rows:
-        history.plot(rows, os.path.join(run_dir, "training_curves.png"))
+        plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
     return TrainResult(model, rows, initial_epoch, time.perf_counter() - start_time)

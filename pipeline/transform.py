@@ -14,6 +14,7 @@ import os
 import tensorflow as tf
 
 from pipeline import ingest
+from pipeline import sources
 from pipeline.config import PipelineError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -140,13 +141,7 @@ def _pca_noise(image, seed):
 
 
 def _parse(record):
-    features = tf.io.parse_single_example(
-        record,
-        {
-            "image/encoded": tf.io.FixedLenFeature([], tf.string),
-            "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-        },
-    )
+    features = tf.io.parse_single_example(record, sources.IMAGE_FEATURES)
     return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
 
 

@@ -17,11 +17,11 @@ chief/worker mode runs the search: the same command everywhere, with
 import dataclasses
 import json
 import logging
-import math
 import os
 
 import keras_tuner
 
+from pipeline import plots
 from pipeline import train
 from pipeline.config import ConfigError
 from pipeline.config import TUNERS
@@ -230,7 +230,11 @@ def _report(tuner, run_dir):
              "trial_id": best.trial_id, "trials": len(trials)},
             file, indent=2, sort_keys=True,
         )
-    _plot_trials(trials, os.path.join(run_dir, "tuning_trials.png"))
+    in_order = sorted(trials, key=lambda trial: int(trial.trial_id))
+    plots.search_scores(
+        [trial.trial_id for trial in in_order], [trial.score for trial in in_order],
+        OBJECTIVE, os.path.join(run_dir, "tuning_trials.png"),
+    )
     return hparams
 
 
@@ -238,27 +242,3 @@ def _format(value):
     if isinstance(value, float):
         return f"{value:.3g}"
     return "-" if value is None else str(value)
-
-
-def _plot_trials(trials, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    in_order = sorted(trials, key=lambda trial: int(trial.trial_id))
-    figure, axis = pyplot.subplots(figsize=(8, 4))
-    scores = [trial.score for trial in in_order]
-    axis.bar(range(len(in_order)), scores, color="tab:blue")
-    axis.plot(range(len(in_order)), [max(scores[: i + 1]) for i in range(len(scores))],
-              "o-", color="tab:orange", label="best so far")
-    axis.set_xticks(range(len(in_order)), [trial.trial_id for trial in in_order],
-                    rotation=90 if len(in_order) > 20 else 0)
-    axis.set_xlabel("trial")
-    axis.set_ylabel(OBJECTIVE)
-    axis.set_ylim(0, max(1.0, max(scores)) if not math.isnan(max(scores)) else 1.0)
-    axis.legend()
-    axis.set_title("Hyperparameter search")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    pyplot.close(figure)
