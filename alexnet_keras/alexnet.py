@@ -38,6 +38,11 @@ def _map_size(size, conv1_padding):
     return size
 
 
+def default_input_shape(variant):
+    """The variant's own input: (227, 227, 3) for "paper", (224, 224, 1) for "d2l"."""
+    return _VARIANT_DEFAULTS[variant]["input_shape"]
+
+
 def minimum_input_size(variant):
     """The smallest input side for which every layer of `variant` has an output."""
     padding = _VARIANT_DEFAULTS[variant]["conv1_padding"]

@@ -7,8 +7,9 @@ even where a tutorial's dummy forward pass would fail.
 """
 
 import argparse
-import os
 import sys
+
+from alexnet_keras import alexnet
 
 
 def _input_shape(text):
@@ -29,7 +30,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m alexnet_keras.summary", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--variant", choices=("paper", "d2l"), default="paper")
+    parser.add_argument("--variant", choices=alexnet.VARIANTS, default="paper")
     parser.add_argument(
         "--input-shape",
         type=_input_shape,
@@ -38,18 +39,16 @@ def main(argv=None):
     )
     parser.add_argument("--num-classes", type=int, default=None,
                         help="number of classes (default: 1000 for paper, 10 for d2l)")
-    parser.add_argument("--normalization", choices=("lrn", "batchnorm", "none"),
+    parser.add_argument("--normalization", choices=alexnet.NORMALIZATIONS,
                         default=None, help="default: the variant's own")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from alexnet_keras.alexnet import AlexNet
 
     num_classes = args.num_classes
     if num_classes is None:
         num_classes = 1000 if args.variant == "paper" else 10
     try:
-        model = AlexNet(
+        model = alexnet.AlexNet(
             variant=args.variant,
             num_classes=num_classes,
             input_shape=args.input_shape,

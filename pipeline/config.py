@@ -7,6 +7,8 @@ as `config.json` and each stage receives only its own part.
 import dataclasses
 import json
 
+from alexnet_keras import alexnet
+
 STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
@@ -66,6 +68,22 @@ class ModelConfig:
     dropout_rate: float = 0.5
     normalization: str | None = None
 
+    def __post_init__(self):
+        if self.variant not in alexnet.VARIANTS:
+            raise ConfigError(
+                f"--variant must be one of {', '.join(alexnet.VARIANTS)}. "
+                f"Received: {self.variant!r}"
+            )
+        if self.normalization not in (None, *alexnet.NORMALIZATIONS):
+            raise ConfigError(
+                f"--normalization must be one of {', '.join(alexnet.NORMALIZATIONS)}. "
+                f"Received: {self.normalization!r}"
+            )
+        if not 0 <= self.dropout_rate < 1:
+            raise ConfigError(
+                f"--dropout-rate must be in [0, 1). Received: {self.dropout_rate!r}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -87,22 +105,30 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = (
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.lr_schedule in LR_SCHEDULES,
-             f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
-            (self.epochs >= 1, "--epochs must be at least 1"),
+            (self.strategy in STRATEGIES, "--strategy", self.strategy,
+             f"must be one of {', '.join(STRATEGIES)}"),
+            (self.optimizer in OPTIMIZERS, "--optimizer", self.optimizer,
+             f"must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_schedule in LR_SCHEDULES, "--lr-schedule", self.lr_schedule,
+             f"must be one of {', '.join(LR_SCHEDULES)}"),
+            (self.epochs >= 1, "--epochs", self.epochs, "must be at least 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-             "--steps-per-epoch must be at least 1"),
-            (self.batch_size >= 1, "--batch-size must be at least 1"),
-            (self.learning_rate > 0, "--learning-rate must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (self.cpu_replicas is None or self.cpu_replicas >= 1,
-             "--cpu-replicas must be at least 1"),
+             "--steps-per-epoch", self.steps_per_epoch, "must be at least 1"),
+            (self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1"),
+            (self.learning_rate > 0, "--learning-rate", self.learning_rate,
+             "must be positive"),
+            (self.weight_decay >= 0, "--weight-decay", self.weight_decay, "must be >= 0"),
+            (self.cpu_replicas is None or self.cpu_replicas >= 1, "--cpu-replicas",
+             self.cpu_replicas, "must be at least 1"),
         )
-        for ok, message in checks:
+        for ok, flag, value, requirement in checks:
             if not ok:
-                raise ConfigError(f"{message}. Received: {self}")
+                raise ConfigError(f"{flag} {requirement}. Received: {value!r}")
+        if self.jit_compile and (self.cpu_replicas or 1) > 1:
+            raise ConfigError(
+                "--jit-compile fails with --cpu-replicas above 1 (XLA cannot place a "
+                "step over several logical CPUs); drop one of them"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,19 +189,3 @@ class RunConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values):
-        def tuples(section, config_class):
-            fields = {}
-            for key, value in values.get(section, {}).items():
-                fields[key] = tuple(value) if isinstance(value, list) else value
-            return config_class(**fields)
-
-        return cls(
-            data=tuples("data", DataConfig),
-            model=tuples("model", ModelConfig),
-            train=tuples("train", TrainConfig),
-            export=tuples("export", ExportConfig),
-            tune=tuples("tune", TuneConfig),
-        )

@@ -61,10 +61,10 @@ def make_strategy(name, cpu_replicas=None):
             f"--cpu-replicas splits the CPU for machines without GPUs, but "
             f"{len(gpus)} GPU(s) are present; drop --cpu-replicas to mirror over the GPUs"
         )
-    if cpu_replicas is not None and name not in ("mirrored", "multiworker"):
+    if cpu_replicas is not None and name != "mirrored":
+        # MultiWorkerMirroredStrategy takes one device per worker on CPUs.
         raise ConfigError(
-            f"--cpu-replicas only applies to --strategy mirrored or multiworker, "
-            f"not {name!r}"
+            f"--cpu-replicas only applies to --strategy mirrored, not {name!r}"
         )
     if name == "default":
         return tf.distribute.get_strategy()
@@ -75,7 +75,7 @@ def make_strategy(name, cpu_replicas=None):
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy(_split_cpu(cpu_replicas or 1))
     if name == "multiworker":
-        return _multi_worker_strategy(cpu_replicas)
+        return _multi_worker_strategy()
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
@@ -92,7 +92,7 @@ def make_strategy(name, cpu_replicas=None):
     raise ConfigError(f"unknown --strategy {name!r}")
 
 
-def _multi_worker_strategy(cpu_replicas):
+def _multi_worker_strategy():
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ConfigError(
@@ -108,8 +108,6 @@ def _multi_worker_strategy(cpu_replicas):
         raise ConfigError(
             f"TF_CONFIG is not valid JSON with 'cluster.worker' and 'task.type': {raw!r}"
         ) from None
-    if cpu_replicas:
-        _split_cpu(cpu_replicas)
     # Collective ops over gRPC ("RING") work on CPUs and GPUs alike; NCCL is
     # picked automatically by AUTO on GPU clusters.
     return tf.distribute.MultiWorkerMirroredStrategy(

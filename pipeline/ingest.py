@@ -20,12 +20,14 @@ re-run on an unchanged source (same fingerprint) reuses what is there.
 """
 
 import argparse
+import collections
 import concurrent.futures
 import errno
 import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -202,14 +204,19 @@ def _checked_records(split, seed):
 
 
 class _ShardWriter:
-    """Writes one output split as `<split>-NNNNN.tfrecord`, SHARD_SIZE records each."""
+    """Writes one output split as `<split>-NNNNN.tfrecord` shards of at most
+    SHARD_SIZE records and of equal size, give or take one: under multi-worker
+    training each worker reads whole files, and a short last shard would let
+    one worker see its examples far more often than the others."""
 
-    def __init__(self, directory, split):
+    def __init__(self, directory, split, expected):
         self.directory, self.split = directory, split
         self.files, self.num_examples, self._writer = [], 0, None
+        shards = max(1, math.ceil(expected / SHARD_SIZE))
+        self.shard_size = max(1, math.ceil(expected / shards))
 
     def write(self, checked, label):
-        if self.num_examples % SHARD_SIZE == 0:
+        if self.num_examples % self.shard_size == 0:
             self.close()
             self.files.append(f"{self.split}-{len(self.files):05d}.tfrecord")
             self._writer = tf.io.TFRecordWriter(
@@ -249,7 +256,10 @@ def _write(source, fingerprint, directory, strict):
             f"{source.spec} has {len(class_names)} class(es); a classifier needs two"
         )
     plan = _plan(source_splits)
-    writers = {split: _ShardWriter(directory, split) for split in SPLITS}
+    expected = collections.Counter(
+        destination for source_split in plan for destination in plan[source_split]
+    )
+    writers = {split: _ShardWriter(directory, split, expected[split]) for split in SPLITS}
     skipped, channels, sizes = [], set(), []
     for source_split in sorted(plan):
         split, destination = source_splits[source_split], plan[source_split]

@@ -4,7 +4,7 @@
 
 With no other flag it trains the paper's AlexNet on the embedded `digits`
 dataset and exports it to `saved_models/alexnet/<version>/`. `--help` lists
-every flag; README.md explains them.
+every flag; README.md explains what they are for.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from alexnet_keras.alexnet import minimum_input_size
+from alexnet_keras import alexnet
 from pipeline import config as config_lib
 from pipeline import distribute
 from pipeline import evaluate
@@ -31,7 +31,6 @@ log = logging.getLogger("pipeline.run")
 # ~12x dearer for no gain in accuracy, so their default is the smallest input the
 # paper's architecture takes. Other datasets default to the variant's own size.
 _DATASET_IMAGE_SIZES = {"digits": (67, 67)}
-_VARIANT_IMAGE_SIZES = {"paper": (227, 227), "d2l": (224, 224)}
 
 
 def _image_size(text):
@@ -56,7 +55,8 @@ def build_parser():
                       help="digits | tfds:NAME | folder:PATH | tfrecord:GLOB")
     data.add_argument("--data-dir", default=None, help="TFDS data directory")
     data.add_argument("--ingest-dir", default=None,
-                      help="where ingested TFRecords go (default: data/<dataset>)")
+                      help="where ingested TFRecords go (default: data/<dataset slug>, "
+                           "e.g. data/digits, data/tfds-cifar10)")
     data.add_argument("--image-size", type=_image_size, default=None,
                       help="SIZE or HEIGHT,WIDTH (default: 67 for digits, else the "
                            "variant's 227 or 224)")
@@ -74,16 +74,17 @@ def build_parser():
                       help="the paper's PCA colour augmentation (colour data)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--variant", choices=("paper", "d2l"), default=defaults.model.variant)
+    model.add_argument("--variant", choices=alexnet.VARIANTS, default=defaults.model.variant)
     model.add_argument("--dropout-rate", type=float, default=defaults.model.dropout_rate)
-    model.add_argument("--normalization", choices=("lrn", "batchnorm", "none"), default=None,
+    model.add_argument("--normalization", choices=alexnet.NORMALIZATIONS, default=None,
                        help="default: the variant's own (lrn for paper, none for d2l)")
 
     train = parser.add_argument_group("training")
     train.add_argument("--strategy", choices=config_lib.STRATEGIES,
                        default=defaults.train.strategy)
     train.add_argument("--cpu-replicas", type=int, default=None,
-                       help="split the CPU into N logical devices for --strategy mirrored")
+                       help="split the CPU into N logical devices for --strategy mirrored "
+                            "(without GPUs)")
     train.add_argument("--epochs", type=int, default=defaults.train.epochs)
     train.add_argument("--steps-per-epoch", type=int, default=None,
                        help="cap on training steps per epoch")
@@ -174,10 +175,10 @@ def config_from_args(args):
 def resolve_data_config(data_config, variant, manifest):
     """Fills in the image size and channels left to the dataset and variant."""
     image_size = data_config.image_size or _DATASET_IMAGE_SIZES.get(
-        data_config.dataset, _VARIANT_IMAGE_SIZES[variant]
+        data_config.dataset, alexnet.default_input_shape(variant)[:2]
     )
     channels = data_config.channels or manifest["channels"]
-    smallest = minimum_input_size(variant)
+    smallest = alexnet.minimum_input_size(variant)
     if min(image_size) < smallest:
         raise config_lib.ConfigError(
             f"--image-size {image_size[0]},{image_size[1]} is smaller than the "
@@ -191,7 +192,13 @@ def run(config):
     (None on a keras-tuner worker, which stops after the search)."""
     start = time.perf_counter()
     run_dir = config.train.output_dir
-    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise config_lib.ConfigError(
+            f"cannot create the run directory {run_dir} ({error.strerror}); choose "
+            "another --output-dir"
+        ) from None
 
     # The strategy comes first: splitting the CPU into logical devices must
     # happen before any TensorFlow op runs.

@@ -253,12 +253,13 @@ def fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manif
         )
         learning_rate = _current_learning_rate(optimizer)
         loss_sum = correct = count = 0.0
+        warm_start = time.perf_counter()
         for step in range(steps):
             batch_loss, batch_correct, batch_count = train_step(train_iterator)
             loss_sum += float(batch_loss)
             correct += float(batch_correct)
             count += float(batch_count)
-            if step == 0:
+            if step == 0 and steps > 1:
                 # The first step traces and compiles; images/s counts the rest.
                 warm_start = time.perf_counter()
             if step < steps - 1:
@@ -319,6 +320,10 @@ class _RunRecorder(keras.callbacks.Callback):
         self.epoch_counter.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
 
+    def on_train_end(self, logs=None):
+        for writer in self.writers.values():
+            writer.close()
+
 
 @dataclasses.dataclass
 class TrainResult:
@@ -367,8 +372,20 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
         os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="ckpt-")
     )
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    if manager.latest_checkpoint and train_config.strategy == "multiworker":
+        # Only the chief keeps checkpoints: were it to resume alone, the workers
+        # would run other steps than it and the collectives would hang.
+        log.warning("Multi-worker runs start from epoch 1; %s is not resumed",
+                    manager.latest_checkpoint)
+    elif manager.latest_checkpoint:
+        try:
+            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError):
+            raise ConfigError(
+                f"the checkpoint in {checkpoint_dir} is of another model or optimizer "
+                "(a different --variant, --normalization, --image-size, --channels or "
+                "--optimizer?); resume with the same flags or use a new --output-dir"
+            ) from None
         log.info("Resuming from %s (epoch %d finished)", manager.latest_checkpoint,
                  int(epoch_counter.numpy()))
     initial_epoch = int(epoch_counter.numpy())

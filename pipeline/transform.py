@@ -40,14 +40,9 @@ IMAGENET_EIGENVECTORS = (
 PCA_NOISE_STDDEV = 0.1
 
 
-def decode_image(image_bytes, channels):
-    """Decodes a JPEG, PNG, BMP or GIF (first frame) to uint8 [height, width, channels].
-
-    Grey images become RGB and colour ones grey (dropping any alpha) as
-    `channels` (1 or 3) asks. Corrupt bytes raise `tf.errors.InvalidArgumentError`.
-    """
-    image = tf.io.decode_image(image_bytes, expand_animations=False)
-    # decode_image cannot convert BMP or GIF to grey itself, so convert after.
+def _to_channels(image, channels):
+    """uint8 [height, width, any channels] to `channels` (1 or 3): grey becomes
+    RGB and colour grey (dropping any alpha), the same way on every path."""
     is_colour = tf.shape(image)[-1] >= 3
     if channels == 1:
         image = tf.cond(
@@ -62,6 +57,17 @@ def decode_image(image_bytes, channels):
             lambda: tf.tile(image[..., :1], [1, 1, 3]),
         )
     return tf.ensure_shape(image, [None, None, channels])
+
+
+def decode_image(image_bytes, channels):
+    """Decodes a JPEG, PNG, BMP or GIF (first frame) to uint8 [height, width, channels].
+
+    Grey images become RGB and colour ones grey (dropping any alpha) as
+    `channels` (1 or 3) asks. Corrupt bytes raise `tf.errors.InvalidArgumentError`.
+    """
+    # Decoded in the file's own channels and converted after: decode_image cannot
+    # make BMP or GIF grey, and one conversion keeps every path alike.
+    return _to_channels(tf.io.decode_image(image_bytes, expand_animations=False), channels)
 
 
 # The paper subtracts the mean pixel and keeps the 0-255 scale; its N(0, 0.01)
@@ -122,7 +128,9 @@ def _decode_random_crop(image_bytes, channels, seed):
     def crop_jpeg():
         begin, size = _crop_window(tf.image.extract_jpeg_shape(image_bytes), seed)
         window = tf.stack([begin[0], begin[1], size[0], size[1]])
-        return tf.image.decode_and_crop_jpeg(image_bytes, window, channels=channels)
+        # The file's own channels, then the conversion evaluation and serving use:
+        # libjpeg's own grey conversion differs from rgb_to_grayscale.
+        return _to_channels(tf.image.decode_and_crop_jpeg(image_bytes, window), channels)
 
     def crop_other():
         return _random_crop(decode_image(image_bytes, channels), seed)

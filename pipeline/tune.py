@@ -20,6 +20,7 @@ import logging
 import os
 
 import keras_tuner
+import tensorflow as tf
 
 from pipeline import plots
 from pipeline import train
@@ -147,9 +148,9 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
 
 def make_tuner(kind, hypermodel, strategy, tune_dir, max_trials, tune_epochs, seed=None):
     """The keras-tuner tuner `--tune kind` means, resuming from `tune_dir`."""
-    # keras-tuner distributes single-worker strategies only; a search across
-    # machines is its chief/worker mode instead.
-    distribution = None if strategy.num_replicas_in_sync == 1 else strategy
+    # Trials build their model in the strategy's scope (the default strategy
+    # needs none); a search across machines is keras-tuner's chief/worker mode.
+    distribution = None if strategy is tf.distribute.get_strategy() else strategy
     common = {
         "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
         "directory": os.path.dirname(os.path.abspath(tune_dir)),
@@ -184,6 +185,13 @@ def tune(config, strategy, ingest_dir, manifest, run_dir):
     `--tune-dir` continues where it stopped.
     """
     tune_config = config.tune
+    if config.train.strategy == "multiworker":
+        raise ConfigError(
+            "--tune does not run under --strategy multiworker: keras-tuner takes "
+            "single-machine strategies; search across machines with its chief/worker "
+            "mode (KERASTUNER_TUNER_ID, see README) and any other --strategy"
+        )
+    train.set_global_options(config.train)
     hypermodel = AlexNetHyperModel(
         config, load_space(tune_config.space_file), strategy, ingest_dir, manifest
     )
@@ -192,7 +200,14 @@ def tune(config, strategy, ingest_dir, manifest, run_dir):
                        tune_config.max_trials, tune_config.epochs, config.train.seed)
     # On the chief of a distributed search this serves the oracle and trains
     # nothing; on a worker or a single machine it runs trials.
-    tuner.search(epochs=tune_config.epochs)
+    try:
+        tuner.search(epochs=tune_config.epochs)
+    except RuntimeError as error:
+        # keras-tuner gives up after too many failed trials (each is logged).
+        raise ConfigError(
+            f"the search stopped: {str(error).splitlines()[0]} See the trials' errors "
+            "above; a batch size in the search space larger than the data is a common cause"
+        ) from None
     if is_tuning_worker():
         return None
     return _report(tuner, run_dir)
@@ -217,7 +232,7 @@ def _report(tuner, run_dir):
         values = trial.hyperparameters.values
         cells = "  ".join(f"{_format(values.get(name)):>13}" for name in names)
         lines.append(f"{trial.trial_id:>6} {trial.score:7.4f}  {cells}")
-    print("\n".join(lines), flush=True)
+    log.info("%s", "\n".join(lines))
 
     best = trials[0]
     hparams = {

@@ -69,6 +69,7 @@ def checkpoint_values(run_dir):
         (["--image-size", "40"], "smaller than the 67x67 pixels"),
         (["--dataset", "folder:/no/such/folder"], "/no/such/folder"),
         (["--strategy", "default", "--cpu-replicas", "2"], "--cpu-replicas only applies"),
+        (["--dropout-rate", "1.0"], "--dropout-rate must be in [0, 1)"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, digits_dir, capsys, flags, message):
@@ -150,6 +151,14 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, digits_dir):
     assert "Epoch 3/3" in result.stdout
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] >= 1
+
+    # Resuming with another model is a one-line error, and the run is kept.
+    other = subprocess.run(command + ["--normalization", "batchnorm", "--epochs", "4"],
+                           capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert other.returncode == 2
+    assert "is of another model or optimizer" in other.stderr
+    assert "Traceback" not in other.stderr
+    assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
 
 
 @pytest.mark.slow
