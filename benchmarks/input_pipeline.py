@@ -8,7 +8,8 @@ Writes `--images` random-content JPEGs of ImageNet-like sizes into a temporary
 folder, ingests them as `folder:`, then measures on this machine:
 
 1. the training pipeline alone (decode, random crop, flip, 227x227x3, batches);
-2. `AlexNet(variant="paper")` trained by Keras `fit` (XLA off) from that pipeline;
+2. `AlexNet(variant="paper")` trained by the pipeline's own train step
+   (`train.make_train_step`, XLA off) from that pipeline;
 3. the same training from a few batches cached as in-memory tensors;
 
 and prints images/s for each with the ratios pipeline / training and
@@ -29,6 +30,7 @@ import tensorflow as tf
 
 from alexnet_keras import AlexNet
 from pipeline import ingest
+from pipeline import train
 from pipeline import transform
 from pipeline.config import DataConfig
 
@@ -67,27 +69,19 @@ def pipeline_speed(dataset, batches):
     return images / (time.perf_counter() - start)
 
 
-class _StepTimes(keras.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.times = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter())
-
-
-def training_speed(model, dataset, steps, warmup_steps, batch_size):
-    """Training images/s over `steps` steps of `fit`, after `warmup_steps` (tracing)."""
-    step_times = _StepTimes()
-    model.fit(
-        dataset.repeat(),
-        epochs=1,
-        steps_per_epoch=warmup_steps + steps,
-        callbacks=[step_times],
-        shuffle=False,
-        verbose=0,
-    )
-    times = step_times.times
-    return steps * batch_size / (times[-1] - times[warmup_steps - 1])
+def training_speed(model, optimizer, dataset, steps, warmup_steps, batch_size):
+    """Training images/s of the pipeline's own train step over `steps` steps,
+    after `warmup_steps` (tracing)."""
+    strategy = tf.distribute.get_strategy()
+    step = train.make_train_step(model, optimizer, strategy, batch_size)
+    iterator = iter(dataset.repeat())
+    for _ in range(warmup_steps):
+        step(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss_sum, _, _ = step(iterator)
+    float(loss_sum)
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -133,14 +127,10 @@ def main(argv=None):
         model = AlexNet(
             variant="paper", num_classes=NUM_CLASSES, input_shape=(*IMAGE_SIZE, 3)
         )
-        model.compile(
-            optimizer=keras.optimizers.SGD(learning_rate=0.01, momentum=0.9),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            jit_compile=False,
-        )
+        optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         logger.info("timing training fed by the pipeline")
         fed = training_speed(
-            model, dataset, args.steps, args.warmup_steps, args.batch_size
+            model, optimizer, dataset, args.steps, args.warmup_steps, args.batch_size
         )
         # A few real batches, held as tensors: training with no input cost at all.
         images, labels = zip(*dataset.take(min(args.steps, 4)))
@@ -149,7 +139,8 @@ def main(argv=None):
         )
         logger.info("timing training from cached tensors")
         cached = training_speed(
-            model, cached_dataset, args.steps, args.warmup_steps, args.batch_size
+            model, optimizer, cached_dataset, args.steps, args.warmup_steps,
+            args.batch_size,
         )
 
     rows = (

@@ -48,6 +48,7 @@ class DataConfig:
     cache: str | None = None
     pca_noise: bool = False
     seed: int | None = None
+    pixel_scale: float = 1.0
 
     def __post_init__(self):
         if self.image_size is not None and (

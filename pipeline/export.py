@@ -84,7 +84,7 @@ def resolve_saved_model(path):
     return os.path.join(path, str(found[-1]))
 
 
-def _serving_functions(model, class_names, image_size, channels):
+def _serving_functions(model, class_names, image_size, channels, pixel_scale):
     names = tf.constant(list(class_names))
     top_k = min(TOP_K, len(class_names))
     image_spec = tf.TensorSpec((*image_size, channels), tf.float32)
@@ -106,7 +106,7 @@ def _serving_functions(model, class_names, image_size, channels):
     def decode_one(encoded):
         image = transform.decode_image(encoded, channels)
         return tf.ensure_shape(
-            transform.preprocess_for_eval(image, image_size), image_spec.shape
+            transform.preprocess_for_eval(image, image_size, pixel_scale), image_spec.shape
         )
 
     def serve_image_bytes(image_bytes):
@@ -116,7 +116,7 @@ def _serving_functions(model, class_names, image_size, channels):
         return classify(images)
 
     def serve_pixels(pixels):
-        return classify(transform.preprocess_for_eval(pixels, image_size))
+        return classify(transform.preprocess_for_eval(pixels, image_size, pixel_scale))
 
     return serve_image_bytes, serve_pixels
 
@@ -181,7 +181,8 @@ def _remove_abandoned_exports(export_dir):
 
 
 def export_saved_model(
-    model, class_names, image_size, channels, export_dir, warmup_images=None
+    model, class_names, image_size, channels, export_dir, warmup_images=None,
+    pixel_scale=1.0,
 ):
     """Write `model` as the next version under `export_dir` and return its path.
 
@@ -197,6 +198,8 @@ def export_saved_model(
         warmup_images: optional encoded images (bytes) or uint8 arrays
             `[height, width, channels]` to replay at load time, e.g. a few test
             images; a generated image is used when not given.
+        pixel_scale: the model's `DataConfig.pixel_scale`, applied after
+            centring as in training (1 for the paper variant, 1/127.5 for d2l).
     """
     num_logits = model.outputs[0].shape[-1] if model.outputs else None
     if num_logits is not None and num_logits != len(class_names):
@@ -222,7 +225,7 @@ def export_saved_model(
         encoded = _generated_images(image_size, channels)
 
     serve_image_bytes, serve_pixels = _serving_functions(
-        model, class_names, tuple(image_size), channels
+        model, class_names, tuple(image_size), channels, pixel_scale
     )
     try:
         archive = keras.export.ExportArchive()

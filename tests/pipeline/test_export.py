@@ -11,6 +11,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 import serving_testlib
 from alexnet_keras import AlexNet
 from pipeline import export
+from pipeline import transform
 from pipeline.config import PipelineError
 
 CLASS_NAMES = ["cat", "dog", "fox"]
@@ -259,3 +260,24 @@ def test_models_config_serves_the_exports():
         "/models/alexnet",
         "tensorflow",
     )
+
+
+def test_the_export_scales_pixels_as_the_model_was_trained(tmp_path):
+    # The d2l variant trains on [-1, 1] (pixel_scale 1/127.5): its export must
+    # scale the same way, not fall back to the paper's 0-255 range.
+    model = AlexNet(variant="d2l", num_classes=3, input_shape=(65, 65, 1))
+    scale = 1 / 127.5
+    version_dir = export.export_saved_model(
+        model, ["a", "b", "c"], (65, 65), 1, str(tmp_path / "models"), pixel_scale=scale
+    )
+    pixels = np.random.default_rng(3).uniform(0, 255, (2, 80, 70, 1)).astype("float32")
+    served = tf.saved_model.load(version_dir).signatures["serving_pixels"]
+    answered = served(pixels=tf.constant(pixels))["probabilities"].numpy()
+    expected = tf.nn.softmax(
+        model(transform.preprocess_for_eval(pixels, (65, 65), scale), training=False)
+    ).numpy()
+    unscaled = tf.nn.softmax(
+        model(transform.preprocess_for_eval(pixels, (65, 65)), training=False)
+    ).numpy()
+    np.testing.assert_allclose(answered, expected, atol=1e-5)
+    assert not np.allclose(answered, unscaled, atol=1e-3)

@@ -1,0 +1,233 @@
+"""Training and serving speed against the PyTorch AlexNets of the seed tutorials.
+
+    pip install -e ".[bench]"        # adds torch==2.13.0 (CPU) for the references
+    python -m benchmarks.train
+    python -m benchmarks.train --steps 2 --warmup-steps 1 --batch-size 8 --images 64  # smoke
+
+In one run on this machine it measures:
+
+1. the fp32 matrix-multiply peak (TensorFlow, 4096x4096), the ceiling in GFLOP/s;
+2. this project's training images/s as `pipeline.run` reports them (`train.fit`
+   on JPEGs ingested from a folder, the real input pipeline, SGD momentum),
+   for the paper variant (227x227x3, LRN) and the d2l variant (224x224x1), with
+   and without XLA;
+3. the PyTorch 2.13 eager references: the seed model without LRN and the paper
+   model with `nn.LocalResponseNorm` (median step on random tensors);
+4. inference images/s of the Keras model and the exported SavedModel's latency
+   on JPEG bytes through `serving_default` (batch 1 and 64);
+
+and prints each figure with its GFLOP/s, share of the matmul peak and ratio to
+the PyTorch reference of the same architecture. Run it on a quiet machine.
+"""
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_keras import AlexNet
+from benchmarks.input_pipeline import write_jpegs
+from pipeline import export
+from pipeline import ingest
+from pipeline import train
+from pipeline.config import DataConfig
+from pipeline.config import ModelConfig
+from pipeline.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+NUM_CLASSES = 10
+VARIANTS = {"paper": (227, 227, 3), "d2l": (224, 224, 1)}
+# As pipeline.run sets them (see _VARIANT_PIXEL_SCALES there).
+PIXEL_SCALES = {"paper": 1.0, "d2l": 1 / 127.5}
+
+
+def matmul_peak(size=4096, repeats=10):
+    """Median fp32 GFLOP/s of a size x size matmul on all cores."""
+    a = tf.random.normal((size, size))
+    b = tf.random.normal((size, size))
+    matmul = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    matmul().numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul().numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def training_gflop_per_image(model):
+    """Forward multiply-adds of the convolutions and dense layers, x2 for FLOPs,
+    x3 for training (the backward pass costs about twice the forward)."""
+    macs = 0
+    for layer in model.layers:
+        if layer.__class__.__name__ == "Conv2D":
+            height, width, filters = layer.output.shape[1:]
+            kernel_height, kernel_width, channels, _ = layer.kernel.shape
+            macs += height * width * filters * kernel_height * kernel_width * channels
+        elif layer.__class__.__name__ == "Dense":
+            macs += int(np.prod(layer.kernel.shape))
+    return 3 * 2 * macs / 1e9
+
+
+def pipeline_training_speed(variant, ingest_dir, manifest, args, jit_compile):
+    """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
+    height, width, channels = VARIANTS[variant]
+    data_config = DataConfig(image_size=(height, width), channels=channels, seed=0,
+                             pixel_scale=PIXEL_SCALES[variant])
+    train_config = TrainConfig(
+        epochs=1, steps_per_epoch=args.warmup_steps + args.steps,
+        batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
+        jit_compile=jit_compile,
+    )
+    strategy = tf.distribute.get_strategy()
+    model = train.build_model(ModelConfig(variant=variant), data_config, NUM_CLASSES)
+    optimizer = train.make_optimizer(train_config, train_config.steps_per_epoch)
+    logs = train.fit(model, optimizer, strategy, train_config, data_config, ingest_dir,
+                     manifest)
+    return logs[-1]["images_per_second"], training_gflop_per_image(model)
+
+
+def torch_training_speed(variant, args):
+    """Median images/s of the PyTorch eager reference, or None without torch."""
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    height, width, channels = VARIANTS[variant]
+    if variant == "paper":
+        # The paper's LRN in PyTorch's convention: alpha there is divided by size.
+        norm = [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)]
+        conv1 = nn.Conv2d(channels, 96, 11, stride=4)
+    else:
+        norm = []
+        conv1 = nn.Conv2d(channels, 96, 11, stride=4, padding=1)
+    features = nn.Sequential(
+        conv1, nn.ReLU(), *norm, nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(),
+        *([nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if norm else []),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Flatten(),
+    )
+    flat = features(torch.zeros(1, channels, height, width)).shape[1]
+    model = nn.Sequential(
+        features, nn.Linear(flat, 4096), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, NUM_CLASSES),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    images = torch.randn(args.batch_size, channels, height, width)
+    labels = torch.randint(0, NUM_CLASSES, (args.batch_size,))
+    times = []
+    for step in range(args.warmup_steps + args.steps):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        loss_fn(model(images), labels).backward()
+        optimizer.step()
+        if step >= args.warmup_steps:
+            times.append(time.perf_counter() - start)
+    return args.batch_size / statistics.median(times)
+
+
+def inference_speed(variant, args):
+    """Median images/s of `model(x, training=False)` in a tf.function."""
+    model = AlexNet(variant=variant, num_classes=NUM_CLASSES, input_shape=VARIANTS[variant])
+    predict = tf.function(lambda x: model(x, training=False))
+    images = tf.random.normal((args.batch_size, *VARIANTS[variant]))
+    predict(images).numpy()
+    times = []
+    for _ in range(max(3, args.steps)):
+        start = time.perf_counter()
+        predict(images).numpy()
+        times.append(time.perf_counter() - start)
+    return args.batch_size / statistics.median(times)
+
+
+def serving_latency(ingest_dir, export_dir, batch_sizes, repeats):
+    """Median milliseconds of `serving_default` on JPEG bytes, per batch size."""
+    model = AlexNet(variant="paper", num_classes=NUM_CLASSES, input_shape=VARIANTS["paper"])
+    version = export.export_saved_model(
+        model, [str(index) for index in range(NUM_CLASSES)], VARIANTS["paper"][:2], 3,
+        export_dir,
+    )
+    serve = tf.saved_model.load(version).signatures["serving_default"]
+    encoded, _ = next(ingest.encoded_batches(ingest_dir, "train", max(batch_sizes)))
+    latencies = {}
+    for batch_size in batch_sizes:
+        images = tf.constant(encoded[:batch_size])
+        serve(image_bytes=images)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            serve(image_bytes=images)["probabilities"].numpy()
+            times.append(time.perf_counter() - start)
+        latencies[batch_size] = 1000 * statistics.median(times)
+    return latencies
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps")
+    parser.add_argument("--warmup-steps", type=int, default=2, help="untimed first steps")
+    parser.add_argument("--images", type=int, default=None,
+                        help="JPEGs to write (default: enough for the steps)")
+    parser.add_argument("--no-xla", action="store_true", help="skip the XLA runs")
+    args = parser.parse_args(argv)
+    if args.images is None:
+        # Ingest keeps 80% for training; a little more than the steps need.
+        args.images = int((args.warmup_steps + args.steps + 1) * args.batch_size / 0.8) + 10
+    if min(args.batch_size, args.steps, args.warmup_steps, args.images) < 1:
+        parser.error("every count must be at least 1")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    log.setLevel(logging.INFO)
+
+    peak = matmul_peak()
+    log.info("matmul peak: %.1f GFLOP/s", peak)
+    rows = []
+    with tempfile.TemporaryDirectory() as directory:
+        write_jpegs(os.path.join(directory, "images"), args.images)
+        ingest_dir = os.path.join(directory, "ingested")
+        manifest = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"), ingest_dir)
+        for variant in VARIANTS:
+            reference = torch_training_speed(variant, args)
+            for jit_compile in (False,) if args.no_xla else (False, True):
+                speed, gflop = pipeline_training_speed(
+                    variant, ingest_dir, manifest, args, jit_compile
+                )
+                rows.append((f"{variant} {VARIANTS[variant]} Keras, XLA {'on' if jit_compile else 'off'}",
+                             speed, gflop, reference))
+            if reference is not None:
+                rows.append((f"{variant} {VARIANTS[variant]} PyTorch 2.13 eager",
+                             reference, gflop, reference))
+        inference = {variant: inference_speed(variant, args) for variant in VARIANTS}
+        latencies = serving_latency(ingest_dir, os.path.join(directory, "export"),
+                                    (1, args.batch_size), max(5, args.steps))
+
+    print(f"\nTraining, batch {args.batch_size}, fp32, SGD momentum; "
+          f"{os.cpu_count()} CPUs, matmul peak {peak:.0f} GFLOP/s")
+    print(f"{'model':<44}{'images/s':>10}{'GFLOP/s':>10}{'of peak':>9}{'vs PyTorch':>12}")
+    for name, speed, gflop, reference in rows:
+        ratio = f"{speed / reference:11.2f}x" if reference else f"{'-':>12}"
+        print(f"{name:<44}{speed:10.1f}{speed * gflop:10.1f}{speed * gflop / peak:9.0%}{ratio}")
+    print(f"\nInference, batch {args.batch_size}: "
+          + ", ".join(f"{variant} {speed:.1f} images/s" for variant, speed in inference.items()))
+    print("SavedModel serving_default on JPEG bytes (paper, 227x227): "
+          + ", ".join(f"batch {size}: {ms:.0f} ms" for size, ms in latencies.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
