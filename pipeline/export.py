@@ -24,7 +24,6 @@ replays before it serves the version.
 import errno
 import logging
 import os
-import re
 import shutil
 
 import keras
@@ -33,6 +32,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from pipeline import temp_dirs
 from pipeline import transform
 from pipeline.config import PipelineError
 
@@ -52,7 +52,6 @@ TOP_K = 5
 # TF Serving only loads directories named by an integer, so a version is written
 # under this prefix and renamed into place once it is complete.
 _TEMP_PREFIX = ".tmp-"
-_TEMP_NAME = re.compile(r"^\.tmp-\d+-(\d+)$")
 # Each warm-up image is replayed alone and all of them once as a batch, so both a
 # single-image and a batched request have run before the first real one.
 _MAX_WARMUP_IMAGES = 4
@@ -160,26 +159,6 @@ def _write_warmup(version_dir, model_name, encoded_images):
             writer.write(log.SerializeToString())
 
 
-def _process_is_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_abandoned_exports(export_dir):
-    # A killed export leaves its temporary directory behind; TF Serving ignores
-    # it, and the next export removes it once its writer is gone.
-    for name in os.listdir(export_dir):
-        match = _TEMP_NAME.match(name)
-        if match and not _process_is_alive(int(match.group(1))):
-            logger.info("Removing abandoned export %s", os.path.join(export_dir, name))
-            shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-
-
 def export_saved_model(
     model, class_names, image_size, channels, export_dir, warmup_images=None,
     pixel_scale=1.0,
@@ -215,10 +194,11 @@ def export_saved_model(
             f"cannot write to {export_dir} ({error.strerror}); choose another "
             "--export-dir"
         ) from None
-    _remove_abandoned_exports(export_dir)
+    # TF Serving ignores a killed export's temporary directory; it goes here.
+    temp_dirs.remove_abandoned(export_dir, _TEMP_PREFIX)
     version = max(versions(export_dir), default=0) + 1
     version_dir = os.path.join(export_dir, str(version))
-    temp_dir = os.path.join(export_dir, f"{_TEMP_PREFIX}{version}-{os.getpid()}")
+    temp_dir = os.path.join(export_dir, f"{_TEMP_PREFIX}{temp_dirs.owner_tag()}-v{version}")
     if warmup_images:
         encoded = [_encode(image) for image in list(warmup_images)[:_MAX_WARMUP_IMAGES]]
     else:

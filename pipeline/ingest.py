@@ -39,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import sources
+from pipeline import temp_dirs
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
@@ -322,27 +323,6 @@ def _temp_prefix(output_dir):
     return parent, f".{name}.ingest-"
 
 
-def _remove_stale_temp_dirs(output_dir):
-    """Removes temporary directories of ingests whose process is gone (killed)."""
-    parent, prefix = _temp_prefix(output_dir)
-    pattern = re.compile(re.escape(prefix) + r"(\d+)-")
-    for entry in os.listdir(parent):
-        match = pattern.match(entry)
-        if match and not _process_alive(int(match.group(1))):
-            logger.info("removing %s, left by an interrupted ingest", entry)
-            shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _finished(output_dir, fingerprint):
     """The manifest in `output_dir` if it is a finished ingest of `fingerprint`."""
     if not os.path.isfile(os.path.join(output_dir, "manifest.json")):
@@ -413,8 +393,8 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
     parent, prefix = _temp_prefix(output_dir)
     try:
         os.makedirs(parent, exist_ok=True)
-        _remove_stale_temp_dirs(output_dir)
-        temp_dir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
+        temp_dirs.remove_abandoned(parent, prefix)
+        temp_dir = tempfile.mkdtemp(prefix=f"{prefix}{temp_dirs.owner_tag()}-", dir=parent)
         # mkdtemp makes it private (0700); the published data is for everyone.
         os.chmod(temp_dir, 0o755)
     except OSError as error:

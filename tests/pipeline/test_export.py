@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 
@@ -211,11 +212,15 @@ def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
 def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    abandoned = tmp_path / f".tmp-1-{dead.pid}"
+    host = socket.gethostname()
+    abandoned = tmp_path / f".tmp-{host}-{dead.pid}-v1"
     (abandoned / "variables").mkdir(parents=True)
     (abandoned / "saved_model.pb").write_bytes(b"half written")
-    live = tmp_path / f".tmp-5-{os.getpid()}"  # another export still writing
+    live = tmp_path / f".tmp-{host}-{os.getpid()}-v5"  # another export still writing
     live.mkdir()
+    # Another machine's export on shared storage: its process cannot be checked here.
+    elsewhere = tmp_path / f".tmp-other-host-{dead.pid}-v6"
+    elsewhere.mkdir()
     assert export.versions(tmp_path) == []
 
     version_dir = export.export_saved_model(
@@ -224,6 +229,7 @@ def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
     assert os.path.basename(version_dir) == "1"
     assert not abandoned.exists()
     assert live.exists()
+    assert elsewhere.exists()
     assert export.versions(tmp_path) == [1]
 
 

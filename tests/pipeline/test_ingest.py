@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -469,7 +470,7 @@ def test_leftovers_of_a_killed_ingest_are_not_trusted(tmp_path):
     config = DataConfig(dataset=f"folder:{tmp_path / 'images'}")
     # A process that no longer exists (PIDs never get this large) left its
     # temporary directory behind.
-    leftover = tmp_path / f".out.ingest-{2**30}-x1y2"
+    leftover = tmp_path / f".out.ingest-{socket.gethostname()}-{2**30}-x1y2"
     _write(str(leftover / "train-00000.tfrecord"), b"partial")
     ingest.ingest(config, str(tmp_path / "out"))
     assert not leftover.exists()
