@@ -181,3 +181,15 @@ def test_a_chief_and_two_workers_run_each_trial_once(tmp_path, digits_dir, space
     assert (tmp_path / "chief" / "best_hparams.json").exists()
     assert not (tmp_path / "tuner0" / "metrics.json").exists()
     assert sorted(os.listdir(tmp_path / "models")) == ["1"]
+
+
+@pytest.mark.slow
+def test_trials_train_under_a_two_replica_mirrored_strategy(tmp_path, digits_dir, space_file):
+    run_dir = tmp_path / "run"
+    argv = ["--strategy", "mirrored", "--cpu-replicas", "2", "--tune", "random",
+            "--max-trials", "1", "--tune-epochs", "1", "--tune-space", space_file,
+            "--ingest-dir", digits_dir, "--output-dir", str(run_dir),
+            "--export-dir", str(tmp_path / "models"), *TINY]
+    assert run.main(argv) == 0
+    assert set(trial_states(run_dir / "tuning").values()) == {"COMPLETED"}
+    assert json.loads((run_dir / "best_hparams.json").read_text())["trials"] == 1
