@@ -222,17 +222,10 @@ def fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manif
     global_batch_size = train_config.batch_size
     steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
 
-    def train_dataset_fn(input_context):
-        per_replica = input_context.get_per_replica_batch_size(global_batch_size)
-        dataset = transform.make_dataset(
-            ingest_dir, "train", data_config, per_replica, training=True,
-            input_context=input_context,
-        )
-        # Repeated, so every worker runs exactly `steps` steps whatever the size
-        # of its shard.
-        return dataset.repeat()
-
-    train_iterator = iter(strategy.distribute_datasets_from_function(train_dataset_fn))
+    train_iterator = iter(transform.distribute_dataset(
+        strategy, ingest_dir, "train", data_config, global_batch_size, training=True,
+        repeat=True,
+    ))
     validation = transform.make_dataset(
         ingest_dir, "validation", data_config, global_batch_size, training=False
     )

@@ -294,10 +294,14 @@ def make_dataset(
 
 
 def distribute_dataset(
-    strategy, ingest_dir, split, data_config, global_batch_size, training
+    strategy, ingest_dir, split, data_config, global_batch_size, training, repeat=False
 ):
     """`make_dataset` for every input pipeline of `strategy`, each replica getting
-    `global_batch_size / num_replicas` examples per step, prefetched to its device."""
+    `global_batch_size / num_replicas` examples per step, prefetched to its device.
+
+    With `repeat`, every pipeline cycles through its shard forever, so that all
+    workers can run the same number of steps whatever the size of their shards.
+    """
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise PipelineError(
@@ -307,9 +311,10 @@ def distribute_dataset(
 
     def dataset_fn(input_context):
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        return make_dataset(
+        dataset = make_dataset(
             ingest_dir, split, data_config, batch_size, training, input_context
         )
+        return dataset.repeat() if repeat else dataset
 
     return strategy.distribute_datasets_from_function(
         dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)
