@@ -42,8 +42,13 @@ def build_model(model_config, data_config, num_classes):
     )
 
 
-def make_optimizer(train_config, steps_per_epoch):
-    """SGD with the paper's momentum 0.9, or Adam; with the chosen schedule."""
+def make_optimizer(train_config, steps_per_epoch, variables):
+    """SGD with the paper's momentum 0.9, or Adam, with the chosen schedule,
+    built for `variables`.
+
+    Call it in the strategy's scope: under MirroredStrategy the optimizer's
+    slots must be created there, not later inside a replica's step.
+    """
     learning_rate = train_config.learning_rate
     if train_config.lr_schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
@@ -57,6 +62,7 @@ def make_optimizer(train_config, steps_per_epoch):
         "mixed_float16"
     ):
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
     return optimizer
 
 
@@ -352,8 +358,7 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
     steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
     with strategy.scope():
         model = build_model(model_config, data_config, len(manifest["class_names"]))
-        optimizer = make_optimizer(train_config, steps)
-        optimizer.build(model.trainable_variables)
+        optimizer = make_optimizer(train_config, steps, model.trainable_variables)
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         plateau = _Plateau()
     checkpoint = tf.train.Checkpoint(

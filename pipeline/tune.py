@@ -133,9 +133,10 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
             config.model, config.data, len(self.manifest["class_names"])
         )
         # Compiled only to carry the optimizer, built here, in the tuner's strategy
-        # scope: its slots cannot be created later inside a replica's step.
-        model.compile(optimizer=train.make_optimizer(config.train, steps))
-        model.optimizer.build(model.trainable_variables)
+        # scope.
+        model.compile(optimizer=train.make_optimizer(
+            config.train, steps, model.trainable_variables
+        ))
         return model
 
     def fit(self, hp, model, *args, callbacks=(), epochs=None, initial_epoch=0, **kwargs):

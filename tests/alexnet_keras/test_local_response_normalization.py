@@ -4,6 +4,7 @@ import tensorflow as tf
 import keras
 
 from alexnet_keras import LocalResponseNormalization
+from alexnet_keras.local_response_normalization import windowed_lrn
 
 
 def numpy_lrn(a, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75):
@@ -38,33 +39,51 @@ def test_matches_numpy_formula_including_edge_channels():
 @pytest.mark.parametrize(
     "depth_radius,bias,alpha,beta", [(2, 2.0, 1e-4, 0.75), (0, 1.0, 1e-3, 0.5), (3, 1.5, 2e-4, 1.0)]
 )
-def test_matches_tensorflow_op(depth_radius, bias, alpha, beta):
+def test_layer_and_portable_formula_match_numpy(depth_radius, bias, alpha, beta):
+    # The layer runs TensorFlow's LRN kernel here (TF backend, 4-D float32);
+    # `windowed_lrn` is what other backends, ranks and float64 run.
     x = tf.random.stateless_normal((3, 6, 6, 16), seed=(1, 2)) * 30.0
+    expected = numpy_lrn(x.numpy(), depth_radius, bias, alpha, beta)
     layer = LocalResponseNormalization(depth_radius, bias, alpha, beta)
-    expected = tf.nn.local_response_normalization(
-        x, depth_radius=depth_radius, bias=bias, alpha=alpha, beta=beta
-    )
-    np.testing.assert_allclose(layer(x).numpy(), expected.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    portable = windowed_lrn(x, depth_radius, bias, alpha, beta)
+    np.testing.assert_allclose(portable.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_gradient_matches_tensorflow_op():
+def test_other_ranks_use_the_portable_formula():
+    x = tf.random.stateless_normal((2, 7, 9), seed=(9, 9)) * 30.0
+    y = LocalResponseNormalization()(x)
+    np.testing.assert_allclose(y.numpy(), numpy_lrn(x.numpy()), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_of_layer_and_portable_formula_agree():
+    # Two independent gradients: TensorFlow's LRNGrad kernel (the layer) and
+    # automatic differentiation of the slices (`windowed_lrn`).
     x = tf.random.stateless_normal((2, 5, 5, 12), seed=(3, 4)) * 40.0
     upstream = tf.random.stateless_normal((2, 5, 5, 12), seed=(5, 6))
     layer = LocalResponseNormalization()
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         ours = tf.reduce_sum(layer(x) * upstream)
-        reference = tf.reduce_sum(tf.nn.local_response_normalization(x, 2, 2.0, 1e-4, 0.75) * upstream)
+        portable = tf.reduce_sum(windowed_lrn(x, 2, 2.0, 1e-4, 0.75) * upstream)
     np.testing.assert_allclose(
-        tape.gradient(ours, x).numpy(), tape.gradient(reference, x).numpy(), rtol=1e-4, atol=1e-6
+        tape.gradient(ours, x).numpy(), tape.gradient(portable, x).numpy(), rtol=1e-4, atol=1e-6
     )
 
 
 def test_gradient_matches_finite_differences():
+    # float64 takes the portable formula, whose gradient is checked here numerically.
     x = tf.random.stateless_normal((1, 2, 2, 6), seed=(7, 8), dtype=tf.float64) * 50.0
     layer = LocalResponseNormalization(dtype="float64")
     theoretical, numerical = tf.test.compute_gradient(lambda t: layer(t), [x])
     np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-5, atol=1e-7)
+
+
+def test_compiles_with_xla():
+    x = tf.random.stateless_normal((2, 5, 5, 12), seed=(3, 4)) * 40.0
+    layer = LocalResponseNormalization()
+    compiled = tf.function(lambda t: layer(t), jit_compile=True)
+    np.testing.assert_allclose(compiled(x).numpy(), numpy_lrn(x.numpy()), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

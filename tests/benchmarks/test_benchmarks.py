@@ -1,0 +1,98 @@
+"""The benchmark commands run end to end and report what they measured.
+
+They are smoke runs at tiny sizes: speeds are the benchmarks' output, never
+asserted here.
+"""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import profile
+
+
+@pytest.mark.parametrize(
+    "node,op_type,expected",
+    [
+        ("alexnet_paper_1/conv2_1/Relu", "_MklNativeFusedConv2D", ("conv2", "forward")),
+        ("gradient_tape/alexnet_paper_1/conv2_1/convolution/Conv2DBackpropFilter",
+         "_MklNativeConv2DBackpropFilterWithBias", ("conv2", "grad weights")),
+        ("gradient_tape/alexnet_paper_1/conv2_1/convolution/Conv2DBackpropInput",
+         "_MklNativeConv2DBackpropInput", ("conv2", "grad input")),
+        ("gradient_tape/alexnet_paper_1/conv3_1/ReluGrad", "ReluGrad", ("conv3", "grad input")),
+        ("gradient_tape/alexnet_paper_1/fc6_1/MatMul/MatMul", "_MklMatMul", ("fc6", "grad input")),
+        ("gradient_tape/alexnet_paper_1/fc6_1/MatMul/MatMul_1", "_MklMatMul",
+         ("fc6", "grad weights")),
+        ("alexnet_paper_1/lrn1_1/LRN", "LRN", ("lrn1", "forward")),
+        ("gradient_tape/alexnet_paper_1/lrn1_1/LRNGrad", "LRNGrad", ("lrn1", "grad input")),
+        ("sgd/Mul_12", "Mul", ("optimizer", "update")),
+        ("IteratorGetNext", "IteratorGetNext", ("input", "other")),
+        ("sparse_categorical_crossentropy/Sum", "Sum", ("loss and other", "other")),
+    ],
+)
+def test_ops_are_attributed_to_their_layer_and_pass(node, op_type, expected):
+    assert profile.classify(node, op_type) == expected
+
+
+def _rows(output):
+    """{row name: total ms} from the breakdown table."""
+    rows = {}
+    for line in output.splitlines():
+        match = re.match(r"^(\w[\w ]*?)\s{2,}.*?(\d+\.\d)\s+(\d+\.\d)%$", line)
+        if match:
+            rows[match.group(1)] = float(match.group(2))
+    return rows
+
+
+@pytest.mark.slow
+def test_profile_breaks_a_real_step_down_by_layer(tmp_path, capsys):
+    logdir = tmp_path / "trace"
+    assert profile.main(["--steps", "1", "--warmup-steps", "1", "--batch-size", "2",
+                         "--images", "30", "--logdir", str(logdir)]) == 0
+    output = capsys.readouterr().out
+    rows = _rows(output)
+    layers = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4",
+              "conv5", "pool5", "fc6", "fc7", "fc8", "optimizer"]
+    assert all(rows.get(layer, 0) > 0 for layer in layers), rows
+    assert rows["all ops"] >= sum(rows[layer] for layer in layers) - 0.5
+    # The trace stays where TensorBoard's Profile tab reads it.
+    assert list(logdir.rglob("*.xplane.pb"))
+    assert re.search(r"Step wall time \d+ ms", output)
+
+
+def _run(*command):
+    result = subprocess.run([sys.executable, "-m", *command], capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.slow
+def test_training_benchmark_prints_every_row():
+    # Its own process: it splits the CPU for a two-replica MirroredStrategy,
+    # whose collectives must not meet the test process's other strategies.
+    output = _run("benchmarks.train", "--steps", "1", "--warmup-steps", "1",
+                  "--batch-size", "2", "--images", "30", "--no-xla")
+    peak = float(re.search(r"matmul peak (\d+) GFLOP/s", output).group(1))
+    assert peak > 0
+    for row in ("paper (227, 227, 3) Keras, XLA off", "d2l (224, 224, 1) Keras, XLA off",
+                "paper (227, 227, 3) Keras, --cpu-replicas 2"):
+        line = next(line for line in output.splitlines() if line.startswith(row))
+        images_per_second, gflops = (float(value) for value in line[len(row):].split()[:2])
+        assert images_per_second > 0 and gflops > 0
+    assert re.search(r"Inference, batch 2: paper \d+\.\d images/s, d2l \d+\.\d images/s",
+                     output)
+    assert re.search(r"batch 1: \d+ ms, batch 2: \d+ ms", output)
+
+
+@pytest.mark.slow
+def test_input_pipeline_benchmark_prints_its_ratios():
+    output = _run("benchmarks.input_pipeline", "--images", "32", "--steps", "2",
+                  "--batch-size", "4", "--pipeline-batches", "3")
+    pipeline = float(re.search(r"input pipeline alone.*?(\d+\.\d)$", output, re.M).group(1))
+    fed = float(re.search(r"training fed by the pipeline.*?(\d+\.\d)$", output, re.M).group(1))
+    ratio = float(re.search(r"pipeline / pipeline-fed training\s+(\d+\.\d)x", output).group(1))
+    assert pipeline > 0 and fed > 0
+    assert ratio == pytest.approx(pipeline / fed, rel=0.02, abs=0.06)
