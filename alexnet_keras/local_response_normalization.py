@@ -14,7 +14,7 @@ def windowed_lrn(x, depth_radius, bias, alpha, beta):
     padded = ops.pad(squares, [[0, 0]] * (len(x.shape) - 1) + [[depth_radius, depth_radius]])
     window_sum = padded[..., 0:channels]
     for offset in range(1, 2 * depth_radius + 1):
-        window_sum = window_sum + padded[..., offset : offset + channels]
+        window_sum = window_sum + padded[..., offset:offset + channels]
     return x * ops.power(bias + alpha * window_sum, -beta)
 
 

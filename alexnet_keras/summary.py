@@ -43,7 +43,6 @@ def main(argv=None):
                         default=None, help="default: the variant's own")
     args = parser.parse_args(argv)
 
-
     num_classes = args.num_classes
     if num_classes is None:
         num_classes = 1000 if args.variant == "paper" else 10

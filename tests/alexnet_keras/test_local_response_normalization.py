@@ -117,7 +117,8 @@ def test_bad_arguments_name_the_value(kwargs, name):
 def test_config_round_trip_and_output_shape():
     layer = LocalResponseNormalization(depth_radius=3, bias=1.0, alpha=2e-4, beta=0.5, name="lrn")
     clone = LocalResponseNormalization.from_config(layer.get_config())
-    assert (clone.depth_radius, clone.bias, clone.alpha, clone.beta, clone.name) == (3, 1.0, 2e-4, 0.5, "lrn")
+    settings = (clone.depth_radius, clone.bias, clone.alpha, clone.beta, clone.name)
+    assert settings == (3, 1.0, 2e-4, 0.5, "lrn")
     assert layer.compute_output_shape((None, 13, 13, 256)) == (None, 13, 13, 256)
     serialized = keras.saving.serialize_keras_object(layer)
     assert serialized["registered_name"] == "alexnet_keras>LocalResponseNormalization"

@@ -5,11 +5,13 @@ a clear accuracy in seconds), its export, and `ServingSession`, which loads an
 export the way TF Serving does. Each is made once per test process.
 """
 
+import io
 import os
 
 import keras
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from alexnet_keras import AlexNet
@@ -127,10 +129,17 @@ def trained_export(tmp_path_factory):
 
 
 def encode(image, image_format):
+    """`image` (HxWxC uint8) as the bytes of a `image_format` file: JPEG and PNG
+    through TensorFlow, the others ("bmp", "gif", ...) through Pillow."""
     image = np.asarray(image, dtype=np.uint8)
     if image_format == "png":
         return tf.io.encode_png(image).numpy()
-    return tf.io.encode_jpeg(image, quality=95).numpy()
+    if image_format == "jpeg":
+        return tf.io.encode_jpeg(image, quality=95).numpy()
+    buffer = io.BytesIO()
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    Image.fromarray(pixels).save(buffer, format=image_format.upper())
+    return buffer.getvalue()
 
 
 def digit_image(ingest_dir, index, size, channels):

@@ -2,7 +2,6 @@
 splits, reuse, atomic output, bad input and the command line."""
 
 import collections
-import io
 import logging
 import os
 import shutil
@@ -16,9 +15,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image
 from sklearn import datasets
 
+import serving_testlib
 from pipeline import ingest
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
@@ -27,20 +26,16 @@ CLI = [sys.executable, "-m", "pipeline.ingest"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def _error_lines(result):
+    """The CLI's own error lines; TensorFlow's start-up lines (no CUDA here) may
+    come first on stderr."""
+    return [line for line in result.stderr.splitlines() if line.startswith("python -m")]
+
+
 def _pixels(seed, height=20, width=24, channels=3):
     return np.random.default_rng(seed).integers(
         0, 256, (height, width, channels), np.uint8
     )
-
-
-def _encode(pixels, image_format):
-    if image_format == "jpeg":
-        return tf.io.encode_jpeg(pixels).numpy()
-    if image_format == "png":
-        return tf.io.encode_png(pixels).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=image_format.upper())
-    return buffer.getvalue()
 
 
 def _write(path, data):
@@ -57,7 +52,7 @@ def _image_folder(root, per_class=6):
     for label, class_name in enumerate(("cat", "dog")):
         for index in range(per_class):
             image_format = formats[index % len(formats)]
-            data = _encode(_pixels(10 * label + index, 18 + index, 22), image_format)
+            data = serving_testlib.encode(_pixels(10 * label + index, 18 + index, 22), image_format)
             path = _write(
                 os.path.join(root, class_name, f"{index}.{image_format}"), data
             )
@@ -233,10 +228,7 @@ def test_cli_strict_exits_2_naming_the_file(tmp_path):
         cwd=REPO,
     )
     assert result.returncode == 2
-    # TensorFlow's own start-up lines (no CUDA here) may come first.
-    errors = [
-        line for line in result.stderr.splitlines() if line.startswith("python -m")
-    ]
+    errors = _error_lines(result)
     assert errors == [
         "python -m pipeline.ingest: error: "
         f"{tmp_path / 'images' / 'cat' / 'readme.txt'}: "
@@ -259,14 +251,14 @@ def test_reuse_then_reingest_after_a_change(tmp_path, caplog):
     assert f"reusing {output_dir}" in caplog.text
     assert _mtimes(output_dir) == before
 
-    _write(str(tmp_path / "images" / "dog" / "new.png"), _encode(_pixels(99), "png"))
+    _write(str(tmp_path / "images" / "dog" / "new.png"), serving_testlib.encode(_pixels(99), "png"))
     added = ingest.ingest(config, output_dir)
     assert added["fingerprint"] != first["fingerprint"]
     assert sum(info["num_examples"] for info in added["splits"].values()) == 13
 
     _write(
         str(tmp_path / "images" / "dog" / "new.png"),
-        _encode(_pixels(100, 30, 30), "png"),
+        serving_testlib.encode(_pixels(100, 30, 30), "png"),
     )
     changed = ingest.ingest(config, output_dir)
     assert changed["fingerprint"] != added["fingerprint"]
@@ -307,7 +299,7 @@ def _tfrecords(directory, names, per_file=10):
     for file_index, name in enumerate(names):
         with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
             for index in range(per_file):
-                data = _encode(_pixels(100 * file_index + index), "jpeg")
+                data = serving_testlib.encode(_pixels(100 * file_index + index), "jpeg")
                 label = 1 + index % 3
                 writer.write(_example(data, label))
                 written.append((label, data))
@@ -439,10 +431,10 @@ def test_tfds_errors_are_one_line(monkeypatch, tmp_path):
 
 def _bad_sources(root):
     os.makedirs(root / "one" / "only")
-    _write(str(root / "one" / "only" / "a.png"), _encode(_pixels(0), "png"))
+    _write(str(root / "one" / "only" / "a.png"), serving_testlib.encode(_pixels(0), "png"))
     os.makedirs(root / "empty" / "a")
     os.makedirs(root / "empty" / "b")
-    _write(str(root / "empty" / "a" / "a.png"), _encode(_pixels(0), "png"))
+    _write(str(root / "empty" / "a" / "a.png"), serving_testlib.encode(_pixels(0), "png"))
     return {
         "imagenet": "unknown dataset 'imagenet'",
         "csv:/tmp/x": "unknown dataset 'csv:/tmp/x'",
@@ -546,9 +538,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, argv, message):
         cwd=REPO,
     )
     assert result.returncode == 2
-    errors = [
-        line for line in result.stderr.splitlines() if line.startswith("python -m")
-    ]
+    errors = _error_lines(result)
     assert len(errors) == 1 and errors[0].startswith(message)
     assert "Traceback" not in result.stderr
 

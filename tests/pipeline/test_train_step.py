@@ -53,7 +53,8 @@ def test_weight_decay_goes_through_the_gradient_of_the_kernels_only():
     _, _, decayed, _ = _one_step(strategy, weight_decay=0.5)
     # SGD's first step moves a weight by -lr * grad; the L2 term adds
     # -lr * weight_decay * w to kernels and nothing to biases.
-    names = [v.path for v in AlexNet(variant="d2l", num_classes=3, input_shape=(67, 67, 1)).trainable_variables]
+    model = AlexNet(variant="d2l", num_classes=3, input_shape=(67, 67, 1))
+    names = [v.path for v in model.trainable_variables]
     for name, p, d, w in zip(names, plain, decayed, before):
         expected = -0.05 * 0.5 * w if name.endswith("kernel") else np.zeros_like(w)
         np.testing.assert_allclose(d - p, expected, atol=1e-6, err_msg=name)
