@@ -14,9 +14,10 @@ written to `--logdir`, where TensorBoard's Profile tab shows it
 It then prints, per layer, the milliseconds per step its TensorFlow ops ran in
 the forward pass and in the backward pass (split into the gradients with
 respect to the layer's input, activation gradients included, and to its
-weights), the optimizer's update, and each row's share. Op times are summed over TensorFlow's executor threads: two ops
-running at once on this machine's two cores both count, so the sum exceeds the
-step's wall time, which is printed beside it. XLA-compiled steps show as one
+weights), the optimizer's update, and each row's share. Op times are summed
+over TensorFlow's executor threads: two ops running at once on this machine's
+two cores both count, so the sum exceeds the step's wall time, which is printed
+beside it. XLA-compiled steps show as one
 opaque cluster, so this profile is of the XLA-off step.
 """
 
