@@ -6,6 +6,7 @@ as `config.json` and each stage receives only its own part.
 
 import dataclasses
 import json
+import re
 
 from alexnet_keras import alexnet
 
@@ -26,6 +27,24 @@ class PipelineError(Exception):
 
 class ConfigError(PipelineError, ValueError):
     """A setting a user gave is invalid."""
+
+
+def first_line(error):
+    """The line of an error, or of an error message, that says what went wrong.
+
+    TensorFlow wraps an op's error in lines such as "Graph execution error:",
+    "Detected at node ..." and "[[{{node ...}}]]" and decorates it with
+    "{{function_node ...}}" and "[Op:...]": those say where, not what.
+    """
+    text = getattr(error, "message", None) or str(error)
+    text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", text)
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if not (line.endswith(":") or line.startswith(("<", "[[", "Detected at node"))):
+            return line
+    if lines:
+        return lines[0]
+    return type(error).__name__ if isinstance(error, BaseException) else "no details"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -314,12 +314,7 @@ def main(argv=None):
         required=True,
         help="a version directory, or a base directory (its newest version)",
     )
-    parser.add_argument(
-        "--dataset",
-        default="digits",
-        help="digits, tfds:<name>, folder:<path> or tfrecord:<glob>",
-    )
-    parser.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    ingest.add_source_arguments(parser)
     parser.add_argument(
         "--split", default="test", choices=("train", "validation", "test")
     )
@@ -332,8 +327,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         version_dir = export.resolve_saved_model(args.saved_model)
-        data_config = DataConfig(dataset=args.dataset, data_dir=args.data_dir)
-        ingest_dir = ingest.default_ingest_dir(args.dataset)
+        data_config = DataConfig(**ingest.source_settings(args))
+        ingest_dir = args.ingest_dir or ingest.default_ingest_dir(args.dataset)
         manifest = ingest.ingest(data_config, ingest_dir)
         loaded, signature = _load_signature(version_dir)
         num_outputs = signature.structured_outputs["probabilities"].shape[-1]

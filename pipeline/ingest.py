@@ -42,6 +42,7 @@ from pipeline import sources
 from pipeline import temp_dirs
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
+from pipeline.config import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -163,12 +164,6 @@ class _Checked(NamedTuple):
     problem: str | None = None
 
 
-def _tf_message(error):
-    """TensorFlow's message without its op and device decorations."""
-    message = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", error.message)
-    return " ".join(message.split())
-
-
 def _check(split, index, image_bytes):
     """Reads (if needed) and fully decodes one image: a truncated JPEG fails here."""
     try:
@@ -185,7 +180,7 @@ def _check(split, index, image_bytes):
         image = tf.io.decode_image(image_bytes, expand_animations=False)
     except tf.errors.OpError as error:
         return _Checked(
-            index, None, problem=f"corrupt {image_format}: {_tf_message(error)}"
+            index, None, problem=f"corrupt {image_format}: {first_line(error)}"
         )
     return _Checked(index, image_bytes, image_format, tuple(image.shape))
 
@@ -410,22 +405,25 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
     return manifest
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.ingest", description=__doc__.split("\n")[0]
-    )
+def add_source_arguments(parser, ingest_dir_flag="--ingest-dir"):
+    """The flags that say what to ingest and where, shared by the `ingest`,
+    `run` and `evaluate` commands (`parser` may be an argument group); the
+    ingest directory's flag keeps the command's own name, its dest is
+    `ingest_dir`."""
     parser.add_argument(
         "--dataset", default="digits", help=f"{sources.SPEC_HELP} (default: digits)"
-    )
-    parser.add_argument(
-        "--output-dir",
-        default=None,
-        help="where the shards and manifest.json go (default: data/<slug>)",
     )
     parser.add_argument(
         "--data-dir",
         default=None,
         help="TFDS data_dir: where tfds: datasets are (or get) prepared",
+    )
+    parser.add_argument(
+        ingest_dir_flag,
+        dest="ingest_dir",
+        default=None,
+        help="where the ingested shards and manifest.json are or go (default: "
+        "data/<dataset slug>, e.g. data/digits, data/tfds-cifar10)",
     )
     parser.add_argument(
         "--strict",
@@ -443,19 +441,32 @@ def main(argv=None) -> int:
         default=None,
         help="tfrecord: a comma-separated list, or a file with one name per line",
     )
+
+
+def source_settings(args):
+    """The `DataConfig` fields that `add_source_arguments`' flags set."""
+    return {
+        "dataset": args.dataset,
+        "data_dir": args.data_dir,
+        "ingest_dir": args.ingest_dir,
+        "strict": args.strict,
+        "label_offset": args.label_offset,
+        "class_names": args.class_names,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.ingest", description=__doc__.split("\n")[0]
+    )
+    add_source_arguments(parser, ingest_dir_flag="--output-dir")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        data_config = DataConfig(
-            dataset=args.dataset,
-            data_dir=args.data_dir,
-            strict=args.strict,
-            label_offset=args.label_offset,
-            class_names=args.class_names,
-        )
-        output_dir = args.output_dir or default_ingest_dir(args.dataset)
+        data_config = DataConfig(**source_settings(args))
+        output_dir = args.ingest_dir or default_ingest_dir(args.dataset)
         manifest = ingest(data_config, output_dir)
     except PipelineError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

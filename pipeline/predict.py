@@ -26,23 +26,11 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from pipeline import export
 from pipeline.config import PipelineError
+from pipeline.config import first_line
 
 TIMEOUT_SECONDS = 30
 
 logger = logging.getLogger(__name__)
-
-
-def _first_line(text):
-    """The line of an error message that says what went wrong.
-
-    TensorFlow wraps an op's error in lines such as "Graph execution error:",
-    "Detected at node ..." and "[[{{node ...}}]]"; those say where, not what.
-    """
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    for line in lines:
-        if not (line.endswith(":") or line.startswith(("<", "[[", "Detected at node"))):
-            return line
-    return lines[0] if lines else "no details"
 
 
 def _read(path):
@@ -87,7 +75,7 @@ def _rest_predictor(server, model_name, version):
                 detail = error.reason
             raise PipelineError(
                 f"{path}: TF Serving at {server} answered {error.code}: "
-                f"{_first_line(detail)}"
+                f"{first_line(detail)}"
             ) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
@@ -101,7 +89,7 @@ def _rest_predictor(server, model_name, version):
             raise PipelineError(
                 f"{path}: TF Serving at {server} sent a reply without predictions "
                 f"from {export.BYTES_SIGNATURE}: "
-                f"{_first_line(reply.decode(errors='replace'))}"
+                f"{first_line(reply.decode(errors='replace'))}"
             ) from None
 
     return predict_one
@@ -124,7 +112,7 @@ def _grpc_predictor(target, model_name, version):
         try:
             response = stub.Predict(request, timeout=TIMEOUT_SECONDS)
         except grpc.RpcError as error:
-            code, detail = error.code(), _first_line(error.details())
+            code, detail = error.code(), first_line(error.details())
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise PipelineError(
                     f"cannot reach TF Serving at {target} ({detail}); check --grpc"
@@ -150,7 +138,7 @@ def _local_predictor(saved_model):
         loaded = tf.saved_model.load(version_dir)
     except (OSError, ValueError, tf.errors.OpError) as error:
         raise PipelineError(
-            f"cannot load the SavedModel in {version_dir} ({_first_line(error)}); "
+            f"cannot load the SavedModel in {version_dir} ({first_line(error)}); "
             "check that it is a complete export"
         ) from None
     if export.BYTES_SIGNATURE not in loaded.signatures:
@@ -165,7 +153,7 @@ def _local_predictor(saved_model):
         except tf.errors.InvalidArgumentError as error:
             raise PipelineError(
                 f"{path}: {version_dir} cannot classify it "
-                f"({_first_line(error.message)})"
+                f"({first_line(error.message)})"
             ) from None
         names = outputs["top_k_class_name"].numpy()[0]
         probabilities = outputs["top_k_probabilities"].numpy()[0]

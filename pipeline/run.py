@@ -57,23 +57,12 @@ def build_parser():
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default=defaults.data.dataset,
-                      help="digits | tfds:NAME | folder:PATH | tfrecord:GLOB")
-    data.add_argument("--data-dir", default=None, help="TFDS data directory")
-    data.add_argument("--ingest-dir", default=None,
-                      help="where ingested TFRecords go (default: data/<dataset slug>, "
-                           "e.g. data/digits, data/tfds-cifar10)")
+    ingest.add_source_arguments(data)
     data.add_argument("--image-size", type=_image_size, default=None,
                       help="SIZE or HEIGHT,WIDTH (default: 67 for digits, else the "
                            "variant's 227 or 224)")
     data.add_argument("--channels", type=int, choices=(1, 3), default=None,
                       help="model input channels (default: the dataset's own)")
-    data.add_argument("--strict", action="store_true",
-                      help="fail on the first unreadable image instead of skipping it")
-    data.add_argument("--label-offset", type=int, default=0,
-                      help="subtracted from tfrecord: labels (1 for 1-based sets such as ImageNet)")
-    data.add_argument("--class-names", default=None,
-                      help="tfrecord: class names, comma-separated or a file with one per line")
     data.add_argument("--cache", default=None,
                       help="cache decoded examples: 'memory' or a file path")
     data.add_argument("--pca-noise", action="store_true",
@@ -149,10 +138,9 @@ def config_from_args(args):
     output_dir = args.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     return config_lib.RunConfig(
         data=config_lib.DataConfig(
-            dataset=args.dataset, data_dir=args.data_dir, ingest_dir=args.ingest_dir,
-            image_size=args.image_size, channels=args.channels, strict=args.strict,
-            label_offset=args.label_offset, class_names=args.class_names,
-            cache=args.cache, pca_noise=args.pca_noise, seed=args.seed,
+            **ingest.source_settings(args), image_size=args.image_size,
+            channels=args.channels, cache=args.cache, pca_noise=args.pca_noise,
+            seed=args.seed,
         ),
         model=config_lib.ModelConfig(
             variant=args.variant, dropout_rate=args.dropout_rate,

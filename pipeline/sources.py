@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import PipelineError
+from pipeline.config import first_line
 
 KINDS = ("digits", "tfds", "folder", "tfrecord")
 SPEC_HELP = "use digits, tfds:<name>, folder:<path> or tfrecord:<glob>"
@@ -136,10 +137,6 @@ def _digits(spec):
     return Source(spec, fingerprint, channels=1, flip=False, load=load)
 
 
-def _first_line(error):
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
-
-
 def _tfds(spec, name, data_dir):
     # Imported here: tensorflow_datasets takes seconds to import.
     import tensorflow_datasets as tfds
@@ -157,7 +154,7 @@ def _tfds(spec, name, data_dir):
     except Exception as error:
         raise PipelineError(
             f"could not download or prepare TFDS dataset {name!r} "
-            f"({_first_line(error)}); "
+            f"({first_line(error)}); "
             "without network access, point --data-dir at a directory holding it "
             f"already prepared (tfds build {name} --data_dir DIR)"
         ) from None
@@ -305,7 +302,7 @@ def _read_labels(path):
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
         raise PipelineError(
             f"{path} is not a TFRecord file of tf.train.Example records with "
-            f"image/encoded and image/class/label ({_first_line(error)})"
+            f"image/encoded and image/class/label ({first_line(error)})"
         ) from None
     return np.concatenate(batches) if batches else np.zeros([0], np.int64)
 

@@ -10,6 +10,7 @@ in `_normalize`, so
 training and serving see pixels the same way.
 """
 
+import glob
 import os
 
 import tensorflow as tf
@@ -184,6 +185,17 @@ def _cache_path(data_config, split, manifest, input_context):
     )
 
 
+def _check_cache_unlocked(path, flag_value):
+    """A cache file that a run was killed while writing stays locked, and
+    TensorFlow would fail mid-training; say so before anything starts."""
+    for lockfile in sorted(glob.glob(glob.escape(path) + "_*.lockfile")):
+        raise PipelineError(
+            f"--cache {flag_value}: {lockfile} exists, so another run is writing this "
+            "cache or a run was killed while writing it; if no other run uses it, "
+            "delete that file and run again (the cache is rebuilt)"
+        )
+
+
 def make_dataset(
     ingest_dir, split, data_config, batch_size, training, input_context=None
 ):
@@ -238,10 +250,11 @@ def make_dataset(
             lambda image_bytes, label: (decode_image(image_bytes, channels), label),
             num_parallel_calls=AUTOTUNE,
         )
-        memory = data_config.cache == "memory"
-        dataset = dataset.cache(
-            "" if memory else _cache_path(data_config, split, manifest, input_context)
-        )
+        path = ""
+        if data_config.cache != "memory":
+            path = _cache_path(data_config, split, manifest, input_context)
+            _check_cache_unlocked(path, data_config.cache)
+        dataset = dataset.cache(path)
     if training:
 
         def crop(image, crop_seed):

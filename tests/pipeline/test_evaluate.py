@@ -175,6 +175,22 @@ def test_cli_measures_the_export_through_its_own_signature(
         assert_png(tmp_path / "out" / name)
 
 
+def test_cli_reuses_the_ingest_dir_it_is_given(
+    tmp_path, tmp_path_factory, monkeypatch, digits, trained_metrics
+):
+    monkeypatch.chdir(tmp_path)
+    ingest_dir, _, _ = digits
+    exit_code = evaluate.main([
+        "--saved-model", os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
+        "--ingest-dir", ingest_dir, "--output-dir", "out",
+    ])
+    assert exit_code == 0
+    assert not (tmp_path / "data").exists()  # nothing ingested again
+    with open(tmp_path / "out" / "evaluation.json") as file:
+        metrics = json.load(file)
+    assert metrics["test_accuracy"] == pytest.approx(trained_metrics[0]["test_accuracy"])
+
+
 def test_cli_names_a_missing_export(tmp_path, capsys):
     exit_code = evaluate.main(
         ["--saved-model", str(tmp_path / "nothing"), "--dataset", "digits"]

@@ -2,15 +2,16 @@
 pipeline (batches, labels, augmentation, caching, sharding, two replicas)."""
 
 import dataclasses
-import io
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
+import serving_testlib
 from pipeline import ingest
 from pipeline import transform
 from pipeline.config import DataConfig
@@ -19,16 +20,6 @@ from pipeline.config import PipelineError
 # Class folders sort as blue, green, red: label 0 is mostly blue, and so on.
 DOMINANT_CHANNEL = {"blue": 2, "green": 1, "red": 0}
 FORMATS = ("jpeg", "png", "jpeg", "bmp", "gif", "jpeg")
-
-
-def _encode(pixels, image_format):
-    if image_format == "jpeg":
-        return tf.io.encode_jpeg(pixels).numpy()
-    if image_format == "png":
-        return tf.io.encode_png(pixels).numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.squeeze()).save(buffer, format=image_format.upper())
-    return buffer.getvalue()
 
 
 def _coloured(rng, channel, height, width):
@@ -43,7 +34,7 @@ def _write_folder(root, make_pixels, class_names, per_class):
         os.makedirs(os.path.join(root, class_name))
         for index in range(per_class):
             image_format = FORMATS[index % len(FORMATS)]
-            data = _encode(make_pixels(rng, class_name), image_format)
+            data = serving_testlib.encode(make_pixels(rng, class_name), image_format)
             with open(
                 os.path.join(root, class_name, f"{index}.{image_format}"), "wb"
             ) as file:
@@ -90,7 +81,7 @@ def _assert_colours_match_labels(images, labels):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_decode_image_formats_and_channels(image_format, channels):
     pixels = _coloured(np.random.default_rng(1), 0, 10, 14)
-    image = transform.decode_image(_encode(pixels, image_format), channels)
+    image = transform.decode_image(serving_testlib.encode(pixels, image_format), channels)
     assert image.shape == (10, 14, channels) and image.dtype == tf.uint8
     if image_format in ("png", "bmp") and channels == 3:
         np.testing.assert_array_equal(image, pixels)
@@ -100,16 +91,16 @@ def test_decode_image_formats_and_channels(image_format, channels):
 def test_decode_image_grey(image_format):
     pixels = np.random.default_rng(2).integers(0, 256, (6, 5, 1), np.uint8)
     np.testing.assert_array_equal(
-        transform.decode_image(_encode(pixels, image_format), 1), pixels
+        transform.decode_image(serving_testlib.encode(pixels, image_format), 1), pixels
     )
     np.testing.assert_array_equal(
-        transform.decode_image(_encode(pixels, image_format), 3),
+        transform.decode_image(serving_testlib.encode(pixels, image_format), 3),
         np.repeat(pixels, 3, axis=-1),
     )
 
 
 def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
-    jpeg = _encode(_coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
+    jpeg = serving_testlib.encode(_coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
     for corrupt in (jpeg[: len(jpeg) // 2], b"plain text"):
         with pytest.raises(tf.errors.InvalidArgumentError):
             transform.decode_image(corrupt, 3)
@@ -286,6 +277,39 @@ def test_cache_gives_the_same_examples(colours, tmp_path, cache):
     )
     assert len(training) == 3
     _assert_colours_match_labels(*training[0])
+
+
+def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_factory, tmp_path):
+    # digits' 1,437 training images: far more than one batch and the prefetch
+    # buffers hold, so the run killed below stops mid-cache. (Its iterator must
+    # stay referenced: a destroyed iterator removes its lock file.)
+    ingest_dir, data_config, manifest = serving_testlib.digits(tmp_path_factory)
+    cache = str(tmp_path / "cache")
+    config = dataclasses.replace(data_config, cache=cache)
+    script = (
+        "import json, os, sys\n"
+        "from pipeline import transform\n"
+        "from pipeline.config import DataConfig\n"
+        "config = DataConfig(**json.loads(sys.argv[2]))\n"
+        "iterator = iter(transform.make_dataset(sys.argv[1], 'train', config, 8, False))\n"
+        "next(iterator)\n"
+        "os._exit(0)  # killed while it writes the cache: TensorFlow's lock file stays\n"
+    )
+    settings = dataclasses.asdict(config)
+    subprocess.run([sys.executable, "-c", script, ingest_dir, json.dumps(settings)],
+                   check=True, capture_output=True)
+    lockfiles = list(tmp_path.glob("cache*.lockfile"))
+    assert len(lockfiles) == 1
+    with pytest.raises(PipelineError, match="delete that file") as error:
+        transform.make_dataset(ingest_dir, "train", config, 8, False)
+    assert str(lockfiles[0]) in str(error.value)
+    # With the lock file gone, the cache is rebuilt and holds every example.
+    lockfiles[0].unlink()
+    for _ in range(2):  # written, then read back
+        cached = transform.make_dataset(ingest_dir, "train", config, 256, False)
+        assert sum(len(labels) for _, labels in cached) == (
+            manifest["splits"]["train"]["num_examples"]
+        )
 
 
 @pytest.mark.parametrize(
