@@ -411,7 +411,9 @@ def add_source_arguments(parser, ingest_dir_flag="--ingest-dir"):
     ingest directory's flag keeps the command's own name, its dest is
     `ingest_dir`."""
     parser.add_argument(
-        "--dataset", default="digits", help=f"{sources.SPEC_HELP} (default: digits)"
+        "--dataset",
+        default="digits",
+        help="digits, tfds:<name>, folder:<path> or tfrecord:<glob> (default: digits)",
     )
     parser.add_argument(
         "--data-dir",
