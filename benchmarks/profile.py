@@ -33,9 +33,9 @@ import time
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
+from alexnet_keras import alexnet
 from benchmarks.input_pipeline import write_jpegs
 from benchmarks.train import NUM_CLASSES
-from benchmarks.train import PIXEL_SCALES
 from benchmarks.train import VARIANTS
 from benchmarks.train import training_gflop_per_image
 from pipeline import distribute
@@ -58,7 +58,7 @@ def classify(node, op_type):
     and the pass ("forward", "grad input", "grad weights", "update", "other")."""
     if node.startswith(_OPTIMIZER_SCOPES):
         return "optimizer", "update"
-    if op_type.startswith("IteratorGetNext") or "Iterator" in op_type:
+    if "Iterator" in op_type:
         return "input", "other"
     match = _LAYER.search("/" + node + "/")
     if match is None:
@@ -152,7 +152,7 @@ def main(argv=None):
 
     height, width, channels = VARIANTS[args.variant]
     data_config = DataConfig(image_size=(height, width), channels=channels, seed=0,
-                             pixel_scale=PIXEL_SCALES[args.variant])
+                             pixel_scale=alexnet.pixel_scale(args.variant))
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd",
                                learning_rate=0.01)
     with tempfile.TemporaryDirectory() as directory:

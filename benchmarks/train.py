@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_keras import AlexNet
+from alexnet_keras import alexnet
 from benchmarks.input_pipeline import write_jpegs
 from pipeline import distribute
 from pipeline import export
@@ -47,9 +48,7 @@ from pipeline.config import TrainConfig
 log = logging.getLogger(__name__)
 
 NUM_CLASSES = 10
-VARIANTS = {"paper": (227, 227, 3), "d2l": (224, 224, 1)}
-# As pipeline.run sets them (see _VARIANT_PIXEL_SCALES there).
-PIXEL_SCALES = {"paper": 1.0, "d2l": 1 / 127.5}
+VARIANTS = {variant: alexnet.default_input_shape(variant) for variant in alexnet.VARIANTS}
 
 
 def matmul_peak(size=4096, repeats=10):
@@ -86,7 +85,7 @@ def pipeline_training_speed(variant, ingest_dir, manifest, args, jit_compile, st
     """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
     height, width, channels = VARIANTS[variant]
     data_config = DataConfig(image_size=(height, width), channels=channels, seed=0,
-                             pixel_scale=PIXEL_SCALES[variant])
+                             pixel_scale=alexnet.pixel_scale(variant))
     train_config = TrainConfig(
         # train.fit's images/s leaves out the epoch's first step (it traces), as
         # in history.csv: the rest are the timed steps.

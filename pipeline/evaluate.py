@@ -197,26 +197,9 @@ def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
     return metrics
 
 
-def _load_signature(version_dir):
-    """The export's `serving_default` and the object that keeps its variables alive."""
-    try:
-        loaded = tf.saved_model.load(version_dir)
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        raise PipelineError(
-            f"cannot load the SavedModel in {version_dir} "
-            f"({str(error).splitlines()[0]}); check that it is a complete export"
-        ) from None
-    if export.BYTES_SIGNATURE not in loaded.signatures:
-        raise PipelineError(
-            f"{version_dir} has no {export.BYTES_SIGNATURE} signature; export it with "
-            "pipeline.export"
-        )
-    return loaded, loaded.signatures[export.BYTES_SIGNATURE]
-
-
 def _baseline_accuracy(version_dir, ingest_dir, manifest):
     """Test accuracy of an exported version, or a reason it cannot be compared."""
-    loaded, signature = _load_signature(version_dir)
+    loaded, signature = export.load_serving_signature(version_dir)
     class_names = np.array(
         [name.encode() for name in manifest["class_names"]], dtype=object
     )
@@ -330,7 +313,7 @@ def main(argv=None):
         data_config = DataConfig(**ingest.source_settings(args))
         ingest_dir = args.ingest_dir or ingest.default_ingest_dir(args.dataset)
         manifest = ingest.ingest(data_config, ingest_dir)
-        loaded, signature = _load_signature(version_dir)
+        loaded, signature = export.load_serving_signature(version_dir)
         num_outputs = signature.structured_outputs["probabilities"].shape[-1]
         if num_outputs != len(manifest["class_names"]):
             raise PipelineError(

@@ -35,6 +35,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from pipeline import temp_dirs
 from pipeline import transform
 from pipeline.config import PipelineError
+from pipeline.config import first_line
 
 BYTES_SIGNATURE = "serving_default"
 BYTES_INPUT = "image_bytes"
@@ -81,6 +82,24 @@ def resolve_saved_model(path):
             "pass a version directory such as saved_models/alexnet/1 or its parent"
         )
     return os.path.join(path, str(found[-1]))
+
+
+def load_serving_signature(version_dir):
+    """`(loaded, signature)`: the export's `serving_default` and the object that
+    owns the variables it reads (keep it alive while the signature is used)."""
+    try:
+        loaded = tf.saved_model.load(version_dir)
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        raise PipelineError(
+            f"cannot load the SavedModel in {version_dir} ({first_line(error)}); "
+            "check that it is a complete export"
+        ) from None
+    if BYTES_SIGNATURE not in loaded.signatures:
+        raise PipelineError(
+            f"{version_dir} has no {BYTES_SIGNATURE} signature; export it with "
+            "pipeline.export"
+        )
+    return loaded, loaded.signatures[BYTES_SIGNATURE]
 
 
 def _serving_functions(model, class_names, image_size, channels, pixel_scale):

@@ -43,5 +43,7 @@ def keep_epochs_up_to(path, last_epoch):
     repeats that epoch when resumed; this keeps each epoch in the file once.
     """
     rows = read(path)
-    write(path, [row for row in rows if row["epoch"] <= last_epoch])
-    return [row for row in rows if row["epoch"] <= last_epoch]
+    kept = [row for row in rows if row["epoch"] <= last_epoch]
+    if len(kept) < len(rows):
+        write(path, kept)
+    return kept

@@ -413,7 +413,7 @@ def add_source_arguments(parser, ingest_dir_flag="--ingest-dir"):
     parser.add_argument(
         "--dataset",
         default="digits",
-        help="digits, tfds:<name>, folder:<path> or tfrecord:<glob> (default: digits)",
+        help=f"{sources.SPEC_HELP} (default: digits)",
     )
     parser.add_argument(
         "--data-dir",

@@ -134,15 +134,7 @@ def _grpc_predictor(target, model_name, version):
 
 def _local_predictor(saved_model):
     version_dir = export.resolve_saved_model(saved_model)
-    try:
-        loaded = tf.saved_model.load(version_dir)
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        raise PipelineError(
-            f"cannot load the SavedModel in {version_dir} ({first_line(error)}); "
-            "check that it is a complete export"
-        ) from None
-    if export.BYTES_SIGNATURE not in loaded.signatures:
-        raise PipelineError(f"{version_dir} has no {export.BYTES_SIGNATURE} signature")
+    loaded, _ = export.load_serving_signature(version_dir)
 
     def predict_one(path, image_bytes):
         # Through `loaded`, which owns the variables the signature reads: a

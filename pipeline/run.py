@@ -31,12 +31,6 @@ log = logging.getLogger("pipeline.run")
 # ~12x dearer for no gain in accuracy, so their default is the smallest input the
 # paper's architecture takes. Other datasets default to the variant's own size.
 _DATASET_IMAGE_SIZES = {"digits": (67, 67)}
-# What the model sees after centring 0-255 pixels on zero. The paper keeps the
-# 0-255 scale (it subtracts the mean pixel) and its N(0, 0.01) initialisation is
-# sized for it: scaled to [-1, 1], the paper model sat at chance for 6 of 10
-# epochs on digits. The d2l variant's Glorot initialisation expects unit-scale
-# inputs: at 0-255 scale, SGD at 0.01 diverged to NaN in its first steps.
-_VARIANT_PIXEL_SCALES = {"paper": 1.0, "d2l": 1 / 127.5}
 
 
 def _image_size(text):
@@ -180,7 +174,7 @@ def resolve_data_config(data_config, variant, manifest):
         )
     return dataclasses.replace(
         data_config, image_size=tuple(image_size), channels=channels,
-        pixel_scale=_VARIANT_PIXEL_SCALES[variant],
+        pixel_scale=alexnet.pixel_scale(variant),
     )
 
 
@@ -230,16 +224,22 @@ def run(config):
 
     # Evaluator: test-split metrics and pictures, then the comparison with the
     # newest served version (blessing).
+    # Every worker evaluates (the same weights, so the same metrics); only the
+    # chief, which exports, compares with the served version.
     metrics = evaluate.evaluate(result.model, ingest_dir, data_config, run_dir)
-    blessing = evaluate.bless(
-        metrics["test_accuracy"], config.export.export_dir, ingest_dir, data_config,
-        config.export.bless_tolerance, config.export.force_push,
-    )
+    if chief:
+        blessing = evaluate.bless(
+            metrics["test_accuracy"], config.export.export_dir, ingest_dir, data_config,
+            config.export.bless_tolerance, config.export.force_push,
+        )
+    else:
+        blessing = {"blessed": False,
+                    "reason": "this worker is not the chief, which blesses and exports"}
     metrics.update(blessing)
 
     # Pusher: a new version directory for TF Serving, from the chief only.
     metrics["export_path"] = None
-    if chief and blessing["blessed"]:
+    if blessing["blessed"]:
         # TF Serving replays a few real test images before it serves the version.
         warmup_images, _ = next(ingest.encoded_batches(ingest_dir, "test", batch_size=3))
         metrics["export_path"] = export.export_saved_model(

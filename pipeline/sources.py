@@ -26,7 +26,7 @@ from pipeline.config import PipelineError
 from pipeline.config import first_line
 
 KINDS = ("digits", "tfds", "folder", "tfrecord")
-SPEC_HELP = "use digits, tfds:<name>, folder:<path> or tfrecord:<glob>"
+SPEC_HELP = "digits, tfds:<name>, folder:<path> or tfrecord:<glob>"
 
 # Digit and character sets whose classes a horizontal flip would change or
 # make unreadable; every other TFDS set (fashion_mnist included) is flip-safe.
@@ -73,9 +73,9 @@ def parse_spec(spec):
     """Splits a `--dataset` spec: "tfds:cifar10" -> ("tfds", "cifar10")."""
     kind, _, argument = spec.partition(":")
     if kind not in KINDS:
-        raise PipelineError(f"unknown dataset {spec!r}: {SPEC_HELP}")
+        raise PipelineError(f"unknown dataset {spec!r}: use {SPEC_HELP}")
     if (kind == "digits") != (argument == ""):
-        raise PipelineError(f"malformed dataset {spec!r}: {SPEC_HELP}")
+        raise PipelineError(f"malformed dataset {spec!r}: use {SPEC_HELP}")
     return kind, argument
 
 

@@ -113,20 +113,20 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
     def replica_step(images, labels):
         grads, loss_sum, correct, count = gradients(images, tf.cast(labels, tf.int32))
         optimizer.apply_gradients(zip(grads, variables))
-        return loss_sum, correct, count
+        return tf.stack([loss_sum, correct, count])
 
     @tf.function
     def train_step(iterator):
         images, labels = next(iterator)
         per_replica = strategy.run(replica_step, args=(images, labels))
-        return [strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-                for value in per_replica]
+        # One reduction (one collective across workers) for the three sums.
+        return tf.unstack(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
 
     return train_step
 
 
 def make_eval_step(model):
-    """A `tf.function` giving summed cross-entropy, top-1 and top-5 hits and count.
+    """A `tf.function` giving a batch's summed cross-entropy and top-1 hits.
 
     Evaluation runs on the local device in cross-replica context rather than
     through `strategy.run`: under multi-worker training the shards' batch
@@ -143,23 +143,24 @@ def make_eval_step(model):
             labels, logits, from_logits=True
         )
         top1 = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, 1), tf.float32))
-        top5 = tf.reduce_sum(
-            tf.cast(tf.nn.in_top_k(labels, logits, min(5, logits.shape[-1])), tf.float32)
-        )
-        return tf.reduce_sum(per_example), top1, top5, tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.reduce_sum(per_example), top1
 
     return eval_step
 
 
 def evaluate_dataset(eval_step, dataset):
-    """Runs `eval_step` over a batched dataset: loss, accuracy, top-5 accuracy."""
-    totals = [0.0, 0.0, 0.0, 0.0]
+    """Runs `eval_step` over a batched dataset: mean loss and accuracy. The sums
+    stay tensors until the end, so batches are not held up by the host."""
+    loss_sum = hits = 0.0
+    count = 0
     for images, labels in dataset:
-        totals = [total + float(value) for total, value in zip(totals, eval_step(images, labels))]
-    loss_sum, top1, top5, count = totals
+        batch_loss, batch_hits = eval_step(images, labels)
+        loss_sum += batch_loss
+        hits += batch_hits
+        count += int(labels.shape[0])
     if not count:
         raise ConfigError("the evaluation split is empty; ingest a dataset with more examples")
-    return {"loss": loss_sum / count, "accuracy": top1 / count, "top5_accuracy": top5 / count}
+    return {"loss": float(loss_sum) / count, "accuracy": float(hits) / count}
 
 
 class _Plateau:
@@ -330,7 +331,6 @@ class TrainResult:
     model: keras.Model
     history: list
     initial_epoch: int
-    wall_time: float
 
 
 def set_global_options(train_config):
@@ -371,7 +371,6 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
     under `logs/` and checkpoints under `checkpoints/` (the chief's only).
     Returns the trained model, the whole history and the epoch it started from.
     """
-    start_time = time.perf_counter()
     set_global_options(train_config)
     steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
     with strategy.scope():
@@ -417,4 +416,4 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
-    return TrainResult(model, rows, initial_epoch, time.perf_counter() - start_time)
+    return TrainResult(model, rows, initial_epoch)

@@ -188,7 +188,9 @@ def _cache_path(data_config, split, manifest, input_context):
 def _check_cache_unlocked(path, flag_value):
     """A cache file that a run was killed while writing stays locked, and
     TensorFlow would fail mid-training; say so before anything starts."""
-    for lockfile in sorted(glob.glob(glob.escape(path) + "_*.lockfile")):
+    lockfiles = sorted(glob.glob(glob.escape(path) + "_*.lockfile"))
+    if lockfiles:
+        lockfile = lockfiles[0]
         raise PipelineError(
             f"--cache {flag_value}: {lockfile} exists, so another run is writing this "
             "cache or a run was killed while writing it; if no other run uses it, "

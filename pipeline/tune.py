@@ -25,6 +25,7 @@ import tensorflow as tf
 from pipeline import plots
 from pipeline import train
 from pipeline.config import ConfigError
+from pipeline.config import first_line
 from pipeline.config import TUNERS
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,15 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
         self.manifest = manifest
 
     def _trial_config(self, hp):
+        """The run's config with the trial's hyperparameters and its epochs (a
+        Hyperband round's own, else --tune-epochs), so that a cosine schedule
+        decays over the epochs the trial trains."""
         hparams = {name: _define(hp, name, spec) for name, spec in self.space.items()}
-        return apply_hparams(self.config, hparams)
+        config = apply_hparams(self.config, hparams)
+        epochs = hp.values.get("tuner/epochs", self.config.tune.epochs)
+        return dataclasses.replace(
+            config, train=dataclasses.replace(config.train, epochs=epochs)
+        )
 
     def build(self, hp):
         config = self._trial_config(hp)
@@ -141,6 +149,7 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
 
     def fit(self, hp, model, *args, callbacks=(), epochs=None, initial_epoch=0, **kwargs):
         config = self._trial_config(hp)
+        # keras-tuner passes the same epochs that _trial_config read.
         train_config = dataclasses.replace(config.train, epochs=epochs)
         logs = train.fit(
             model, model.optimizer, self.strategy, train_config, config.data,
@@ -208,7 +217,7 @@ def tune(config, strategy, ingest_dir, manifest, run_dir):
     except RuntimeError as error:
         # keras-tuner gives up after too many failed trials (each is logged).
         raise ConfigError(
-            f"the search stopped: {str(error).splitlines()[0]} See the trials' errors "
+            f"the search stopped: {first_line(error)} See the trials' errors "
             "above; a batch size in the search space larger than the data is a common cause"
         ) from None
     if is_tuning_worker():

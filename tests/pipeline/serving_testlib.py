@@ -156,7 +156,7 @@ def keras_probabilities(model, encoded_images, channels=CHANNELS):
     images = tf.stack(
         [
             transform.preprocess_for_eval(
-                transform.decode_image(image, channels), IMAGE_SIZE
+                transform.decode_image(image, channels), IMAGE_SIZE, DATA_CONFIG.pixel_scale
             )
             for image in encoded_images
         ]

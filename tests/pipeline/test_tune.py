@@ -9,14 +9,19 @@ import subprocess
 import sys
 import time
 
+import keras_tuner
 import pytest
+import tensorflow as tf
 
 from pipeline import ingest
 from pipeline import run
+from pipeline import train
 from pipeline import tune
 from pipeline.config import ConfigError
 from pipeline.config import DataConfig
 from pipeline.config import RunConfig
+from pipeline.config import TrainConfig
+from pipeline.config import TuneConfig
 
 # A small space, so trials take seconds: batch 16 keeps 3 steps cheap.
 SMALL_SPACE = {
@@ -49,6 +54,27 @@ def trial_states(tune_dir):
             trial = json.load(file)
         states[trial["trial_id"]] = trial["status"]
     return states
+
+
+@pytest.mark.parametrize("hyperband_epochs", [None, 1])
+def test_a_trials_cosine_schedule_decays_over_the_epochs_the_trial_trains(
+    digits_dir, hyperband_epochs
+):
+    manifest = ingest.load_manifest(digits_dir)
+    config = RunConfig(
+        data=DataConfig(image_size=(67, 67), channels=1),
+        train=TrainConfig(epochs=10, lr_schedule="cosine", batch_size=32),
+        tune=TuneConfig(epochs=2),
+    )
+    strategy = tf.distribute.get_strategy()
+    hypermodel = tune.AlexNetHyperModel(config, SMALL_SPACE, strategy, digits_dir, manifest)
+    hp = keras_tuner.HyperParameters()
+    if hyperband_epochs:
+        hp.Fixed("tuner/epochs", hyperband_epochs)
+    optimizer = hypermodel.build(hp).optimizer
+    steps = train.steps_per_epoch(TrainConfig(batch_size=16), manifest, 1)  # SMALL_SPACE's batch
+    trial_epochs = hyperband_epochs or 2
+    assert optimizer._learning_rate.decay_steps == trial_epochs * steps
 
 
 @pytest.mark.slow
