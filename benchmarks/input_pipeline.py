@@ -112,11 +112,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as directory:
         logger.info("writing %d JPEGs", args.images)
         write_jpegs(os.path.join(directory, "images"), args.images)
-        ingest_dir = os.path.join(directory, "ingested")
-        ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"), ingest_dir)
+        ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
+                                 os.path.join(directory, "ingested"))
         data_config = DataConfig(image_size=IMAGE_SIZE, channels=3)
         dataset = transform.make_dataset(
-            ingest_dir, "train", data_config, args.batch_size, True
+            ingested, "train", data_config, args.batch_size, True
         )
 
         logger.info("timing the pipeline alone")

@@ -157,15 +157,15 @@ def main(argv=None):
                                learning_rate=0.01)
     with tempfile.TemporaryDirectory() as directory:
         write_jpegs(os.path.join(directory, "images"), args.images)
-        ingest_dir = os.path.join(directory, "ingested")
-        ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"), ingest_dir)
+        ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
+                                 os.path.join(directory, "ingested"))
         strategy = distribute.make_strategy("mirrored")
         with strategy.scope():
             model = train.build_model(ModelConfig(variant=args.variant), data_config,
                                       NUM_CLASSES)
             optimizer = train.make_optimizer(train_config, 1, model.trainable_variables)
         iterator = iter(transform.distribute_dataset(
-            strategy, ingest_dir, "train", data_config, args.batch_size, training=True,
+            strategy, ingested, "train", data_config, args.batch_size, training=True,
             repeat=True,
         ))
         step = train.make_train_step(model, optimizer, strategy, args.batch_size)

@@ -81,7 +81,7 @@ def training_gflop_per_image(model):
     return 3 * 2 * macs / 1e9
 
 
-def pipeline_training_speed(variant, ingest_dir, manifest, args, jit_compile, strategy):
+def pipeline_training_speed(variant, ingested, args, jit_compile, strategy):
     """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
     height, width, channels = VARIANTS[variant]
     data_config = DataConfig(image_size=(height, width), channels=channels, seed=0,
@@ -97,8 +97,7 @@ def pipeline_training_speed(variant, ingest_dir, manifest, args, jit_compile, st
         model = train.build_model(ModelConfig(variant=variant), data_config, NUM_CLASSES)
         optimizer = train.make_optimizer(train_config, train_config.steps_per_epoch,
                                          model.trainable_variables)
-    logs = train.fit(model, optimizer, strategy, train_config, data_config, ingest_dir,
-                     manifest)
+    logs = train.fit(model, optimizer, strategy, train_config, data_config, ingested)
     return logs[-1]["images_per_second"], training_gflop_per_image(model)
 
 
@@ -161,7 +160,7 @@ def inference_speed(variant, args):
     return args.batch_size / statistics.median(times)
 
 
-def serving_latency(ingest_dir, export_dir, batch_sizes, repeats):
+def serving_latency(ingested, export_dir, batch_sizes, repeats):
     """Median milliseconds of `serving_default` on JPEG bytes, per batch size."""
     model = AlexNet(variant="paper", num_classes=NUM_CLASSES, input_shape=VARIANTS["paper"])
     version = export.export_saved_model(
@@ -169,7 +168,7 @@ def serving_latency(ingest_dir, export_dir, batch_sizes, repeats):
         export_dir,
     )
     serve = tf.saved_model.load(version).signatures["serving_default"]
-    encoded, _ = next(ingest.encoded_batches(ingest_dir, "train", max(batch_sizes)))
+    encoded, _ = next(ingested.encoded_batches("train", max(batch_sizes)))
     latencies = {}
     for batch_size in batch_sizes:
         images = tf.constant(encoded[:batch_size])
@@ -217,13 +216,13 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         write_jpegs(os.path.join(directory, "images"), args.images)
-        ingest_dir = os.path.join(directory, "ingested")
-        manifest = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"), ingest_dir)
+        ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
+                                 os.path.join(directory, "ingested"))
         for variant in VARIANTS:
             reference = torch_training_speed(variant, args)
             for jit_compile in (False,) if args.no_xla else (False, True):
                 speed, gflop = pipeline_training_speed(
-                    variant, ingest_dir, manifest, args, jit_compile, mirrored
+                    variant, ingested, args, jit_compile, mirrored
                 )
                 xla = "on" if jit_compile else "off"
                 rows.append((f"{variant} {VARIANTS[variant]} Keras, XLA {xla}",
@@ -235,12 +234,12 @@ def main(argv=None):
                 paper_reference = reference
         if split is not None:
             speed, gflop = pipeline_training_speed(
-                "paper", ingest_dir, manifest, args, False, split
+                "paper", ingested, args, False, split
             )
             rows.append((f"paper {VARIANTS['paper']} Keras, --cpu-replicas 2",
                          speed, gflop, paper_reference))
         inference = {variant: inference_speed(variant, args) for variant in VARIANTS}
-        latencies = serving_latency(ingest_dir, os.path.join(directory, "export"),
+        latencies = serving_latency(ingested, os.path.join(directory, "export"),
                                     (1, args.batch_size), max(5, args.steps))
 
     print(f"\nTraining, batch {args.batch_size}, fp32, SGD momentum; "

@@ -52,13 +52,13 @@ class _Misclassified:
             self.predicted.append(int(predictions[index]))
 
 
-def _predict_keras(model, ingest_dir, data_config, split, misclassified):
+def _predict_keras(model, ingested, data_config, split, misclassified):
     @tf.function(reduce_retracing=True)
     def probabilities_of(images):
         return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
 
     dataset = transform.make_dataset(
-        ingest_dir, split, data_config, BATCH_SIZE, training=False
+        ingested, split, data_config, BATCH_SIZE, training=False
     )
     all_probabilities, all_labels = [], []
     for images, labels in dataset:
@@ -70,15 +70,15 @@ def _predict_keras(model, ingest_dir, data_config, split, misclassified):
     return np.concatenate(all_probabilities), np.concatenate(all_labels)
 
 
-def _predict_encoded(predict_fn, ingest_dir, manifest, split, misclassified):
+def _predict_encoded(predict_fn, ingested, split, misclassified):
     all_probabilities, all_labels = [], []
-    for encoded, labels in ingest.encoded_batches(ingest_dir, split, BATCH_SIZE):
+    for encoded, labels in ingested.encoded_batches(split, BATCH_SIZE):
         probabilities = np.asarray(predict_fn(tf.constant(encoded)))
         predictions = probabilities.argmax(axis=1)
         needed = MISCLASSIFIED_SHOWN - len(misclassified.images)
         # Only the images shown are decoded, for display, at the dataset's channels.
         shown = {
-            i: transform.decode_image(encoded[i], manifest["channels"]).numpy()
+            i: transform.decode_image(encoded[i], ingested.channels).numpy()
             for i in np.flatnonzero(labels != predictions)[:needed]
         }
         misclassified.add(
@@ -137,7 +137,7 @@ def _table(split, metrics):
     return "\n".join(lines)
 
 
-def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
+def evaluate(model, ingested, data_config, run_dir, split="test"):
     """Metrics of `model` on an ingested split, with pictures written to `run_dir`.
 
     Args:
@@ -146,7 +146,7 @@ def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
             `predict_fn` taking a string tensor [batch] of encoded images and
             returning class probabilities [batch, classes] (an export's
             `serving_default`).
-        ingest_dir: a directory written by `pipeline.ingest`.
+        ingested: the `IngestedDataset` to evaluate on.
         data_config: a `DataConfig` with `image_size` and `channels` resolved
             (used for a Keras model).
         run_dir: where `confusion_matrix.png`, `misclassified.png` and, for a
@@ -158,21 +158,20 @@ def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
         `num_examples`, `per_class` ({name: {precision, recall, support}}) and
         `confusion_matrix` (rows are true classes, columns predicted ones).
     """
-    manifest = ingest.load_manifest(ingest_dir)
-    if split not in manifest["splits"] or not manifest["splits"][split]["num_examples"]:
+    if not ingested.num_examples(split):
         raise PipelineError(
-            f"{ingest_dir} has no {split} examples; use another --split"
+            f"{ingested.directory} has no {split} examples; use another --split"
         )
-    class_names = manifest["class_names"]
+    class_names = list(ingested.class_names)
     misclassified = _Misclassified()
     is_keras = isinstance(model, keras.Model)
     if is_keras:
         probabilities, labels = _predict_keras(
-            model, ingest_dir, data_config, split, misclassified
+            model, ingested, data_config, split, misclassified
         )
     else:
         probabilities, labels = _predict_encoded(
-            model, ingest_dir, manifest, split, misclassified
+            model, ingested, split, misclassified
         )
     metrics = _metrics(split, labels, probabilities, class_names)
 
@@ -197,14 +196,14 @@ def evaluate(model, ingest_dir, data_config, run_dir, split="test"):
     return metrics
 
 
-def _baseline_accuracy(version_dir, ingest_dir, manifest):
+def _baseline_accuracy(version_dir, ingested):
     """Test accuracy of an exported version, or a reason it cannot be compared."""
     loaded, signature = export.load_serving_signature(version_dir)
     class_names = np.array(
-        [name.encode() for name in manifest["class_names"]], dtype=object
+        [name.encode() for name in ingested.class_names], dtype=object
     )
     correct = total = 0
-    for encoded, labels in ingest.encoded_batches(ingest_dir, "test", BATCH_SIZE):
+    for encoded, labels in ingested.encoded_batches("test", BATCH_SIZE):
         outputs = signature(**{export.BYTES_INPUT: tf.constant(encoded)})
         class_id = outputs["class_id"].numpy()
         # Same number of classes, and the names the export gives its predictions
@@ -218,14 +217,12 @@ def _baseline_accuracy(version_dir, ingest_dir, manifest):
     return correct / total, None
 
 
-def bless(
-    candidate_accuracy, export_dir, ingest_dir, data_config, tolerance, force_push
-):
+def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push):
     """Decides whether a model with `candidate_accuracy` may replace the served one.
 
     The baseline is the newest version in `export_dir`, loaded with
     `tf.saved_model.load` and run through its `serving_default` signature on the
-    test split of `ingest_dir` now, so both models are measured on the same data.
+    test split of `ingested` now, so both models are measured on the same data.
     The candidate is blessed when there is no baseline, when `candidate_accuracy
     >= baseline - tolerance`, or when `force_push` is set.
 
@@ -249,15 +246,14 @@ def bless(
     version = found[-1]
     result["baseline_version"] = version
     version_dir = os.path.join(export_dir, str(version))
-    manifest = ingest.load_manifest(ingest_dir)
     try:
-        baseline, problem = _baseline_accuracy(version_dir, ingest_dir, manifest)
+        baseline, problem = _baseline_accuracy(version_dir, ingested)
     except PipelineError:
         if not force_push:
             raise
         baseline, problem = None, f"{version_dir} could not be loaded"
     result["baseline_accuracy"] = baseline
-    on_data = f"on the {data_config.dataset} test split"
+    on_data = f"on the {ingested.source} test split"
     if force_push:
         compared = (
             f"{candidate_accuracy:.4f} vs version {version}'s {baseline:.4f}"
@@ -312,13 +308,13 @@ def main(argv=None):
         version_dir = export.resolve_saved_model(args.saved_model)
         data_config = DataConfig(**ingest.source_settings(args))
         ingest_dir = args.ingest_dir or ingest.default_ingest_dir(args.dataset)
-        manifest = ingest.ingest(data_config, ingest_dir)
+        ingested = ingest.ingest(data_config, ingest_dir)
         loaded, signature = export.load_serving_signature(version_dir)
         num_outputs = signature.structured_outputs["probabilities"].shape[-1]
-        if num_outputs != len(manifest["class_names"]):
+        if num_outputs != ingested.num_classes:
             raise PipelineError(
                 f"{version_dir} has {num_outputs} classes but {args.dataset} has "
-                f"{len(manifest['class_names'])}; evaluate it on the dataset it was "
+                f"{ingested.num_classes}; evaluate it on the dataset it was "
                 "trained for"
             )
 
@@ -329,7 +325,7 @@ def main(argv=None):
             "Evaluating %s on the %s split of %s", version_dir, args.split, args.dataset
         )
         metrics = evaluate(
-            predict_fn, ingest_dir, data_config, args.output_dir, args.split
+            predict_fn, ingested, data_config, args.output_dir, args.split
         )
     except PipelineError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from pipeline import artifact
 from pipeline import sources
 from pipeline import temp_dirs
 from pipeline.config import DataConfig
@@ -46,7 +47,6 @@ from pipeline.config import first_line
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.1
 # Fixed, so a split never changes between runs (and not --seed, which varies
@@ -55,8 +55,6 @@ SPLIT_SEED = 2012
 # ~1000 records per shard: enough files for every worker of a multi-worker run
 # to read its own on a large set, few enough to keep small sets in one file.
 SHARD_SIZE = 1024
-# Bump when the output layout changes, so older ingests are redone.
-FORMAT_VERSION = 1
 # Images decoded (and, for folders, read) by a thread pool at a time; TensorFlow
 # ops release the GIL.
 _CHUNK = 256
@@ -87,29 +85,6 @@ def default_ingest_dir(spec):
     return os.path.join("data", f"{kind}-{_slug(name)}-{digest}")
 
 
-def load_manifest(ingest_dir):
-    """The manifest of a finished ingest; a directory without one is not a dataset."""
-    path = os.path.join(ingest_dir, "manifest.json")
-    try:
-        with open(path) as file:
-            return json.load(file)
-    except (OSError, ValueError):
-        raise PipelineError(
-            f"{ingest_dir} holds no finished ingest ({path} is missing or unreadable); "
-            "run python -m pipeline.ingest --dataset SPEC --output-dir " + ingest_dir
-        ) from None
-
-
-def encoded_batches(ingest_dir, split, batch_size=64):
-    """Batches of (encoded images, labels) of an ingested split, as numpy arrays."""
-    manifest = load_manifest(ingest_dir)
-    files = [os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]]
-    dataset = tf.data.TFRecordDataset(files).batch(batch_size)
-    dataset = dataset.map(lambda records: tf.io.parse_example(records, sources.IMAGE_FEATURES))
-    for batch in dataset.as_numpy_iterator():
-        yield batch["image/encoded"], batch["image/class/label"]
-
-
 def _stratified_split(labels, fractions, seed):
     """Indices per part: each `fractions` part, then "train" for the rest.
 
@@ -136,7 +111,7 @@ def _plan(source_splits):
         raise PipelineError(
             f"the source has splits {sorted(source_splits)} but no train split"
         )
-    ignored = sorted(set(source_splits) - set(SPLITS))
+    ignored = sorted(set(source_splits) - set(artifact.SPLITS))
     if ignored:
         logger.info("ignoring source splits %s", ", ".join(ignored))
     carve = {}
@@ -145,7 +120,7 @@ def _plan(source_splits):
     if "validation" not in source_splits:
         carve["validation"] = VALIDATION_FRACTION
     plan = {}
-    for name in set(source_splits) & set(SPLITS):
+    for name in set(source_splits) & set(artifact.SPLITS):
         plan[name] = np.full(len(source_splits[name].labels), name, dtype=object)
     for part, indices in _stratified_split(
         source_splits["train"].labels, carve, SPLIT_SEED
@@ -219,15 +194,9 @@ class _ShardWriter:
                 os.path.join(self.directory, self.files[-1])
             )
         height, width, _ = checked.shape
-        features = {
-            "image/encoded": _bytes_feature(checked.image_bytes),
-            "image/format": _bytes_feature(checked.image_format.encode()),
-            "image/class/label": _int_feature(label),
-            "image/height": _int_feature(height),
-            "image/width": _int_feature(width),
-        }
-        example = tf.train.Example(features=tf.train.Features(feature=features))
-        self._writer.write(example.SerializeToString())
+        self._writer.write(artifact.serialize_record(
+            checked.image_bytes, checked.image_format, label, height, width
+        ))
         self.num_examples += 1
 
     def close(self):
@@ -236,16 +205,8 @@ class _ShardWriter:
             self._writer = None
 
 
-def _bytes_feature(value):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int_feature(value):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(value)]))
-
-
 def _write(source, fingerprint, directory, strict):
-    """Writes every split into `directory` and returns the manifest."""
+    """Writes every split into `directory` and returns it as an `IngestedDataset`."""
     class_names, source_splits = source.load()
     if len(class_names) < 2:
         raise PipelineError(
@@ -255,7 +216,7 @@ def _write(source, fingerprint, directory, strict):
     expected = collections.Counter(
         destination for source_split in plan for destination in plan[source_split]
     )
-    writers = {split: _ShardWriter(directory, split, expected[split]) for split in SPLITS}
+    writers = {split: _ShardWriter(directory, split, expected[split]) for split in artifact.SPLITS}
     skipped, channels, sizes = [], set(), []
     for source_split in sorted(plan):
         split, destination = source_splits[source_split], plan[source_split]
@@ -278,7 +239,7 @@ def _write(source, fingerprint, directory, strict):
                         "image; without it, bad images are skipped and listed)"
                     )
                 logger.warning("skipping %s: %s", key, checked.problem)
-                skipped.append({"path": key, "reason": checked.problem})
+                skipped.append(artifact.Skipped(key, checked.problem))
                 continue
             writers[destination[checked.index]].write(
                 checked, split.labels[checked.index]
@@ -291,26 +252,25 @@ def _write(source, fingerprint, directory, strict):
             logger.warning(
                 "the %s split is empty: the source is too small", writer.split
             )
-    manifest = {
-        "source": source.spec,
-        "fingerprint": fingerprint,
-        "format_version": FORMAT_VERSION,
-        "class_names": class_names,
+    dataset = artifact.IngestedDataset(
+        directory=directory,
+        source=source.spec,
+        fingerprint=fingerprint,
+        class_names=tuple(class_names),
         # The dataset's own: grey only if every image is (2 is grey + alpha).
-        "channels": source.channels or (3 if max(channels, default=1) >= 3 else 1),
-        "flip": source.flip,
-        "image_size": (
-            [int(side) for side in np.median(sizes, axis=0)] if sizes else None
+        channels=source.channels or (3 if max(channels, default=1) >= 3 else 1),
+        flip=source.flip,
+        image_size=(
+            tuple(int(side) for side in np.median(sizes, axis=0)) if sizes else None
         ),
-        "splits": {
-            split: {"num_examples": writer.num_examples, "files": writer.files}
+        splits={
+            split: artifact.Split(tuple(writer.files), writer.num_examples)
             for split, writer in writers.items()
         },
-        "skipped": skipped,
-    }
-    with open(os.path.join(directory, "manifest.json"), "w") as file:
-        json.dump(manifest, file, indent=2)
-    return manifest
+        skipped=tuple(skipped),
+    )
+    dataset.write_manifest()
+    return dataset
 
 
 def _temp_prefix(output_dir):
@@ -319,15 +279,15 @@ def _temp_prefix(output_dir):
 
 
 def _finished(output_dir, fingerprint):
-    """The manifest in `output_dir` if it is a finished ingest of `fingerprint`."""
-    if not os.path.isfile(os.path.join(output_dir, "manifest.json")):
+    """The ingest in `output_dir` if it is a finished ingest of `fingerprint`."""
+    if not os.path.isfile(os.path.join(output_dir, artifact.MANIFEST)):
         return None
     try:
-        manifest = load_manifest(output_dir)
+        dataset = artifact.IngestedDataset.load(output_dir)
     except PipelineError:
         logger.warning("%s has an unreadable manifest.json", output_dir)
         return None
-    return manifest if manifest.get("fingerprint") == fingerprint else None
+    return dataset if dataset.fingerprint == fingerprint else None
 
 
 def _publish(temp_dir, output_dir, fingerprint):
@@ -352,7 +312,7 @@ def _publish(temp_dir, output_dir, fingerprint):
 
 
 def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
-    """Ingests `data_config.dataset`, or reuses an earlier ingest; returns the manifest.
+    """Ingests `data_config.dataset`, or reuses an earlier ingest; returns it.
 
     `output_dir` defaults to `data_config.ingest_dir`, then `default_ingest_dir`.
     """
@@ -362,23 +322,23 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
     source = sources.open_source(data_config)
     settings = [
         source.fingerprint,
-        FORMAT_VERSION,
+        artifact.FORMAT_VERSION,
         VALIDATION_FRACTION,
         TEST_FRACTION,
         SPLIT_SEED,
     ]
     fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
-    manifest = _finished(output_dir, fingerprint)
-    if manifest:
+    dataset = _finished(output_dir, fingerprint)
+    if dataset:
         logger.info("reusing %s: %s is unchanged", output_dir, source.spec)
-        if data_config.strict and manifest["skipped"]:
-            first = manifest["skipped"][0]
+        if data_config.strict and dataset.skipped:
+            first = dataset.skipped[0]
             raise PipelineError(
-                f"{first['path']}: {first['reason']} (skipped by an earlier ingest "
+                f"{first.path}: {first.reason} (skipped by an earlier ingest "
                 f"into {output_dir}; --strict allows no bad images)"
             )
-        return manifest
-    if os.path.isfile(os.path.join(output_dir, "manifest.json")):
+        return dataset
+    if os.path.isfile(os.path.join(output_dir, artifact.MANIFEST)):
         logger.info("%s changed since %s was ingested", source.spec, output_dir)
     elif os.path.isdir(output_dir) and os.listdir(output_dir):
         raise PipelineError(
@@ -397,12 +357,12 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
             f"cannot write to {parent} ({error.strerror}); choose another --output-dir"
         ) from None
     try:
-        manifest = _write(source, fingerprint, temp_dir, data_config.strict)
+        _write(source, fingerprint, temp_dir, data_config.strict)
         _publish(temp_dir, output_dir, fingerprint)
     finally:
         shutil.rmtree(temp_dir, ignore_errors=True)
     logger.info("ingested %s into %s", source.spec, output_dir)
-    return manifest
+    return artifact.IngestedDataset.load(output_dir)
 
 
 def add_source_arguments(parser, ingest_dir_flag="--ingest-dir"):
@@ -469,14 +429,14 @@ def main(argv=None) -> int:
     try:
         data_config = DataConfig(**source_settings(args))
         output_dir = args.ingest_dir or default_ingest_dir(args.dataset)
-        manifest = ingest(data_config, output_dir)
+        dataset = ingest(data_config, output_dir)
     except PipelineError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     counts = ", ".join(
-        f"{split} {info['num_examples']}" for split, info in manifest["splits"].items()
+        f"{name} {split.num_examples}" for name, split in dataset.splits.items()
     )
-    print(f"{counts} examples; {len(manifest['skipped'])} skipped; in {output_dir}")
+    print(f"{counts} examples; {len(dataset.skipped)} skipped; in {output_dir}")
     return 0
 
 

@@ -160,12 +160,12 @@ def config_from_args(args):
     )
 
 
-def resolve_data_config(data_config, variant, manifest):
+def resolve_data_config(data_config, variant, ingested):
     """Fills in the image size and channels left to the dataset and variant."""
     image_size = data_config.image_size or _DATASET_IMAGE_SIZES.get(
         data_config.dataset, alexnet.default_input_shape(variant)[:2]
     )
-    channels = data_config.channels or manifest["channels"]
+    channels = data_config.channels or ingested.channels
     smallest = alexnet.minimum_input_size(variant)
     if min(image_size) < smallest:
         raise config_lib.ConfigError(
@@ -200,8 +200,8 @@ def run(config):
 
     # ExampleGen: the source as sharded TFRecords with a manifest.
     ingest_dir = config.data.ingest_dir or ingest.default_ingest_dir(config.data.dataset)
-    manifest = ingest.ingest(config.data, ingest_dir)
-    data_config = resolve_data_config(config.data, config.model.variant, manifest)
+    ingested = ingest.ingest(config.data, ingest_dir)
+    data_config = resolve_data_config(config.data, config.model.variant, ingested)
     config = dataclasses.replace(config, data=data_config)
 
     # Tuner: the best hyperparameters of a search, or of an earlier one; the
@@ -209,7 +209,7 @@ def run(config):
     if config.tune.hparams_file:
         config = tune.apply_hparams(config, tune.load_hparams(config.tune.hparams_file))
     elif config.tune.tuner:
-        best = tune.tune(config, strategy, ingest_dir, manifest, run_dir)
+        best = tune.tune(config, strategy, ingested, run_dir)
         if best is None:
             log.info("This tuning worker is done; the chief trains and exports the final model")
             return None
@@ -219,17 +219,17 @@ def run(config):
 
     # Trainer: the custom distributed loop, resumable from the run directory.
     result = train.train(
-        strategy, config.model, config.train, data_config, ingest_dir, manifest, run_dir
+        strategy, config.model, config.train, data_config, ingested, run_dir
     )
 
     # Evaluator: test-split metrics and pictures, then the comparison with the
     # newest served version (blessing).
     # Every worker evaluates (the same weights, so the same metrics); only the
     # chief, which exports, compares with the served version.
-    metrics = evaluate.evaluate(result.model, ingest_dir, data_config, run_dir)
+    metrics = evaluate.evaluate(result.model, ingested, data_config, run_dir)
     if chief:
         blessing = evaluate.bless(
-            metrics["test_accuracy"], config.export.export_dir, ingest_dir, data_config,
+            metrics["test_accuracy"], config.export.export_dir, ingested,
             config.export.bless_tolerance, config.export.force_push,
         )
     else:
@@ -241,9 +241,9 @@ def run(config):
     metrics["export_path"] = None
     if blessing["blessed"]:
         # TF Serving replays a few real test images before it serves the version.
-        warmup_images, _ = next(ingest.encoded_batches(ingest_dir, "test", batch_size=3))
+        warmup_images, _ = next(ingested.encoded_batches("test", batch_size=3))
         metrics["export_path"] = export.export_saved_model(
-            result.model, manifest["class_names"], data_config.image_size,
+            result.model, ingested.class_names, data_config.image_size,
             data_config.channels, config.export.export_dir, warmup_images=list(warmup_images),
             pixel_scale=data_config.pixel_scale,
         )

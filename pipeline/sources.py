@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import tensorflow as tf
 
+from pipeline import artifact
 from pipeline.config import PipelineError
 from pipeline.config import first_line
 
@@ -281,21 +282,10 @@ def _class_names_option(value):
     return names
 
 
-# ImageNet's convention (TF's build_imagenet_data.py, TF Model Garden).
-IMAGE_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-}
-
-
-def _parse(record):
-    return tf.io.parse_single_example(record, IMAGE_FEATURES)
-
-
 def _read_labels(path):
     """The labels of one file; parsing both features finds a record missing one."""
     records = tf.data.TFRecordDataset(path).map(
-        lambda record: _parse(record)["image/class/label"]
+        lambda record: artifact.parse_record(record)[1]
     )
     try:
         batches = list(records.batch(4096).as_numpy_iterator())
@@ -330,7 +320,7 @@ def _tfrecord(spec, pattern, label_offset, class_names_option):
     def images(files):
         records = tf.data.TFRecordDataset(files)
         return records.map(
-            lambda record: _parse(record)["image/encoded"]
+            lambda record: artifact.parse_record(record)[0]
         ).as_numpy_iterator()
 
     def load():

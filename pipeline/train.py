@@ -198,7 +198,7 @@ class _Plateau:
 _SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
 
 
-def steps_per_epoch(train_config, manifest, replicas):
+def steps_per_epoch(train_config, ingested, replicas):
     """Full global batches per epoch, capped by `--steps-per-epoch`."""
     global_batch_size = train_config.batch_size
     if global_batch_size % replicas:
@@ -206,7 +206,7 @@ def steps_per_epoch(train_config, manifest, replicas):
             f"--batch-size {global_batch_size} does not divide evenly over {replicas} "
             f"replicas; use a multiple of {replicas}"
         )
-    num_train = manifest["splits"]["train"]["num_examples"]
+    num_train = ingested.num_examples("train")
     steps = num_train // global_batch_size
     if steps < 1:
         raise ConfigError(
@@ -216,7 +216,7 @@ def steps_per_epoch(train_config, manifest, replicas):
     return min(steps, train_config.steps_per_epoch or steps)
 
 
-def fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manifest,
+def fit(model, optimizer, strategy, train_config, data_config, ingested,
         initial_epoch=0, callbacks=()):
     """Trains `model` from `initial_epoch` to `train_config.epochs`; the epoch loop.
 
@@ -227,14 +227,14 @@ def fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manif
     the logs of the epochs it ran.
     """
     global_batch_size = train_config.batch_size
-    steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
+    steps = steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
 
     train_iterator = iter(transform.distribute_dataset(
-        strategy, ingest_dir, "train", data_config, global_batch_size, training=True,
+        strategy, ingested, "train", data_config, global_batch_size, training=True,
         repeat=True,
     ))
     validation = transform.make_dataset(
-        ingest_dir, "validation", data_config, global_batch_size, training=False
+        ingested, "validation", data_config, global_batch_size, training=False
     )
     train_step = make_train_step(
         model, optimizer, strategy, global_batch_size, train_config.weight_decay,
@@ -364,7 +364,7 @@ def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def train(strategy, model_config, train_config, data_config, ingest_dir, manifest, run_dir):
+def train(strategy, model_config, train_config, data_config, ingested, run_dir):
     """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
 
     `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
@@ -372,9 +372,9 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
     Returns the trained model, the whole history and the epoch it started from.
     """
     set_global_options(train_config)
-    steps = steps_per_epoch(train_config, manifest, strategy.num_replicas_in_sync)
+    steps = steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
     with strategy.scope():
-        model = build_model(model_config, data_config, len(manifest["class_names"]))
+        model = build_model(model_config, data_config, ingested.num_classes)
         optimizer = make_optimizer(train_config, steps, model.trainable_variables)
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         plateau = _Plateau()
@@ -410,7 +410,7 @@ def train(strategy, model_config, train_config, data_config, ingest_dir, manifes
         run_dir, rows, optimizer, plateau if train_config.lr_schedule == "plateau" else None,
         epoch_counter, manager,
     )
-    fit(model, optimizer, strategy, train_config, data_config, ingest_dir, manifest,
+    fit(model, optimizer, strategy, train_config, data_config, ingested,
         initial_epoch, callbacks=[recorder])
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Transform: the tf.data input pipeline from ingested shards to model-ready batches.
 
-    dataset = make_dataset("data/digits", "train", data_config, 64, training=True)
+    batches = make_dataset(ingested, "train", data_config, 64, training=True)
 
 Training follows the paper: a random crop with scale jitter, a horizontal flip
 where the dataset allows one and, with `--pca-noise`, the paper's PCA colour
@@ -11,12 +11,10 @@ training and serving see pixels the same way.
 """
 
 import glob
-import os
 
 import tensorflow as tf
 
-from pipeline import ingest
-from pipeline import sources
+from pipeline import artifact
 from pipeline.config import PipelineError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -153,8 +151,8 @@ def _pca_noise(image, seed):
 
 
 def _parse(record):
-    features = tf.io.parse_single_example(record, sources.IMAGE_FEATURES)
-    return features["image/encoded"], tf.cast(features["image/class/label"], tf.int32)
+    image_bytes, label = artifact.parse_record(record)
+    return image_bytes, tf.cast(label, tf.int32)
 
 
 def _records(files, training, seed, input_context):
@@ -175,13 +173,13 @@ def _records(files, training, seed, input_context):
     )
 
 
-def _cache_path(data_config, split, manifest, input_context):
+def _cache_path(data_config, split, ingested, input_context):
     """One cache file per split, channel count, ingest content and pipeline: a
     cache made for other data must never be read back."""
     pipeline = input_context.input_pipeline_id if input_context else 0
     return (
         f"{data_config.cache}-{split}-{data_config.channels}ch-"
-        f"{manifest['fingerprint'][:12]}-{pipeline}"
+        f"{ingested.fingerprint[:12]}-{pipeline}"
     )
 
 
@@ -199,12 +197,12 @@ def _check_cache_unlocked(path, flag_value):
 
 
 def make_dataset(
-    ingest_dir, split, data_config, batch_size, training, input_context=None
+    ingested, split, data_config, batch_size, training, input_context=None
 ):
     """Batches of (images float32 [batch, height, width, channels], labels int32).
 
     Args:
-        ingest_dir: a directory written by `pipeline.ingest`.
+        ingested: the `IngestedDataset` to read.
         split: "train", "validation" or "test".
         data_config: a `DataConfig` whose `image_size` and `channels` are resolved.
         batch_size: the per-replica batch.
@@ -222,17 +220,16 @@ def make_dataset(
             f"Received: image_size={data_config.image_size}, "
             f"channels={data_config.channels}"
         )
-    manifest = ingest.load_manifest(ingest_dir)
-    if split not in manifest["splits"]:
+    if split not in ingested.splits:
         raise PipelineError(
-            f"{ingest_dir} has no split {split!r}; "
-            f"it has {', '.join(manifest['splits'])}"
+            f"{ingested.directory} has no split {split!r}; "
+            f"it has {', '.join(ingested.splits)}"
         )
-    num_examples = manifest["splits"][split]["num_examples"]
+    num_examples = ingested.num_examples(split)
     pipelines = input_context.num_input_pipelines if input_context else 1
     if num_examples == 0 or (training and num_examples // pipelines < batch_size):
         raise PipelineError(
-            f"the {split} split of {ingest_dir} has {num_examples} examples, too few "
+            f"the {split} split of {ingested.directory} has {num_examples} examples, too few "
             f"for a batch of {batch_size} per replica; lower --batch-size or add data"
         )
     if data_config.pca_noise and data_config.channels != 3:
@@ -240,9 +237,7 @@ def make_dataset(
     channels = data_config.channels
     image_size = data_config.image_size
     seed = data_config.seed
-    files = [
-        os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]
-    ]
+    files = ingested.files(split)
 
     dataset = _records(files, training, seed, input_context).map(
         _parse, num_parallel_calls=AUTOTUNE
@@ -254,7 +249,7 @@ def make_dataset(
         )
         path = ""
         if data_config.cache != "memory":
-            path = _cache_path(data_config, split, manifest, input_context)
+            path = _cache_path(data_config, split, ingested, input_context)
             _check_cache_unlocked(path, data_config.cache)
         dataset = dataset.cache(path)
     if training:
@@ -272,7 +267,7 @@ def make_dataset(
             )
             image = tf.image.resize(crop(image, crop_seed), image_size)
             image = tf.ensure_shape(image, [*image_size, channels])
-            if manifest["flip"]:
+            if ingested.flip:
                 image = tf.image.stateless_random_flip_left_right(image, flip_seed)
             if data_config.pca_noise:
                 image = _pca_noise(image, noise_seed)
@@ -309,7 +304,7 @@ def make_dataset(
 
 
 def distribute_dataset(
-    strategy, ingest_dir, split, data_config, global_batch_size, training, repeat=False
+    strategy, ingested, split, data_config, global_batch_size, training, repeat=False
 ):
     """`make_dataset` for every input pipeline of `strategy`, each replica getting
     `global_batch_size / num_replicas` examples per step, prefetched to its device.
@@ -326,10 +321,10 @@ def distribute_dataset(
 
     def dataset_fn(input_context):
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        dataset = make_dataset(
-            ingest_dir, split, data_config, batch_size, training, input_context
+        batches = make_dataset(
+            ingested, split, data_config, batch_size, training, input_context
         )
-        return dataset.repeat() if repeat else dataset
+        return batches.repeat() if repeat else batches
 
     return strategy.distribute_datasets_from_function(
         dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)

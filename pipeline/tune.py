@@ -113,13 +113,12 @@ def load_hparams(path):
 class AlexNetHyperModel(keras_tuner.HyperModel):
     """Builds a trial's model and trains it with the pipeline's own loop."""
 
-    def __init__(self, config, space, strategy, ingest_dir, manifest):
+    def __init__(self, config, space, strategy, ingested):
         super().__init__(name="alexnet")
         self.config = config
         self.space = space
         self.strategy = strategy
-        self.ingest_dir = ingest_dir
-        self.manifest = manifest
+        self.ingested = ingested
 
     def _trial_config(self, hp):
         """The run's config with the trial's hyperparameters and its epochs (a
@@ -135,10 +134,10 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
     def build(self, hp):
         config = self._trial_config(hp)
         steps = train.steps_per_epoch(
-            config.train, self.manifest, self.strategy.num_replicas_in_sync
+            config.train, self.ingested, self.strategy.num_replicas_in_sync
         )
         model = train.build_model(
-            config.model, config.data, len(self.manifest["class_names"])
+            config.model, config.data, self.ingested.num_classes
         )
         # Compiled only to carry the optimizer, built here, in the tuner's strategy
         # scope.
@@ -153,7 +152,7 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
         train_config = dataclasses.replace(config.train, epochs=epochs)
         logs = train.fit(
             model, model.optimizer, self.strategy, train_config, config.data,
-            self.ingest_dir, self.manifest, initial_epoch, callbacks,
+            self.ingested, initial_epoch, callbacks,
         )
         return {OBJECTIVE: max(epoch[OBJECTIVE] for epoch in logs)}
 
@@ -189,7 +188,7 @@ def is_tuning_worker():
     return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
 
 
-def tune(config, strategy, ingest_dir, manifest, run_dir):
+def tune(config, strategy, ingested, run_dir):
     """Searches hyperparameters; returns the best, or None on a tuning worker.
 
     `config` is the whole RunConfig: its `tune` part sets the search, the rest
@@ -205,7 +204,7 @@ def tune(config, strategy, ingest_dir, manifest, run_dir):
         )
     train.set_global_options(config.train)
     hypermodel = AlexNetHyperModel(
-        config, load_space(tune_config.space_file), strategy, ingest_dir, manifest
+        config, load_space(tune_config.space_file), strategy, ingested
     )
     tune_dir = tune_config.tune_dir or os.path.join(run_dir, "tuning")
     tuner = make_tuner(tune_config.tuner, hypermodel, strategy, tune_dir,

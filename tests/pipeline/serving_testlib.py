@@ -6,7 +6,6 @@ export the way TF Serving does. Each is made once per test process.
 """
 
 import io
-import os
 
 import keras
 import numpy as np
@@ -28,41 +27,31 @@ _cache = {}
 
 
 def digits(tmp_path_factory):
-    """(ingest_dir, data_config, manifest) of sklearn's digits, ingested once."""
+    """(ingested, data_config) of sklearn's digits, ingested once."""
     if "digits" not in _cache:
         ingest_dir = str(tmp_path_factory.mktemp("digits") / "ingested")
-        manifest = ingest.ingest(DATA_CONFIG, ingest_dir)
-        _cache["digits"] = ingest_dir, DATA_CONFIG, manifest
+        _cache["digits"] = ingest.ingest(DATA_CONFIG, ingest_dir), DATA_CONFIG
     return _cache["digits"]
 
 
-def split_arrays(ingest_dir, split):
+def split_arrays(ingested, split):
     """Preprocessed images and labels of a split, in file order."""
     images, labels = [], []
     for batch_images, batch_labels in transform.make_dataset(
-        ingest_dir, split, DATA_CONFIG, 256, training=False
+        ingested, split, DATA_CONFIG, 256, training=False
     ):
         images.append(batch_images.numpy())
         labels.append(batch_labels.numpy())
     return np.concatenate(images), np.concatenate(labels)
 
 
-def encoded_split(ingest_dir, split):
+def encoded_split(ingested, split):
     """The ingested encoded images and labels of a split, in file order."""
-    manifest = ingest.load_manifest(ingest_dir)
-    files = [
-        os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]
-    ]
-    features = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-    }
-    encoded, labels = [], []
-    for record in tf.data.TFRecordDataset(files):
-        example = tf.io.parse_single_example(record, features)
-        encoded.append(example["image/encoded"].numpy())
-        labels.append(int(example["image/class/label"]))
-    return encoded, np.array(labels)
+    batches = list(ingested.encoded_batches(split, batch_size=1024))
+    return (
+        [image for images, _ in batches for image in images],
+        np.concatenate([labels for _, labels in batches]),
+    )
 
 
 def _fitted_weights(tmp_path_factory):
@@ -73,15 +62,15 @@ def _fitted_weights(tmp_path_factory):
     # constant plus a 1e-5 signal: a head fitted to that amplifies float32
     # rounding into 1e-3 differences between batched and single predictions.
     if "weights" not in _cache:
-        ingest_dir, _, manifest = digits(tmp_path_factory)
+        ingested, _ = digits(tmp_path_factory)
         keras.utils.set_random_seed(0)
         model = AlexNet(
             variant="d2l",
-            num_classes=len(manifest["class_names"]),
+            num_classes=ingested.num_classes,
             input_shape=(*IMAGE_SIZE, CHANNELS),
         )
         features = keras.Model(model.inputs, model.get_layer("fc7").output)
-        images, labels = split_arrays(ingest_dir, "train")
+        images, labels = split_arrays(ingested, "train")
         train_features = features.predict(images, batch_size=128, verbose=0)
         mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
         classifier = LogisticRegression(max_iter=300).fit(
@@ -115,15 +104,15 @@ def worse_model(tmp_path_factory):
 def trained_export(tmp_path_factory):
     """The version directory of the trained model's export (version 1)."""
     if "export" not in _cache:
-        ingest_dir, _, manifest = digits(tmp_path_factory)
+        ingested, _ = digits(tmp_path_factory)
         base = str(tmp_path_factory.mktemp("exports") / "alexnet")
         _cache["export"] = export.export_saved_model(
             trained_model(tmp_path_factory),
-            manifest["class_names"],
+            ingested.class_names,
             IMAGE_SIZE,
             CHANNELS,
             base,
-            warmup_images=encoded_split(ingest_dir, "test")[0][:3],
+            warmup_images=encoded_split(ingested, "test")[0][:3],
         )
     return _cache["export"]
 
@@ -142,10 +131,10 @@ def encode(image, image_format):
     return buffer.getvalue()
 
 
-def digit_image(ingest_dir, index, size, channels):
+def digit_image(ingested, index, size, channels):
     """Test image `index` of digits, resized to `size` with `channels`: real content
     at a size and colour layout the model was not given."""
-    encoded, labels = encoded_split(ingest_dir, "test")
+    encoded, labels = encoded_split(ingested, "test")
     image = tf.cast(transform.decode_image(encoded[index], channels), tf.float32)
     image = tf.image.resize(image, size, method="nearest")
     return tf.cast(image, tf.uint8).numpy(), int(labels[index])

@@ -24,10 +24,10 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_metrics(tmp_path_factory, digits):
     """evaluate() of the trained Keras model, and the run directory it wrote."""
-    ingest_dir, data_config, _ = digits
+    ingested, data_config = digits
     run_dir = str(tmp_path_factory.mktemp("run"))
     model = serving_testlib.trained_model(tmp_path_factory)
-    return evaluate.evaluate(model, ingest_dir, data_config, run_dir), run_dir
+    return evaluate.evaluate(model, ingested, data_config, run_dir), run_dir
 
 
 def assert_png(path):
@@ -78,7 +78,7 @@ def test_metrics_on_a_known_case():
 
 
 def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
-    ingest_dir, data_config, manifest = digits
+    ingested, data_config = digits
 
     def scores(image_bytes):
         # Arbitrary but fixed per image: a hash of its bytes.
@@ -89,14 +89,14 @@ def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
         rows = np.stack([scores(image) for image in image_bytes.numpy()])
         return rows / rows.sum(axis=1, keepdims=True)
 
-    encoded, labels = serving_testlib.encoded_split(ingest_dir, "test")
+    encoded, labels = serving_testlib.encoded_split(ingested, "test")
     probabilities = predict_fn(tf.constant(encoded))
     predictions = probabilities.argmax(axis=1)
 
-    metrics = evaluate.evaluate(predict_fn, ingest_dir, data_config, str(tmp_path))
+    metrics = evaluate.evaluate(predict_fn, ingested, data_config, str(tmp_path))
     assert (
         metrics["num_examples"]
-        == manifest["splits"]["test"]["num_examples"]
+        == ingested.num_examples("test")
         == len(labels)
     )
     assert metrics["test_accuracy"] == pytest.approx(
@@ -110,7 +110,7 @@ def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
     precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
         labels, predictions, labels=range(10), zero_division=0
     )
-    assert list(metrics["per_class"]) == manifest["class_names"]
+    assert list(metrics["per_class"]) == list(ingested.class_names)
     for index, row in enumerate(metrics["per_class"].values()):
         assert row == {
             "precision": pytest.approx(precision[index]),
@@ -129,7 +129,7 @@ def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
 
 def test_evaluate_a_keras_model(trained_metrics, digits):
     metrics, run_dir = trained_metrics
-    _, _, manifest = digits
+    ingested, _ = digits
     assert metrics["test_accuracy"] > 0.9
     assert metrics["test_top5_accuracy"] >= metrics["test_accuracy"]
     matrix = np.array(metrics["confusion_matrix"])
@@ -137,7 +137,7 @@ def test_evaluate_a_keras_model(trained_metrics, digits):
     assert (
         matrix.sum()
         == metrics["num_examples"]
-        == manifest["splits"]["test"]["num_examples"]
+        == ingested.num_examples("test")
     )
     assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["test_accuracy"])
     assert [row["support"] for row in metrics["per_class"].values()] == matrix.sum(
@@ -179,10 +179,10 @@ def test_cli_reuses_the_ingest_dir_it_is_given(
     tmp_path, tmp_path_factory, monkeypatch, digits, trained_metrics
 ):
     monkeypatch.chdir(tmp_path)
-    ingest_dir, _, _ = digits
+    ingested, _ = digits
     exit_code = evaluate.main([
         "--saved-model", os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
-        "--ingest-dir", ingest_dir, "--output-dir", "out",
+        "--ingest-dir", ingested.directory, "--output-dir", "out",
     ])
     assert exit_code == 0
     assert not (tmp_path / "data").exists()  # nothing ingested again
@@ -209,9 +209,9 @@ def copy_of_the_export(tmp_path_factory, tmp_path):
 
 
 def test_the_first_model_is_always_blessed(tmp_path, digits):
-    ingest_dir, data_config, _ = digits
+    ingested, data_config = digits
     result = evaluate.bless(
-        0.1, str(tmp_path / "alexnet"), ingest_dir, data_config, 0.01, False
+        0.1, str(tmp_path / "alexnet"), ingested, 0.01, False
     )
     assert result == {
         "blessed": True,
@@ -226,14 +226,14 @@ def test_the_first_model_is_always_blessed(tmp_path, digits):
 def test_a_worse_model_is_not_pushed_unless_forced(
     tmp_path, tmp_path_factory, digits, trained_metrics
 ):
-    ingest_dir, data_config, manifest = digits
+    ingested, data_config = digits
     export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
     worse = serving_testlib.worse_model(tmp_path_factory)
-    candidate = evaluate.evaluate(worse, ingest_dir, data_config, str(tmp_path / "run"))
+    candidate = evaluate.evaluate(worse, ingested, data_config, str(tmp_path / "run"))
     assert candidate["test_accuracy"] < 0.2
 
     result = evaluate.bless(
-        candidate["test_accuracy"], export_dir, ingest_dir, data_config, 0.01, False
+        candidate["test_accuracy"], export_dir, ingested, 0.01, False
     )
     assert result["blessed"] is False
     assert result["baseline_version"] == 1
@@ -248,12 +248,12 @@ def test_a_worse_model_is_not_pushed_unless_forced(
     assert export.versions(export_dir) == [1]
 
     forced = evaluate.bless(
-        candidate["test_accuracy"], export_dir, ingest_dir, data_config, 0.01, True
+        candidate["test_accuracy"], export_dir, ingested, 0.01, True
     )
     assert forced["blessed"] is True and "forced" in forced["reason"]
     assert forced["baseline_accuracy"] == result["baseline_accuracy"]
     pushed = export.export_saved_model(
-        worse, manifest["class_names"], (67, 67), 1, export_dir
+        worse, list(ingested.class_names), (67, 67), 1, export_dir
     )
     assert os.path.basename(pushed) == "2"
 
@@ -261,18 +261,18 @@ def test_a_worse_model_is_not_pushed_unless_forced(
 def test_tolerance_decides_near_ties(
     tmp_path, tmp_path_factory, digits, trained_metrics
 ):
-    ingest_dir, data_config, _ = digits
+    ingested, data_config = digits
     export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
     baseline = trained_metrics[0]["test_accuracy"]
-    equal = evaluate.bless(baseline, export_dir, ingest_dir, data_config, 0.0, False)
+    equal = evaluate.bless(baseline, export_dir, ingested, 0.0, False)
     assert equal["blessed"] is True
     slightly_worse = evaluate.bless(
-        baseline - 0.005, export_dir, ingest_dir, data_config, 0.01, False
+        baseline - 0.005, export_dir, ingested, 0.01, False
     )
     assert slightly_worse["blessed"] is True
     assert (
         evaluate.bless(
-            baseline - 0.02, export_dir, ingest_dir, data_config, 0.01, False
+            baseline - 0.02, export_dir, ingested, 0.01, False
         )["blessed"]
         is False
     )
@@ -281,16 +281,16 @@ def test_tolerance_decides_near_ties(
 def test_an_export_for_other_classes_is_not_compared(
     tmp_path, digits, capsys, monkeypatch
 ):
-    ingest_dir, data_config, _ = digits
+    ingested, data_config = digits
     monkeypatch.chdir(tmp_path)  # the command line ingests into ./data/digits
     export_dir = str(tmp_path / "alexnet")
     other = AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))
     export.export_saved_model(other, ["cat", "dog", "fox"], (67, 67), 3, export_dir)
 
-    result = evaluate.bless(0.9, export_dir, ingest_dir, data_config, 0.01, False)
+    result = evaluate.bless(0.9, export_dir, ingested, 0.01, False)
     assert result["blessed"] is False and result["baseline_accuracy"] is None
     assert "cannot be compared" in result["reason"]
-    forced = evaluate.bless(0.9, export_dir, ingest_dir, data_config, 0.01, True)
+    forced = evaluate.bless(0.9, export_dir, ingested, 0.01, True)
     assert forced["blessed"] is True and "forced" in forced["reason"]
 
     exit_code = evaluate.main(

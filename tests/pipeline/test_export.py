@@ -64,8 +64,8 @@ def test_layout_and_signatures(tmp_path_factory, served):
 
 
 def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, served):
-    ingest_dir, _, manifest = digits
-    class_names = manifest["class_names"]
+    ingested, _ = digits
+    class_names = ingested.class_names
     images, labels = [], []
     # Real digits at sizes and in formats the model never saw, grey and colour.
     for index, size, channels, image_format in (
@@ -74,7 +74,7 @@ def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, serve
         (2, (67, 67), 1, "jpeg"),
         (3, (200, 160), 3, "png"),
     ):
-        image, label = serving_testlib.digit_image(ingest_dir, index, size, channels)
+        image, label = serving_testlib.digit_image(ingested, index, size, channels)
         images.append(serving_testlib.encode(image, image_format))
         labels.append(label)
 
@@ -101,8 +101,8 @@ def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, serve
 
 
 def test_serving_pixels_agrees_with_serving_default(digits, served):
-    ingest_dir, _, _ = digits
-    image, _ = serving_testlib.digit_image(ingest_dir, 5, (67, 67), 1)
+    ingested, _ = digits
+    image, _ = serving_testlib.digit_image(ingested, 5, (67, 67), 1)
     from_bytes = served.run({"image_bytes": [serving_testlib.encode(image, "png")]})
     from_pixels = served.run(
         {"pixels": image[np.newaxis].astype(np.float32)},
@@ -115,8 +115,8 @@ def test_serving_pixels_agrees_with_serving_default(digits, served):
 
 
 def test_corrupt_bytes_fail_that_request_only(digits, served):
-    ingest_dir, _, _ = digits
-    image, _ = serving_testlib.digit_image(ingest_dir, 0, (30, 30), 1)
+    ingested, _ = digits
+    image, _ = serving_testlib.digit_image(ingested, 0, (30, 30), 1)
     png = serving_testlib.encode(image, "png")
     with pytest.raises(tf.errors.InvalidArgumentError):
         served.run({"image_bytes": [png, b"this is not an image"]})

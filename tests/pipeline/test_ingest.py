@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from sklearn import datasets
 
 import serving_testlib
+from pipeline import artifact
 from pipeline import ingest
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
@@ -60,31 +61,17 @@ def _image_folder(root, per_class=6):
     return images
 
 
-def _records(ingest_dir, manifest, split):
-    """The parsed records of one output split."""
-    features = {
-        "image/encoded": tf.io.FixedLenFeature([], tf.string),
-        "image/format": tf.io.FixedLenFeature([], tf.string),
-        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
-        "image/height": tf.io.FixedLenFeature([], tf.int64),
-        "image/width": tf.io.FixedLenFeature([], tf.int64),
-    }
-    files = [
-        os.path.join(ingest_dir, name) for name in manifest["splits"][split]["files"]
-    ]
+def _records(ingested, split):
+    """Every feature of the records of one output split."""
     return list(
-        tf.data.TFRecordDataset(files)
-        .map(lambda record: tf.io.parse_single_example(record, features))
+        tf.data.TFRecordDataset(ingested.files(split))
+        .map(lambda record: tf.io.parse_single_example(record, artifact.RECORD_FEATURES))
         .as_numpy_iterator()
     )
 
 
-def _all_records(ingest_dir, manifest):
-    return [
-        record
-        for split in ingest.SPLITS
-        for record in _records(ingest_dir, manifest, split)
-    ]
+def _all_records(ingested):
+    return [record for split in artifact.SPLITS for record in _records(ingested, split)]
 
 
 def _mtimes(directory):
@@ -97,18 +84,18 @@ def _mtimes(directory):
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("digits") / "out")
-    return output_dir, ingest.ingest(DataConfig(dataset="digits"), output_dir)
+    return ingest.ingest(DataConfig(dataset="digits"), output_dir)
 
 
 def test_digits_manifest_and_exact_pixels(digits):
-    output_dir, manifest = digits
-    assert manifest["source"] == "digits"
-    assert manifest["class_names"] == [str(digit) for digit in range(10)]
-    assert manifest["channels"] == 1
-    assert manifest["flip"] is False
-    assert manifest["skipped"] == []
-    assert manifest == ingest.load_manifest(output_dir)
-    sizes = {split: info["num_examples"] for split, info in manifest["splits"].items()}
+    ingested = digits
+    assert ingested.source == "digits"
+    assert list(ingested.class_names) == [str(digit) for digit in range(10)]
+    assert ingested.channels == 1
+    assert ingested.flip is False
+    assert ingested.skipped == ()
+    assert ingested == artifact.IngestedDataset.load(ingested.directory)
+    sizes = {split: info.num_examples for split, info in ingested.splits.items()}
     assert sizes == {"train": 1437, "validation": 180, "test": 180}
 
     sklearn_digits = datasets.load_digits()
@@ -116,7 +103,7 @@ def test_digits_manifest_and_exact_pixels(digits):
         (int(label), np.round(image * 255 / 16).astype(np.uint8).tobytes())
         for image, label in zip(sklearn_digits.images, sklearn_digits.target)
     )
-    records = _all_records(output_dir, manifest)
+    records = _all_records(ingested)
     assert {record["image/format"] for record in records} == {b"png"}
     found = collections.Counter(
         (
@@ -131,15 +118,15 @@ def test_digits_manifest_and_exact_pixels(digits):
 
 
 def test_digits_split_is_stratified(digits):
-    output_dir, manifest = digits
+    ingested = digits
     labels = {
         split: np.array(
             [
                 record["image/class/label"]
-                for record in _records(output_dir, manifest, split)
+                for record in _records(ingested, split)
             ]
         )
-        for split in ingest.SPLITS
+        for split in artifact.SPLITS
     }
     total = np.bincount(np.concatenate(list(labels.values())), minlength=10)
     for split in ("validation", "test"):
@@ -148,12 +135,12 @@ def test_digits_split_is_stratified(digits):
 
 
 def test_split_is_deterministic(digits, tmp_path):
-    output_dir, manifest = digits
+    ingested = digits
     again = ingest.ingest(DataConfig(dataset="digits"), str(tmp_path / "again"))
-    assert again["splits"] == manifest["splits"]
-    for info in manifest["splits"].values():
-        for name in info["files"]:
-            with open(os.path.join(output_dir, name), "rb") as first:
+    assert again.splits == ingested.splits
+    for info in ingested.splits.values():
+        for name in info.files:
+            with open(os.path.join(ingested.directory, name), "rb") as first:
                 with open(tmp_path / "again" / name, "rb") as second:
                     assert first.read() == second.read()
 
@@ -169,22 +156,22 @@ def test_folder_keeps_original_bytes_and_skips_bad_files(tmp_path, caplog):
     _write(str(tmp_path / "images" / "dog" / ".DS_Store"), b"\0\0")
 
     with caplog.at_level(logging.WARNING, logger="pipeline.ingest"):
-        manifest = ingest.ingest(
+        ingested = ingest.ingest(
             DataConfig(dataset=f"folder:{tmp_path / 'images'}"), str(tmp_path / "out")
         )
 
-    assert manifest["class_names"] == ["cat", "dog"]
-    assert manifest["channels"] == 3 and manifest["flip"] is True
-    skipped = {entry["path"]: entry["reason"] for entry in manifest["skipped"]}
+    assert list(ingested.class_names) == ["cat", "dog"]
+    assert ingested.channels == 3 and ingested.flip is True
+    skipped = {entry.path: entry.reason for entry in ingested.skipped}
     assert set(skipped) == {truncated, text}
     assert skipped[truncated].startswith("corrupt jpeg")
     assert skipped[text] == "not a JPEG, PNG, BMP or GIF image"
     assert truncated in caplog.text and text in caplog.text
-    assert sum(info["num_examples"] for info in manifest["splits"].values()) == len(
+    assert sum(info.num_examples for info in ingested.splits.values()) == len(
         images
     )
 
-    records = _all_records(str(tmp_path / "out"), manifest)
+    records = _all_records(ingested)
     assert sorted(
         (int(r["image/class/label"]), r["image/encoded"]) for r in records
     ) == sorted(images.values())
@@ -253,15 +240,15 @@ def test_reuse_then_reingest_after_a_change(tmp_path, caplog):
 
     _write(str(tmp_path / "images" / "dog" / "new.png"), serving_testlib.encode(_pixels(99), "png"))
     added = ingest.ingest(config, output_dir)
-    assert added["fingerprint"] != first["fingerprint"]
-    assert sum(info["num_examples"] for info in added["splits"].values()) == 13
+    assert added.fingerprint != first.fingerprint
+    assert sum(info.num_examples for info in added.splits.values()) == 13
 
     _write(
         str(tmp_path / "images" / "dog" / "new.png"),
         serving_testlib.encode(_pixels(100, 30, 30), "png"),
     )
     changed = ingest.ingest(config, output_dir)
-    assert changed["fingerprint"] != added["fingerprint"]
+    assert changed.fingerprint != added.fingerprint
     assert sorted(os.listdir(tmp_path)) == ["images", "out"]
 
 
@@ -319,17 +306,17 @@ def test_tfrecord_round_trip_with_label_offset_and_class_names(tmp_path):
         label_offset=1,
         class_names=names_file,
     )
-    manifest = ingest.ingest(config, str(tmp_path / "out"))
+    ingested = ingest.ingest(config, str(tmp_path / "out"))
 
-    assert manifest["class_names"] == ["tench", "goldfish", "shark"]
-    sizes = {split: info["num_examples"] for split, info in manifest["splits"].items()}
+    assert list(ingested.class_names) == ["tench", "goldfish", "shark"]
+    sizes = {split: info.num_examples for split, info in ingested.splits.items()}
     # Validation is the files' own; test is carved out of train (10% of 20).
     assert sizes == {"train": 18, "validation": 10, "test": 2}
-    records = _all_records(str(tmp_path / "out"), manifest)
+    records = _all_records(ingested)
     assert sorted(
         (int(r["image/class/label"]), r["image/encoded"]) for r in records
     ) == sorted((label - 1, data) for label, data in written)
-    validation = _records(str(tmp_path / "out"), manifest, "validation")
+    validation = _records(ingested, "validation")
     assert sorted(r["image/encoded"] for r in validation) == sorted(
         data for _, data in written[20:]
     )
@@ -338,13 +325,13 @@ def test_tfrecord_round_trip_with_label_offset_and_class_names(tmp_path):
 def test_tfrecord_without_names_infers_them_and_pools_unnamed_files(tmp_path):
     _tfrecords(tmp_path / "records", ["part-0.tfrecord", "part-1.tfrecord"])
     pattern = f"tfrecord:{tmp_path / 'records' / '*.tfrecord'}"
-    manifest = ingest.ingest(
+    ingested = ingest.ingest(
         DataConfig(dataset=pattern, label_offset=1), str(tmp_path / "a")
     )
-    assert manifest["class_names"] == ["0", "1", "2"]
-    assert [info["num_examples"] for info in manifest["splits"].values()] == [16, 2, 2]
+    assert list(ingested.class_names) == ["0", "1", "2"]
+    assert [info.num_examples for info in ingested.splits.values()] == [16, 2, 2]
     unshifted = ingest.ingest(DataConfig(dataset=pattern), str(tmp_path / "b"))
-    assert unshifted["class_names"] == ["0", "1", "2", "3"]
+    assert unshifted.class_names == ("0", "1", "2", "3")
 
 
 @pytest.mark.parametrize(
@@ -387,7 +374,7 @@ def test_tfds_source_with_mock_data(tmp_path, name, flip):
         data_dir=str(tmp_path / "tfds"),
         policy=tfds.testing.MockPolicy.USE_FILES,
     ):
-        manifest = ingest.ingest(
+        ingested = ingest.ingest(
             DataConfig(dataset=f"tfds:{name}"), str(tmp_path / "out")
         )
         # The mock gives every split the same 40 examples.
@@ -396,12 +383,12 @@ def test_tfds_source_with_mock_data(tmp_path, name, flip):
             .as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
             .as_numpy_iterator()
         )
-    assert manifest["source"] == f"tfds:{name}"
-    assert manifest["class_names"] == info.features["label"].names
-    assert manifest["channels"] == 1 and manifest["flip"] is flip
-    sizes = {split: info["num_examples"] for split, info in manifest["splits"].items()}
+    assert ingested.source == f"tfds:{name}"
+    assert list(ingested.class_names) == info.features["label"].names
+    assert ingested.channels == 1 and ingested.flip is flip
+    sizes = {split: info.num_examples for split, info in ingested.splits.items()}
     assert sizes == {"train": 36, "validation": 4, "test": 40}
-    records = _records(str(tmp_path / "out"), manifest, "test")
+    records = _records(ingested, "test")
     assert sorted(
         (int(r["image/class/label"]), r["image/encoded"]) for r in records
     ) == sorted((int(example["label"]), example["image"]) for example in expected)
@@ -472,7 +459,7 @@ def test_leftovers_of_a_killed_ingest_are_not_trusted(tmp_path):
     with pytest.raises(PipelineError, match="holds no manifest.json"):
         ingest.ingest(config, str(tmp_path / "half"))
     with pytest.raises(PipelineError, match="holds no finished ingest"):
-        ingest.load_manifest(str(tmp_path / "half"))
+        artifact.IngestedDataset.load(str(tmp_path / "half"))
 
 
 def test_a_copy_finished_meanwhile_by_another_worker_is_kept(tmp_path, monkeypatch):
@@ -481,17 +468,17 @@ def test_a_copy_finished_meanwhile_by_another_worker_is_kept(tmp_path, monkeypat
     write = ingest._write
 
     def write_while_another_worker_finishes(source, fingerprint, directory, strict):
-        manifest = write(source, fingerprint, directory, strict)
+        ingested = write(source, fingerprint, directory, strict)
         shutil.copytree(directory, output_dir)
         _write(os.path.join(output_dir, "in-use"), b"")
-        return manifest
+        return ingested
 
     monkeypatch.setattr(ingest, "_write", write_while_another_worker_finishes)
-    manifest = ingest.ingest(
+    ingested = ingest.ingest(
         DataConfig(dataset=f"folder:{tmp_path / 'images'}"), output_dir
     )
     assert os.path.exists(os.path.join(output_dir, "in-use"))
-    assert ingest.load_manifest(output_dir) == manifest
+    assert artifact.IngestedDataset.load(output_dir) == ingested
     assert sorted(os.listdir(tmp_path)) == ["images", "out"]
 
 
@@ -511,8 +498,8 @@ def test_killed_cli_leaves_no_output_dir(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not output_dir.exists()
-    manifest = ingest.ingest(DataConfig(dataset="digits"), str(output_dir))
-    assert manifest["splits"]["train"]["num_examples"] == 1437
+    ingested = ingest.ingest(DataConfig(dataset="digits"), str(output_dir))
+    assert ingested.num_examples("train") == 1437
     assert os.listdir(tmp_path) == ["digits"]
 
 

@@ -34,11 +34,11 @@ def served(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """A PNG and a JPEG digit on disk, and what TF Serving answers for each."""
-    ingest_dir, _, manifest = serving_testlib.digits(tmp_path_factory)
+    ingested, _ = serving_testlib.digits(tmp_path_factory)
     folder = tmp_path_factory.mktemp("images")
     paths = []
     for index, size, image_format in ((0, (40, 32), "png"), (1, (90, 90), "jpeg")):
-        image, _ = serving_testlib.digit_image(ingest_dir, index, size, 1)
+        image, _ = serving_testlib.digit_image(ingested, index, size, 1)
         path = folder / f"digit{index}.{'png' if image_format == 'png' else 'jpg'}"
         path.write_bytes(serving_testlib.encode(image, image_format))
         paths.append(str(path))

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import serving_testlib
+from pipeline import artifact
 from pipeline import ingest
 from pipeline import transform
 from pipeline.config import DataConfig
@@ -55,10 +56,9 @@ def colours(tmp_path_factory):
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ingest, "SHARD_SIZE", 8)
-        manifest = ingest.ingest(
+        return ingest.ingest(
             DataConfig(dataset=f"folder:{root / 'images'}"), str(root / "out")
         )
-    return str(root / "out"), manifest
 
 
 def _config(**overrides):
@@ -161,9 +161,9 @@ def test_preprocess_for_eval_in_a_graph_with_unknown_sizes():
 
 
 def test_evaluation_batches_keep_every_example_with_its_label(colours):
-    ingest_dir, manifest = colours
+    ingested = colours
     batches = _batches(
-        transform.make_dataset(ingest_dir, "train", _config(), 8, training=False)
+        transform.make_dataset(ingested, "train", _config(), 8, training=False)
     )
     assert [len(labels) for _, labels in batches] == [8, 8, 8, 4]
     images = np.concatenate([images for images, _ in batches])
@@ -173,18 +173,18 @@ def test_evaluation_batches_keep_every_example_with_its_label(colours):
         and images.dtype == np.float32
         and labels.dtype == np.int32
     )
-    assert manifest["splits"]["train"]["num_examples"] == 28
+    assert ingested.num_examples("train") == 28
     _assert_colours_match_labels(images, labels)
 
     grey = _batches(
-        transform.make_dataset(ingest_dir, "test", _config(channels=1), 8, False)
+        transform.make_dataset(ingested, "test", _config(channels=1), 8, False)
     )
     assert grey[0][0].shape == (4, 16, 16, 1)
 
 
 def test_training_batches_static_shapes_labels_and_seeded_order(colours):
-    ingest_dir, _ = colours
-    dataset = transform.make_dataset(ingest_dir, "train", _config(), 8, training=True)
+    ingested = colours
+    dataset = transform.make_dataset(ingested, "train", _config(), 8, training=True)
     assert dataset.element_spec[0].shape.as_list() == [8, 16, 16, 3]
     assert dataset.element_spec[1].shape.as_list() == [8]
     first_epoch, second_epoch = _batches(dataset), _batches(dataset)
@@ -195,7 +195,7 @@ def test_training_batches_static_shapes_labels_and_seeded_order(colours):
         _assert_colours_match_labels(images, labels)
 
     again = _batches(
-        transform.make_dataset(ingest_dir, "train", _config(), 8, training=True)
+        transform.make_dataset(ingested, "train", _config(), 8, training=True)
     )
     for (images, labels), (images_again, labels_again) in zip(first_epoch, again):
         np.testing.assert_array_equal(images, images_again)
@@ -210,9 +210,8 @@ def test_flip_only_where_the_manifest_allows_it(tmp_path):
         return pixels
 
     _write_folder(str(tmp_path / "images"), bright_left, ["a", "b"], per_class=24)
-    ingest_dir = str(tmp_path / "out")
-    manifest = ingest.ingest(
-        DataConfig(dataset=f"folder:{tmp_path / 'images'}"), ingest_dir
+    ingested = ingest.ingest(
+        DataConfig(dataset=f"folder:{tmp_path / 'images'}"), str(tmp_path / "out")
     )
 
     def flipped(config):
@@ -220,7 +219,7 @@ def test_flip_only_where_the_manifest_allows_it(tmp_path):
             [
                 images
                 for images, _ in _batches(
-                    transform.make_dataset(ingest_dir, "train", config, 8, True)
+                    transform.make_dataset(ingested, "train", config, 8, True)
                 )
             ]
         )
@@ -230,21 +229,20 @@ def test_flip_only_where_the_manifest_allows_it(tmp_path):
             axis=(1, 2, 3)
         )
 
-    assert manifest["flip"] is True
+    assert ingested.flip is True
     assert 0 < flipped(_config()).sum() < len(flipped(_config()))
-    with open(os.path.join(ingest_dir, "manifest.json"), "w") as file:
-        json.dump({**manifest, "flip": False}, file)
+    ingested = dataclasses.replace(ingested, flip=False)
     assert not flipped(_config()).any()
     assert not flipped(_config(seed=None)).any()
 
 
 def test_pca_noise_shifts_each_image_by_one_colour(colours):
-    ingest_dir, _ = colours
-    plain = _batches(transform.make_dataset(ingest_dir, "train", _config(), 8, True))[
+    ingested = colours
+    plain = _batches(transform.make_dataset(ingested, "train", _config(), 8, True))[
         0
     ][0]
     noisy = _batches(
-        transform.make_dataset(ingest_dir, "train", _config(pca_noise=True), 8, True)
+        transform.make_dataset(ingested, "train", _config(pca_noise=True), 8, True)
     )[0][0]
     shift = noisy - plain
     np.testing.assert_allclose(
@@ -254,17 +252,17 @@ def test_pca_noise_shifts_each_image_by_one_colour(colours):
     assert 0 < np.abs(shift).mean() < 0.15 * 255
     with pytest.raises(PipelineError, match="--pca-noise needs colour input"):
         transform.make_dataset(
-            ingest_dir, "train", _config(channels=1, pca_noise=True), 8, True
+            ingested, "train", _config(channels=1, pca_noise=True), 8, True
         )
 
 
 @pytest.mark.parametrize("cache", ["memory", "file"])
 def test_cache_gives_the_same_examples(colours, tmp_path, cache):
-    ingest_dir, _ = colours
+    ingested = colours
     cache = str(tmp_path / "cache") if cache == "file" else cache
-    uncached = _batches(transform.make_dataset(ingest_dir, "test", _config(), 8, False))
+    uncached = _batches(transform.make_dataset(ingested, "test", _config(), 8, False))
     cached_dataset = transform.make_dataset(
-        ingest_dir, "test", _config(cache=cache), 8, False
+        ingested, "test", _config(cache=cache), 8, False
     )
     for _ in range(2):
         for (images, labels), (cached_images, cached_labels) in zip(
@@ -273,7 +271,7 @@ def test_cache_gives_the_same_examples(colours, tmp_path, cache):
             np.testing.assert_allclose(images, cached_images, atol=1e-6)
             np.testing.assert_array_equal(labels, cached_labels)
     training = _batches(
-        transform.make_dataset(ingest_dir, "train", _config(cache=cache), 8, True)
+        transform.make_dataset(ingested, "train", _config(cache=cache), 8, True)
     )
     assert len(training) == 3
     _assert_colours_match_labels(*training[0])
@@ -283,32 +281,33 @@ def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_fact
     # digits' 1,437 training images: far more than one batch and the prefetch
     # buffers hold, so the run killed below stops mid-cache. (Its iterator must
     # stay referenced: a destroyed iterator removes its lock file.)
-    ingest_dir, data_config, manifest = serving_testlib.digits(tmp_path_factory)
+    ingested, data_config = serving_testlib.digits(tmp_path_factory)
     cache = str(tmp_path / "cache")
     config = dataclasses.replace(data_config, cache=cache)
     script = (
         "import json, os, sys\n"
-        "from pipeline import transform\n"
+        "from pipeline import artifact, transform\n"
         "from pipeline.config import DataConfig\n"
         "config = DataConfig(**json.loads(sys.argv[2]))\n"
-        "iterator = iter(transform.make_dataset(sys.argv[1], 'train', config, 8, False))\n"
+        "ingested = artifact.IngestedDataset.load(sys.argv[1])\n"
+        "iterator = iter(transform.make_dataset(ingested, 'train', config, 8, False))\n"
         "next(iterator)\n"
         "os._exit(0)  # killed while it writes the cache: TensorFlow's lock file stays\n"
     )
     settings = dataclasses.asdict(config)
-    subprocess.run([sys.executable, "-c", script, ingest_dir, json.dumps(settings)],
+    subprocess.run([sys.executable, "-c", script, ingested.directory, json.dumps(settings)],
                    check=True, capture_output=True)
     lockfiles = list(tmp_path.glob("cache*.lockfile"))
     assert len(lockfiles) == 1
     with pytest.raises(PipelineError, match="delete that file") as error:
-        transform.make_dataset(ingest_dir, "train", config, 8, False)
+        transform.make_dataset(ingested, "train", config, 8, False)
     assert str(lockfiles[0]) in str(error.value)
     # With the lock file gone, the cache is rebuilt and holds every example.
     lockfiles[0].unlink()
     for _ in range(2):  # written, then read back
-        cached = transform.make_dataset(ingest_dir, "train", config, 256, False)
+        cached = transform.make_dataset(ingested, "train", config, 256, False)
         assert sum(len(labels) for _, labels in cached) == (
-            manifest["splits"]["train"]["num_examples"]
+            ingested.num_examples("train")
         )
 
 
@@ -316,7 +315,7 @@ def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_fact
     "split", ["train", "test"]
 )  # 4 files (by file), 1 file (by record)
 def test_input_pipelines_read_disjoint_shards(colours, split):
-    ingest_dir, manifest = colours
+    ingested = colours
 
     def examples(input_context=None):
         images = np.concatenate(
@@ -324,7 +323,7 @@ def test_input_pipelines_read_disjoint_shards(colours, split):
                 images
                 for images, _ in _batches(
                     transform.make_dataset(
-                        ingest_dir, split, _config(), 4, False, input_context
+                        ingested, split, _config(), 4, False, input_context
                     )
                 )
             ]
@@ -338,16 +337,16 @@ def test_input_pipelines_read_disjoint_shards(colours, split):
     assert (
         shards[0][1] + shards[1][1]
         == total
-        == manifest["splits"][split]["num_examples"]
+        == ingested.num_examples(split)
     )
     assert shards[0][0] | shards[1][0] == everything and not shards[0][0] & shards[1][0]
 
 
 def test_two_replicas_each_get_half_the_global_batch(colours):
-    ingest_dir, _ = colours
+    ingested = colours
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     dataset = transform.distribute_dataset(
-        strategy, ingest_dir, "train", _config(), 8, training=True
+        strategy, ingested, "train", _config(), 8, training=True
     )
     images, labels = next(iter(dataset))
     local_images = strategy.experimental_local_results(images)
@@ -357,19 +356,19 @@ def test_two_replicas_each_get_half_the_global_batch(colours):
     assert [part.device.endswith("CPU:0") for part in local_images] == [True, False]
     with pytest.raises(PipelineError, match="does not split evenly over 2 replicas"):
         transform.distribute_dataset(
-            strategy, ingest_dir, "train", _config(), 7, training=True
+            strategy, ingested, "train", _config(), 7, training=True
         )
 
 
 def test_make_dataset_errors(colours, tmp_path):
-    ingest_dir, _ = colours
+    ingested = colours
     with pytest.raises(PipelineError, match="has no split 'holdout'"):
-        transform.make_dataset(ingest_dir, "holdout", _config(), 8, False)
+        transform.make_dataset(ingested, "holdout", _config(), 8, False)
     with pytest.raises(PipelineError, match="too few for a batch of 64"):
-        transform.make_dataset(ingest_dir, "train", _config(), 64, True)
+        transform.make_dataset(ingested, "train", _config(), 64, True)
     with pytest.raises(PipelineError, match="holds no finished ingest"):
-        transform.make_dataset(str(tmp_path), "train", _config(), 8, False)
+        artifact.IngestedDataset.load(str(tmp_path))
     with pytest.raises(ValueError, match="resolved image_size and channels"):
         transform.make_dataset(
-            ingest_dir, "train", dataclasses.replace(_config(), channels=None), 8, False
+            ingested, "train", dataclasses.replace(_config(), channels=None), 8, False
         )

@@ -13,6 +13,7 @@ import keras_tuner
 import pytest
 import tensorflow as tf
 
+from pipeline import artifact
 from pipeline import ingest
 from pipeline import run
 from pipeline import train
@@ -60,19 +61,19 @@ def trial_states(tune_dir):
 def test_a_trials_cosine_schedule_decays_over_the_epochs_the_trial_trains(
     digits_dir, hyperband_epochs
 ):
-    manifest = ingest.load_manifest(digits_dir)
+    ingested = artifact.IngestedDataset.load(digits_dir)
     config = RunConfig(
         data=DataConfig(image_size=(67, 67), channels=1),
         train=TrainConfig(epochs=10, lr_schedule="cosine", batch_size=32),
         tune=TuneConfig(epochs=2),
     )
     strategy = tf.distribute.get_strategy()
-    hypermodel = tune.AlexNetHyperModel(config, SMALL_SPACE, strategy, digits_dir, manifest)
+    hypermodel = tune.AlexNetHyperModel(config, SMALL_SPACE, strategy, ingested)
     hp = keras_tuner.HyperParameters()
     if hyperband_epochs:
         hp.Fixed("tuner/epochs", hyperband_epochs)
     optimizer = hypermodel.build(hp).optimizer
-    steps = train.steps_per_epoch(TrainConfig(batch_size=16), manifest, 1)  # SMALL_SPACE's batch
+    steps = train.steps_per_epoch(TrainConfig(batch_size=16), ingested, 1)  # SMALL_SPACE's batch
     trial_epochs = hyperband_epochs or 2
     assert optimizer._learning_rate.decay_steps == trial_epochs * steps
 
