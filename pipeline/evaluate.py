@@ -27,6 +27,7 @@ from sklearn import metrics as sklearn_metrics
 from pipeline import export
 from pipeline import ingest
 from pipeline import plots
+from pipeline import preprocess_ops
 from pipeline import transform
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
@@ -78,7 +79,7 @@ def _predict_encoded(predict_fn, ingested, split, misclassified):
         needed = MISCLASSIFIED_SHOWN - len(misclassified.images)
         # Only the images shown are decoded, for display, at the dataset's channels.
         shown = {
-            i: transform.decode_image(encoded[i], ingested.channels).numpy()
+            i: preprocess_ops.decode_image(encoded[i], ingested.channels).numpy()
             for i in np.flatnonzero(labels != predictions)[:needed]
         }
         misclassified.add(

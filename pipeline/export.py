@@ -10,7 +10,7 @@ with two signatures:
 
 - `serving_default`: `image_bytes`, string [None], encoded JPEG/PNG/BMP/GIF images
   of any size, decoded, resized and normalised in the graph by the same
-  `pipeline.transform.preprocess_for_eval` that evaluation uses;
+  `pipeline.preprocess_ops.preprocess_for_eval` that evaluation uses;
 - `serving_pixels`: `pixels`, float32 [None, height, width, channels] in 0-255,
   for clients that decode images themselves.
 
@@ -33,7 +33,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline import temp_dirs
-from pipeline import transform
+from pipeline import preprocess_ops
 from pipeline.config import PipelineError
 from pipeline.config import first_line
 
@@ -122,9 +122,9 @@ def _serving_functions(model, class_names, image_size, channels, pixel_scale):
         }
 
     def decode_one(encoded):
-        image = transform.decode_image(encoded, channels)
+        image = preprocess_ops.decode_image(encoded, channels)
         return tf.ensure_shape(
-            transform.preprocess_for_eval(image, image_size, pixel_scale), image_spec.shape
+            preprocess_ops.preprocess_for_eval(image, image_size, pixel_scale), image_spec.shape
         )
 
     def serve_image_bytes(image_bytes):
@@ -134,7 +134,7 @@ def _serving_functions(model, class_names, image_size, channels, pixel_scale):
         return classify(images)
 
     def serve_pixels(pixels):
-        return classify(transform.preprocess_for_eval(pixels, image_size, pixel_scale))
+        return classify(preprocess_ops.preprocess_for_eval(pixels, image_size, pixel_scale))
 
     return serve_image_bytes, serve_pixels
 

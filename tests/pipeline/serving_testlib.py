@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression
 from alexnet_keras import AlexNet
 from pipeline import export
 from pipeline import ingest
+from pipeline import preprocess_ops
 from pipeline import transform
 from pipeline.config import DataConfig
 
@@ -135,7 +136,7 @@ def digit_image(ingested, index, size, channels):
     """Test image `index` of digits, resized to `size` with `channels`: real content
     at a size and colour layout the model was not given."""
     encoded, labels = encoded_split(ingested, "test")
-    image = tf.cast(transform.decode_image(encoded[index], channels), tf.float32)
+    image = tf.cast(preprocess_ops.decode_image(encoded[index], channels), tf.float32)
     image = tf.image.resize(image, size, method="nearest")
     return tf.cast(image, tf.uint8).numpy(), int(labels[index])
 
@@ -144,8 +145,8 @@ def keras_probabilities(model, encoded_images, channels=CHANNELS):
     """What the export must answer: decode, preprocess_for_eval, model, softmax."""
     images = tf.stack(
         [
-            transform.preprocess_for_eval(
-                transform.decode_image(image, channels), IMAGE_SIZE, DATA_CONFIG.pixel_scale
+            preprocess_ops.preprocess_for_eval(
+                preprocess_ops.decode_image(image, channels), IMAGE_SIZE, DATA_CONFIG.pixel_scale
             )
             for image in encoded_images
         ]

@@ -12,7 +12,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 import serving_testlib
 from alexnet_keras import AlexNet
 from pipeline import export
-from pipeline import transform
+from pipeline import preprocess_ops
 from pipeline.config import PipelineError
 
 CLASS_NAMES = ["cat", "dog", "fox"]
@@ -280,10 +280,10 @@ def test_the_export_scales_pixels_as_the_model_was_trained(tmp_path):
     served = tf.saved_model.load(version_dir).signatures["serving_pixels"]
     answered = served(pixels=tf.constant(pixels))["probabilities"].numpy()
     expected = tf.nn.softmax(
-        model(transform.preprocess_for_eval(pixels, (65, 65), scale), training=False)
+        model(preprocess_ops.preprocess_for_eval(pixels, (65, 65), scale), training=False)
     ).numpy()
     unscaled = tf.nn.softmax(
-        model(transform.preprocess_for_eval(pixels, (65, 65)), training=False)
+        model(preprocess_ops.preprocess_for_eval(pixels, (65, 65)), training=False)
     ).numpy()
     np.testing.assert_allclose(answered, expected, atol=1e-5)
     assert not np.allclose(answered, unscaled, atol=1e-3)

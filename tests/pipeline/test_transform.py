@@ -1,5 +1,5 @@
-"""Tests of pipeline.transform: decoding, evaluation preprocessing and the tf.data
-pipeline (batches, labels, augmentation, caching, sharding, two replicas)."""
+"""Tests of pipeline.transform: the tf.data pipeline (batches, labels,
+augmentation, caching, sharding, two replicas)."""
 
 import dataclasses
 import json
@@ -75,89 +75,6 @@ def _assert_colours_match_labels(images, labels):
         DOMINANT_CHANNEL[name] for name in np.array(sorted(DOMINANT_CHANNEL))[labels]
     ]
     np.testing.assert_array_equal(dominant, expected)
-
-
-@pytest.mark.parametrize("image_format", ["jpeg", "png", "bmp", "gif"])
-@pytest.mark.parametrize("channels", [1, 3])
-def test_decode_image_formats_and_channels(image_format, channels):
-    pixels = _coloured(np.random.default_rng(1), 0, 10, 14)
-    image = transform.decode_image(serving_testlib.encode(pixels, image_format), channels)
-    assert image.shape == (10, 14, channels) and image.dtype == tf.uint8
-    if image_format in ("png", "bmp") and channels == 3:
-        np.testing.assert_array_equal(image, pixels)
-
-
-@pytest.mark.parametrize("image_format", ["png", "bmp"])
-def test_decode_image_grey(image_format):
-    pixels = np.random.default_rng(2).integers(0, 256, (6, 5, 1), np.uint8)
-    np.testing.assert_array_equal(
-        transform.decode_image(serving_testlib.encode(pixels, image_format), 1), pixels
-    )
-    np.testing.assert_array_equal(
-        transform.decode_image(serving_testlib.encode(pixels, image_format), 3),
-        np.repeat(pixels, 3, axis=-1),
-    )
-
-
-def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
-    jpeg = serving_testlib.encode(_coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
-    for corrupt in (jpeg[: len(jpeg) // 2], b"plain text"):
-        with pytest.raises(tf.errors.InvalidArgumentError):
-            transform.decode_image(corrupt, 3)
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def serve(image_bytes):
-        images = tf.map_fn(
-            lambda one: transform.preprocess_for_eval(
-                transform.decode_image(one, 3), (8, 8)
-            ),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([8, 8, 3], tf.float32),
-        )
-        return images
-
-    assert serve(tf.constant([jpeg, jpeg])).shape == (2, 8, 8, 3)
-
-
-def test_preprocess_for_eval_range_shape_and_central_crop():
-    rng = np.random.default_rng(4)
-    image = rng.integers(0, 256, (30, 40, 3), np.uint8)
-    single = transform.preprocess_for_eval(image, (16, 12))
-    assert single.shape == (16, 12, 3) and single.dtype == tf.float32
-    assert -127.5 <= single.numpy().min() and single.numpy().max() <= 127.5
-
-    batch = transform.preprocess_for_eval(np.stack([image, image[::-1]]), (16, 12))
-    assert batch.shape == (2, 16, 12, 3)
-    np.testing.assert_allclose(batch[0], single, atol=1e-6)
-    np.testing.assert_allclose(
-        transform.preprocess_for_eval(image.astype(np.float32), (16, 12)),
-        single,
-        atol=1e-6,
-    )
-    assert np.all(
-        transform.preprocess_for_eval(np.zeros((9, 9, 1), np.uint8), (4, 4)) == -127.5
-    )
-    assert np.all(
-        transform.preprocess_for_eval(np.full((9, 9, 1), 255, np.uint8), (4, 4)) == 127.5
-    )
-
-    # The central crop leaves out a 2-pixel frame around a 64x64 image (it keeps
-    # the central 87.5% of each side, 56 pixels).
-    framed = np.zeros((64, 64, 1), np.uint8)
-    framed[2:-2, 2:-2] = 255
-    np.testing.assert_allclose(
-        transform.preprocess_for_eval(framed, (32, 32)), 127.5, atol=1e-4
-    )
-
-
-def test_preprocess_for_eval_in_a_graph_with_unknown_sizes():
-    function = tf.function(
-        lambda images: transform.preprocess_for_eval(images, (16, 16)),
-        input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
-    )
-    output = function.get_concrete_function().structured_outputs
-    assert output.shape.as_list() == [None, 16, 16, 3]
-    assert function(tf.zeros([2, 20, 30, 3], tf.uint8)).shape == (2, 16, 16, 3)
 
 
 def test_evaluation_batches_keep_every_example_with_its_label(colours):

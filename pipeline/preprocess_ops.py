@@ -1,0 +1,141 @@
+"""Image preprocessing ops, shared by training, evaluation and serving.
+
+Pure TensorFlow functions of tensors: they build no `tf.data` pipeline and
+read no files, so the serving signature uses the very ops the input pipeline
+(`pipeline.transform`) uses. Training follows the paper: a random crop with
+scale jitter, a horizontal flip and, optionally, the paper's PCA colour noise.
+Evaluation and serving use `preprocess_for_eval`: a resize and central crop.
+Both end in `normalize`, so training and serving see pixels the same way.
+"""
+
+import tensorflow as tf
+
+# The evaluation crop keeps the central 87.5% of each side (224 of 256, the
+# usual ImageNet ratio; the paper's 227 of 256 is close).
+EVAL_CROP_FRACTION = 0.875
+# Training crops cover 70-100% of the image's area, about 78% on average (crops
+# that do not fit are redrawn, which favours smaller ones): the paper's 227 crops
+# of 256 images take 79%, and the evaluation crop takes 77%.
+CROP_AREA_RANGE = (0.7, 1.0)
+CROP_ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+# The paper's PCA colour noise uses the eigen-decomposition of ImageNet's RGB
+# pixel covariance (for pixels in [0, 1]; the values of fb.resnet.torch):
+# columns are eigenvectors, and each image gets
+# eigenvectors @ (alpha * eigenvalues) added to every pixel, alpha ~ N(0, 0.1).
+IMAGENET_EIGENVALUES = (0.2175, 0.0188, 0.0045)
+IMAGENET_EIGENVECTORS = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+PCA_NOISE_STDDEV = 0.1
+
+
+def to_channels(image, channels):
+    """uint8 [height, width, any channels] to `channels` (1 or 3): grey becomes
+    RGB and colour grey (dropping any alpha), the same way on every path."""
+    is_colour = tf.shape(image)[-1] >= 3
+    if channels == 1:
+        image = tf.cond(
+            is_colour,
+            lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+            lambda: image[..., :1],
+        )
+    else:
+        image = tf.cond(
+            is_colour,
+            lambda: image[..., :3],
+            lambda: tf.tile(image[..., :1], [1, 1, 3]),
+        )
+    return tf.ensure_shape(image, [None, None, channels])
+
+
+def decode_image(image_bytes, channels):
+    """Decodes a JPEG, PNG, BMP or GIF (first frame) to uint8 [height, width, channels].
+
+    Grey images become RGB and colour ones grey (dropping any alpha) as
+    `channels` (1 or 3) asks. Corrupt bytes raise `tf.errors.InvalidArgumentError`.
+    """
+    # Decoded in the file's own channels and converted after: decode_image cannot
+    # make BMP or GIF grey, and one conversion keeps every path alike.
+    return to_channels(tf.io.decode_image(image_bytes, expand_animations=False), channels)
+
+
+PIXEL_CENTRE = 127.5
+
+
+def normalize(images, pixel_scale):
+    """0-255 pixels centred on zero and scaled: the step training and serving share.
+
+    The scale is the model's (`DataConfig.pixel_scale`): 1 keeps the paper's
+    0-255 range, 1 / 127.5 gives [-1, 1].
+    """
+    return (images - PIXEL_CENTRE) * pixel_scale
+
+
+def preprocess_for_eval(images, image_size, pixel_scale=1.0):
+    """Resizes, central-crops and normalises images for the model, deterministically.
+
+    Args:
+        images: uint8 or float pixels in 0-255, `[H, W, C]` or `[N, H, W, C]`.
+        image_size: `(height, width)` of the model's input.
+        pixel_scale: the factor applied after centring (see `normalize`).
+
+    Returns:
+        float32 `[..., height, width, C]` in 127.5 * pixel_scale * [-1, 1]: the
+        images scaled (aspect ratio kept, bilinear) until the crop of
+        `EVAL_CROP_FRACTION` of each side covers `image_size`, then that central
+        crop.
+    """
+    images = tf.cast(images, tf.float32)
+    height, width = image_size
+    shape = tf.cast(tf.shape(images), tf.float32)
+    scale = tf.maximum(height / shape[-3], width / shape[-2]) / EVAL_CROP_FRACTION
+    resized = tf.cast(tf.math.ceil(shape[-3:-1] * scale), tf.int32)
+    images = tf.image.resize(images, resized)
+    return normalize(tf.image.resize_with_crop_or_pad(images, height, width), pixel_scale)
+
+
+def crop_window(image_shape, seed):
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        image_shape,
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
+        area_range=CROP_AREA_RANGE,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return begin, size
+
+
+def random_crop(image, seed):
+    begin, size = crop_window(tf.shape(image), seed)
+    return tf.slice(image, begin, size)
+
+
+def decode_random_crop(image_bytes, channels, seed):
+    """A random crop of an encoded image; JPEGs decode only the crop (fused op)."""
+
+    def crop_jpeg():
+        begin, size = crop_window(tf.image.extract_jpeg_shape(image_bytes), seed)
+        window = tf.stack([begin[0], begin[1], size[0], size[1]])
+        # The file's own channels, then the conversion evaluation and serving use:
+        # libjpeg's own grey conversion differs from rgb_to_grayscale.
+        return to_channels(tf.image.decode_and_crop_jpeg(image_bytes, window), channels)
+
+    def crop_other():
+        return random_crop(decode_image(image_bytes, channels), seed)
+
+    image = tf.cond(tf.io.is_jpeg(image_bytes), crop_jpeg, crop_other)
+    return tf.ensure_shape(image, [None, None, channels])
+
+
+def pca_noise(image, seed):
+    """The paper's colour augmentation on a float 0-255 RGB image."""
+    alpha = tf.random.stateless_normal([3], seed, stddev=PCA_NOISE_STDDEV)
+    shift = tf.linalg.matvec(
+        tf.constant(IMAGENET_EIGENVECTORS), alpha * tf.constant(IMAGENET_EIGENVALUES)
+    )
+    return image + 255.0 * shift
