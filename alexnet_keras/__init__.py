@@ -2,6 +2,7 @@
 
 from alexnet_keras.alexnet import AlexNet
 from alexnet_keras.alexnet import minimum_input_size
+from alexnet_keras.image_spec import ImageSpec
 from alexnet_keras.local_response_normalization import LocalResponseNormalization
 
-__all__ = ["AlexNet", "LocalResponseNormalization", "minimum_input_size"]
+__all__ = ["AlexNet", "ImageSpec", "LocalResponseNormalization", "minimum_input_size"]

@@ -2,6 +2,7 @@
 
 import keras
 
+from alexnet_keras.image_spec import ImageSpec
 from alexnet_keras.local_response_normalization import LocalResponseNormalization
 
 VARIANTS = ("paper", "d2l")
@@ -49,13 +50,6 @@ def default_input_shape(variant):
     return _VARIANT_DEFAULTS[variant]["input_shape"]
 
 
-def pixel_scale(variant):
-    """What the variant's inputs are: `(pixels - 127.5) * pixel_scale(variant)`
-    for 0-255 pixels; 1.0 for "paper" (the paper's mean subtraction), 1/127.5
-    for "d2l" ([-1, 1])."""
-    return _VARIANT_DEFAULTS[variant]["pixel_scale"]
-
-
 def minimum_input_size(variant):
     """The smallest input side for which every layer of `variant` has an output."""
     padding = _VARIANT_DEFAULTS[variant]["conv1_padding"]
@@ -63,6 +57,50 @@ def minimum_input_size(variant):
     while _map_size(size, padding) < 1:
         size += 1
     return size
+
+
+def _check_arguments(variant, num_classes, dropout_rate, normalization):
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}")
+    if normalization not in (None, *NORMALIZATIONS):
+        raise ValueError(
+            f"`normalization` must be one of {NORMALIZATIONS}. "
+            f"Received: normalization={normalization!r}"
+        )
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(
+            f"`num_classes` must be a positive integer. Received: num_classes={num_classes!r}"
+        )
+    if not 0 <= dropout_rate < 1:
+        raise ValueError(
+            f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}"
+        )
+
+
+def _checked_input_shape(variant, input_shape):
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or not all(isinstance(dim, int) and dim > 0 for dim in input_shape):
+        raise ValueError(
+            "`input_shape` must be (height, width, channels) with positive "
+            f"integers. Received: input_shape={input_shape!r}"
+        )
+    smallest = minimum_input_size(variant)
+    if min(input_shape[:2]) < smallest:
+        raise ValueError(
+            f"The {variant!r} AlexNet needs inputs of at least "
+            f"{smallest}x{smallest} pixels. Received: input_shape={input_shape!r}"
+        )
+    return input_shape
+
+
+def _initializers(variant):
+    """(kernel initializer factory, bias initializer factory) of the variant."""
+    if variant == "paper":
+        return (
+            lambda: keras.initializers.RandomNormal(mean=0.0, stddev=0.01),
+            keras.initializers.Constant,
+        )
+    return keras.initializers.GlorotUniform, lambda value: keras.initializers.Zeros()
 
 
 @keras.saving.register_keras_serializable(package="alexnet_keras")
@@ -83,7 +121,10 @@ class AlexNet(keras.Model):
 
     Both take float inputs already normalised by the data pipeline, channels
     last, any number of channels and any height and width from the variant's
-    minimum up (67 for "paper", 65 for "d2l"), and return logits.
+    minimum up (67 for "paper", 65 for "d2l"), and return logits. The model
+    carries what its input is as `model.image_spec` (an `ImageSpec`: size,
+    channels, and `(pixels - pixel_offset) * pixel_scale` for 0-255 pixels),
+    saved in its config, so preprocessing reads it from the model.
 
     Args:
         variant: `"paper"` or `"d2l"`.
@@ -93,6 +134,11 @@ class AlexNet(keras.Model):
         normalization: `"lrn"` (after the ReLU of conv1 and conv2, as in the
             paper), `"batchnorm"` (between every convolution and its ReLU) or
             `"none"`; the variant's own by default.
+        pixel_offset: float subtracted from 0-255 pixels; 127.5 centres them,
+            as the paper subtracts the mean pixel.
+        pixel_scale: float the centred pixels are scaled by; the variant's own
+            by default: 1 for "paper" (its N(0, 0.01) initialisation is sized
+            for the 0-255 scale), 1/127.5 for "d2l" (Glorot expects [-1, 1]).
         **kwargs: standard `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -114,56 +160,17 @@ class AlexNet(keras.Model):
         input_shape=None,
         dropout_rate=0.5,
         normalization=None,
+        pixel_offset=127.5,
+        pixel_scale=None,
         **kwargs,
     ):
-        if variant not in VARIANTS:
-            raise ValueError(
-                f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}"
-            )
+        _check_arguments(variant, num_classes, dropout_rate, normalization)
         defaults = _VARIANT_DEFAULTS[variant]
-        if normalization is None:
-            normalization = defaults["normalization"]
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"`normalization` must be one of {NORMALIZATIONS}. "
-                f"Received: normalization={normalization!r}"
-            )
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                "`num_classes` must be a positive integer. "
-                f"Received: num_classes={num_classes!r}"
-            )
-        if not 0 <= dropout_rate < 1:
-            raise ValueError(
-                f"`dropout_rate` must be in [0, 1). Received: dropout_rate={dropout_rate!r}"
-            )
-        input_shape = tuple(input_shape or defaults["input_shape"])
-        if len(input_shape) != 3 or not all(
-            isinstance(dim, int) and dim > 0 for dim in input_shape
-        ):
-            raise ValueError(
-                "`input_shape` must be (height, width, channels) with positive "
-                f"integers. Received: input_shape={input_shape!r}"
-            )
-        smallest = minimum_input_size(variant)
-        if min(input_shape[:2]) < smallest:
-            raise ValueError(
-                f"The {variant!r} AlexNet needs inputs of at least "
-                f"{smallest}x{smallest} pixels. Received: input_shape={input_shape!r}"
-            )
-
-        if variant == "paper":
-            def kernel_init():
-                return keras.initializers.RandomNormal(mean=0.0, stddev=0.01)
-
-            def bias_init(value):
-                return keras.initializers.Constant(value)
-        else:
-            def kernel_init():
-                return keras.initializers.GlorotUniform()
-
-            def bias_init(value):
-                return keras.initializers.Zeros()
+        normalization = normalization or defaults["normalization"]
+        input_shape = _checked_input_shape(variant, input_shape or defaults["input_shape"])
+        if pixel_scale is None:
+            pixel_scale = defaults["pixel_scale"]
+        kernel_init, bias_init = _initializers(variant)
 
         inputs = keras.Input(shape=input_shape, name="image")
         x = inputs
@@ -216,6 +223,13 @@ class AlexNet(keras.Model):
         self.image_shape = input_shape
         self.dropout_rate = dropout_rate
         self.normalization = normalization
+        self.pixel_offset = float(pixel_offset)
+        self.pixel_scale = float(pixel_scale)
+
+    @property
+    def image_spec(self):
+        """The `ImageSpec` of this model's input."""
+        return ImageSpec(*self.image_shape, self.pixel_offset, self.pixel_scale)
 
     def get_config(self):
         return {
@@ -226,6 +240,8 @@ class AlexNet(keras.Model):
             "input_shape": list(self.image_shape),
             "dropout_rate": self.dropout_rate,
             "normalization": self.normalization,
+            "pixel_offset": self.pixel_offset,
+            "pixel_scale": self.pixel_scale,
         }
 
     @classmethod

@@ -114,17 +114,16 @@ def main(argv=None):
         write_jpegs(os.path.join(directory, "images"), args.images)
         ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
                                  os.path.join(directory, "ingested"))
-        data_config = DataConfig(image_size=IMAGE_SIZE, channels=3)
+        model = AlexNet(
+            variant="paper", num_classes=NUM_CLASSES, input_shape=(*IMAGE_SIZE, 3)
+        )
         dataset = transform.make_dataset(
-            ingested, "train", data_config, args.batch_size, True
+            ingested, "train", model.image_spec, args.batch_size, True
         )
 
         logger.info("timing the pipeline alone")
         pipeline = pipeline_speed(dataset, args.pipeline_batches)
 
-        model = AlexNet(
-            variant="paper", num_classes=NUM_CLASSES, input_shape=(*IMAGE_SIZE, 3)
-        )
         optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         # One step for both feeds: their batches have the same spec.
         step = train.make_train_step(

@@ -33,13 +33,13 @@ import time
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
-from alexnet_keras import alexnet
 from benchmarks.input_pipeline import write_jpegs
 from benchmarks.train import NUM_CLASSES
 from benchmarks.train import VARIANTS
 from benchmarks.train import training_gflop_per_image
 from pipeline import distribute
 from pipeline import ingest
+from pipeline import model_factory
 from pipeline import train
 from pipeline import transform
 from pipeline.config import DataConfig
@@ -151,8 +151,8 @@ def main(argv=None):
         parser.error("every count must be at least 1")
 
     height, width, channels = VARIANTS[args.variant]
-    data_config = DataConfig(image_size=(height, width), channels=channels, seed=0,
-                             pixel_scale=alexnet.pixel_scale(args.variant))
+    model_config = ModelConfig(variant=args.variant, image_size=(height, width),
+                               channels=channels)
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd",
                                learning_rate=0.01)
     with tempfile.TemporaryDirectory() as directory:
@@ -161,11 +161,11 @@ def main(argv=None):
                                  os.path.join(directory, "ingested"))
         strategy = distribute.make_strategy("mirrored")
         with strategy.scope():
-            model = train.build_model(ModelConfig(variant=args.variant), data_config,
-                                      NUM_CLASSES)
-            optimizer = train.make_optimizer(train_config, 1, model.trainable_variables)
+            model = model_factory.build_model(model_config, NUM_CLASSES)
+            optimizer = model_factory.make_optimizer(train_config, 1, model.trainable_variables)
         iterator = iter(transform.distribute_dataset(
-            strategy, ingested, "train", data_config, args.batch_size, training=True,
+            strategy, ingested, "train", model.image_spec, args.batch_size, training=True,
+            seed=0,
             repeat=True,
         ))
         step = train.make_train_step(model, optimizer, strategy, args.batch_size)

@@ -40,6 +40,7 @@ from benchmarks.input_pipeline import write_jpegs
 from pipeline import distribute
 from pipeline import export
 from pipeline import ingest
+from pipeline import model_factory
 from pipeline import train
 from pipeline.config import DataConfig
 from pipeline.config import ModelConfig
@@ -84,20 +85,19 @@ def training_gflop_per_image(model):
 def pipeline_training_speed(variant, ingested, args, jit_compile, strategy):
     """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
     height, width, channels = VARIANTS[variant]
-    data_config = DataConfig(image_size=(height, width), channels=channels, seed=0,
-                             pixel_scale=alexnet.pixel_scale(variant))
+    model_config = ModelConfig(variant=variant, image_size=(height, width), channels=channels)
     train_config = TrainConfig(
         # train.fit's images/s leaves out the epoch's first step (it traces), as
         # in history.csv: the rest are the timed steps.
         epochs=1, steps_per_epoch=1 + args.steps,
         batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
-        jit_compile=jit_compile,
+        jit_compile=jit_compile, seed=0,
     )
     with strategy.scope():
-        model = train.build_model(ModelConfig(variant=variant), data_config, NUM_CLASSES)
-        optimizer = train.make_optimizer(train_config, train_config.steps_per_epoch,
-                                         model.trainable_variables)
-    logs = train.fit(model, optimizer, strategy, train_config, data_config, ingested)
+        model = model_factory.build_model(model_config, NUM_CLASSES)
+        optimizer = model_factory.make_optimizer(train_config, train_config.steps_per_epoch,
+                                                 model.trainable_variables)
+    logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
     return logs[-1]["images_per_second"], training_gflop_per_image(model)
 
 
@@ -164,8 +164,7 @@ def serving_latency(ingested, export_dir, batch_sizes, repeats):
     """Median milliseconds of `serving_default` on JPEG bytes, per batch size."""
     model = AlexNet(variant="paper", num_classes=NUM_CLASSES, input_shape=VARIANTS["paper"])
     version = export.export_saved_model(
-        model, [str(index) for index in range(NUM_CLASSES)], VARIANTS["paper"][:2], 3,
-        export_dir,
+        model, [str(index) for index in range(NUM_CLASSES)], export_dir,
     )
     serve = tf.saved_model.load(version).signatures["serving_default"]
     encoded, _ = next(ingested.encoded_batches("train", max(batch_sizes)))

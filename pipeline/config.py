@@ -49,25 +49,33 @@ def first_line(error):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from and how they reach the model.
-
-    `image_size` is (height, width) and `channels` the model's input channels;
-    `None` in either means "resolve from the dataset and variant" (see
-    `pipeline.run`), and stages only ever see resolved values.
-    """
+    """Where the images come from, and what the input pipeline adds to them."""
 
     dataset: str = "digits"
     data_dir: str | None = None
     ingest_dir: str | None = None
-    image_size: tuple[int, int] | None = None
-    channels: int | None = None
     strict: bool = False
     label_offset: int = 0
     class_names: str | None = None
     cache: str | None = None
     pca_noise: bool = False
-    seed: int | None = None
-    pixel_scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Arguments of `alexnet_keras.AlexNet`.
+
+    `image_size` is (height, width) and `channels` the input channels; `None`
+    in either means "the dataset's and variant's own", which
+    `pipeline.model_factory` resolves when it builds the model. The pixel scale
+    is the variant's and travels with the model (`AlexNet.image_spec`).
+    """
+
+    variant: str = "paper"
+    dropout_rate: float = 0.5
+    normalization: str | None = None
+    image_size: tuple[int, int] | None = None
+    channels: int | None = None
 
     def __post_init__(self):
         if self.image_size is not None and (
@@ -78,17 +86,6 @@ class DataConfig:
             )
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"--channels must be 1 or 3. Received: {self.channels}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Arguments of `alexnet_keras.AlexNet` that are not taken from the data."""
-
-    variant: str = "paper"
-    dropout_rate: float = 0.5
-    normalization: str | None = None
-
-    def __post_init__(self):
         if self.variant not in alexnet.VARIANTS:
             raise ConfigError(
                 f"--variant must be one of {', '.join(alexnet.VARIANTS)}. "

@@ -53,13 +53,13 @@ class _Misclassified:
             self.predicted.append(int(predictions[index]))
 
 
-def _predict_keras(model, ingested, data_config, split, misclassified):
+def _predict_keras(model, ingested, split, misclassified):
     @tf.function(reduce_retracing=True)
     def probabilities_of(images):
         return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
 
     dataset = transform.make_dataset(
-        ingested, split, data_config, BATCH_SIZE, training=False
+        ingested, split, model.image_spec, BATCH_SIZE, training=False
     )
     all_probabilities, all_labels = [], []
     for images, labels in dataset:
@@ -138,18 +138,16 @@ def _table(split, metrics):
     return "\n".join(lines)
 
 
-def evaluate(model, ingested, data_config, run_dir, split="test"):
+def evaluate(model, ingested, run_dir, split="test"):
     """Metrics of `model` on an ingested split, with pictures written to `run_dir`.
 
     Args:
-        model: a Keras model giving logits for images from
-            `pipeline.transform.make_dataset` (eval preprocessing), or a
+        model: an AlexNet (its images are preprocessed for its own
+            `image_spec`, as for evaluation), or a
             `predict_fn` taking a string tensor [batch] of encoded images and
             returning class probabilities [batch, classes] (an export's
             `serving_default`).
         ingested: the `IngestedDataset` to evaluate on.
-        data_config: a `DataConfig` with `image_size` and `channels` resolved
-            (used for a Keras model).
         run_dir: where `confusion_matrix.png`, `misclassified.png` and, for a
             Keras model, `conv1_kernels.png` go.
         split: "train", "validation" or "test"; it prefixes the accuracy keys.
@@ -168,7 +166,7 @@ def evaluate(model, ingested, data_config, run_dir, split="test"):
     is_keras = isinstance(model, keras.Model)
     if is_keras:
         probabilities, labels = _predict_keras(
-            model, ingested, data_config, split, misclassified
+            model, ingested, split, misclassified
         )
     else:
         probabilities, labels = _predict_encoded(
@@ -326,7 +324,7 @@ def main(argv=None):
             "Evaluating %s on the %s split of %s", version_dir, args.split, args.dataset
         )
         metrics = evaluate(
-            predict_fn, ingested, data_config, args.output_dir, args.split
+            predict_fn, ingested, args.output_dir, args.split
         )
     except PipelineError as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

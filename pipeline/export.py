@@ -102,10 +102,11 @@ def load_serving_signature(version_dir):
     return loaded, loaded.signatures[BYTES_SIGNATURE]
 
 
-def _serving_functions(model, class_names, image_size, channels, pixel_scale):
+def _serving_functions(model, class_names):
     names = tf.constant(list(class_names))
     top_k = min(TOP_K, len(class_names))
-    image_spec = tf.TensorSpec((*image_size, channels), tf.float32)
+    image_spec = model.image_spec
+    input_spec = tf.TensorSpec(image_spec.shape, tf.float32)
 
     def classify(images):
         # float32 whatever the model's compute dtype, so clients always get the same.
@@ -122,19 +123,19 @@ def _serving_functions(model, class_names, image_size, channels, pixel_scale):
         }
 
     def decode_one(encoded):
-        image = preprocess_ops.decode_image(encoded, channels)
+        image = preprocess_ops.decode_image(encoded, image_spec.channels)
         return tf.ensure_shape(
-            preprocess_ops.preprocess_for_eval(image, image_size, pixel_scale), image_spec.shape
+            preprocess_ops.preprocess_for_eval(image, image_spec), input_spec.shape
         )
 
     def serve_image_bytes(image_bytes):
         # Images differ in size, so each is decoded and resized on its own
         # before they form one batch.
-        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=image_spec)
+        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=input_spec)
         return classify(images)
 
     def serve_pixels(pixels):
-        return classify(preprocess_ops.preprocess_for_eval(pixels, image_size, pixel_scale))
+        return classify(preprocess_ops.preprocess_for_eval(pixels, image_spec))
 
     return serve_image_bytes, serve_pixels
 
@@ -148,13 +149,13 @@ def _encode(image):
     return tf.io.encode_png(image.astype(np.uint8)).numpy()
 
 
-def _generated_images(image_size, channels):
+def _generated_images(image_spec):
     # A smooth gradient, deliberately not at the model's size, so the warm-up
     # exercises resizing and both the PNG and the JPEG decoder.
-    height, width = image_size[0] + 13, image_size[1] + 7
+    height, width = image_spec.height + 13, image_spec.width + 7
     rows = np.linspace(0, 255, height)[:, np.newaxis, np.newaxis]
     cols = np.linspace(255, 0, width)[np.newaxis, :, np.newaxis]
-    image = ((rows + cols) / 2 * np.ones((1, 1, channels))).astype(np.uint8)
+    image = ((rows + cols) / 2 * np.ones((1, 1, image_spec.channels))).astype(np.uint8)
     return [tf.io.encode_png(image).numpy(), tf.io.encode_jpeg(image).numpy()]
 
 
@@ -179,25 +180,20 @@ def _write_warmup(version_dir, model_name, encoded_images):
 
 
 def export_saved_model(
-    model, class_names, image_size, channels, export_dir, warmup_images=None,
-    pixel_scale=1.0,
+    model, class_names, export_dir, warmup_images=None,
 ):
     """Write `model` as the next version under `export_dir` and return its path.
 
     Args:
-        model: a built Keras model returning logits for float32 images of
-            `(*image_size, channels)` normalised by `preprocess_for_eval`.
+        model: an AlexNet (or any Keras model with an `image_spec`) returning
+            logits; the serving graph preprocesses images for its `image_spec`.
         class_names: one name per logit, in logit order.
-        image_size: `(height, width)` the model takes.
-        channels: 1 or 3, the channels images are decoded to.
         export_dir: TF Serving's base path for this model, e.g.
             `saved_models/alexnet`; its last component names the model in the
             warm-up requests.
         warmup_images: optional encoded images (bytes) or uint8 arrays
             `[height, width, channels]` to replay at load time, e.g. a few test
             images; a generated image is used when not given.
-        pixel_scale: the model's `DataConfig.pixel_scale`, applied after
-            centring as in training (1 for the paper variant, 1/127.5 for d2l).
     """
     num_logits = model.outputs[0].shape[-1] if model.outputs else None
     if num_logits is not None and num_logits != len(class_names):
@@ -221,10 +217,10 @@ def export_saved_model(
     if warmup_images:
         encoded = [_encode(image) for image in list(warmup_images)[:_MAX_WARMUP_IMAGES]]
     else:
-        encoded = _generated_images(image_size, channels)
+        encoded = _generated_images(model.image_spec)
 
     serve_image_bytes, serve_pixels = _serving_functions(
-        model, class_names, tuple(image_size), channels, pixel_scale
+        model, class_names
     )
     try:
         archive = keras.export.ExportArchive()
@@ -241,7 +237,7 @@ def export_saved_model(
             serve_pixels,
             input_signature=[
                 tf.TensorSpec(
-                    [None, *image_size, channels], tf.float32, name=PIXELS_INPUT
+                    [None, *model.image_spec.shape], tf.float32, name=PIXELS_INPUT
                 )
             ],
         )

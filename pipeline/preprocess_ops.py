@@ -5,7 +5,8 @@ read no files, so the serving signature uses the very ops the input pipeline
 (`pipeline.transform`) uses. Training follows the paper: a random crop with
 scale jitter, a horizontal flip and, optionally, the paper's PCA colour noise.
 Evaluation and serving use `preprocess_for_eval`: a resize and central crop.
-Both end in `normalize`, so training and serving see pixels the same way.
+Both end in the model's own `ImageSpec.normalize`, so training and serving
+see pixels the same way.
 """
 
 import tensorflow as tf
@@ -61,39 +62,26 @@ def decode_image(image_bytes, channels):
     return to_channels(tf.io.decode_image(image_bytes, expand_animations=False), channels)
 
 
-PIXEL_CENTRE = 127.5
-
-
-def normalize(images, pixel_scale):
-    """0-255 pixels centred on zero and scaled: the step training and serving share.
-
-    The scale is the model's (`DataConfig.pixel_scale`): 1 keeps the paper's
-    0-255 range, 1 / 127.5 gives [-1, 1].
-    """
-    return (images - PIXEL_CENTRE) * pixel_scale
-
-
-def preprocess_for_eval(images, image_size, pixel_scale=1.0):
+def preprocess_for_eval(images, image_spec):
     """Resizes, central-crops and normalises images for the model, deterministically.
 
     Args:
         images: uint8 or float pixels in 0-255, `[H, W, C]` or `[N, H, W, C]`.
-        image_size: `(height, width)` of the model's input.
-        pixel_scale: the factor applied after centring (see `normalize`).
+        image_spec: the model's `alexnet_keras.ImageSpec`.
 
     Returns:
-        float32 `[..., height, width, C]` in 127.5 * pixel_scale * [-1, 1]: the
+        float32 `[..., height, width, C]`, normalised as `image_spec` says: the
         images scaled (aspect ratio kept, bilinear) until the crop of
-        `EVAL_CROP_FRACTION` of each side covers `image_size`, then that central
-        crop.
+        `EVAL_CROP_FRACTION` of each side covers the model's input, then that
+        central crop.
     """
     images = tf.cast(images, tf.float32)
-    height, width = image_size
+    height, width = image_spec.image_size
     shape = tf.cast(tf.shape(images), tf.float32)
     scale = tf.maximum(height / shape[-3], width / shape[-2]) / EVAL_CROP_FRACTION
     resized = tf.cast(tf.math.ceil(shape[-3:-1] * scale), tf.int32)
     images = tf.image.resize(images, resized)
-    return normalize(tf.image.resize_with_crop_or_pad(images, height, width), pixel_scale)
+    return image_spec.normalize(tf.image.resize_with_crop_or_pad(images, height, width))
 
 
 def crop_window(image_shape, seed):

@@ -21,16 +21,12 @@ from pipeline import distribute
 from pipeline import evaluate
 from pipeline import export
 from pipeline import ingest
+from pipeline import model_factory
 from pipeline import train
 from pipeline import tune
 from pipeline.config import PipelineError
 
 log = logging.getLogger("pipeline.run")
-
-# The embedded digits are 8x8 pixels: upsampling them to 227 makes every step
-# ~12x dearer for no gain in accuracy, so their default is the smallest input the
-# paper's architecture takes. Other datasets default to the variant's own size.
-_DATASET_IMAGE_SIZES = {"digits": (67, 67)}
 
 
 def _image_size(text):
@@ -132,13 +128,12 @@ def config_from_args(args):
     output_dir = args.output_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     return config_lib.RunConfig(
         data=config_lib.DataConfig(
-            **ingest.source_settings(args), image_size=args.image_size,
-            channels=args.channels, cache=args.cache, pca_noise=args.pca_noise,
-            seed=args.seed,
+            **ingest.source_settings(args), cache=args.cache, pca_noise=args.pca_noise,
         ),
         model=config_lib.ModelConfig(
             variant=args.variant, dropout_rate=args.dropout_rate,
-            normalization=args.normalization,
+            normalization=args.normalization, image_size=args.image_size,
+            channels=args.channels,
         ),
         train=config_lib.TrainConfig(
             strategy=args.strategy, cpu_replicas=args.cpu_replicas, epochs=args.epochs,
@@ -157,24 +152,6 @@ def config_from_args(args):
             tuner=args.tune, max_trials=args.max_trials, epochs=args.tune_epochs,
             tune_dir=args.tune_dir, space_file=args.tune_space, hparams_file=args.hparams,
         ),
-    )
-
-
-def resolve_data_config(data_config, variant, ingested):
-    """Fills in the image size and channels left to the dataset and variant."""
-    image_size = data_config.image_size or _DATASET_IMAGE_SIZES.get(
-        data_config.dataset, alexnet.default_input_shape(variant)[:2]
-    )
-    channels = data_config.channels or ingested.channels
-    smallest = alexnet.minimum_input_size(variant)
-    if min(image_size) < smallest:
-        raise config_lib.ConfigError(
-            f"--image-size {image_size[0]},{image_size[1]} is smaller than the "
-            f"{smallest}x{smallest} pixels the {variant!r} AlexNet needs; use at least {smallest}"
-        )
-    return dataclasses.replace(
-        data_config, image_size=tuple(image_size), channels=channels,
-        pixel_scale=alexnet.pixel_scale(variant),
     )
 
 
@@ -201,8 +178,7 @@ def run(config):
     # ExampleGen: the source as sharded TFRecords with a manifest.
     ingest_dir = config.data.ingest_dir or ingest.default_ingest_dir(config.data.dataset)
     ingested = ingest.ingest(config.data, ingest_dir)
-    data_config = resolve_data_config(config.data, config.model.variant, ingested)
-    config = dataclasses.replace(config, data=data_config)
+    config = dataclasses.replace(config, model=model_factory.resolve(config.model, ingested))
 
     # Tuner: the best hyperparameters of a search, or of an earlier one; the
     # defaults stand when neither is asked for.
@@ -219,14 +195,14 @@ def run(config):
 
     # Trainer: the custom distributed loop, resumable from the run directory.
     result = train.train(
-        strategy, config.model, config.train, data_config, ingested, run_dir
+        strategy, config.model, config.train, config.data, ingested, run_dir
     )
 
     # Evaluator: test-split metrics and pictures, then the comparison with the
     # newest served version (blessing).
     # Every worker evaluates (the same weights, so the same metrics); only the
     # chief, which exports, compares with the served version.
-    metrics = evaluate.evaluate(result.model, ingested, data_config, run_dir)
+    metrics = evaluate.evaluate(result.model, ingested, run_dir)
     if chief:
         blessing = evaluate.bless(
             metrics["test_accuracy"], config.export.export_dir, ingested,
@@ -243,9 +219,8 @@ def run(config):
         # TF Serving replays a few real test images before it serves the version.
         warmup_images, _ = next(ingested.encoded_batches("test", batch_size=3))
         metrics["export_path"] = export.export_saved_model(
-            result.model, ingested.class_names, data_config.image_size,
-            data_config.channels, config.export.export_dir, warmup_images=list(warmup_images),
-            pixel_scale=data_config.pixel_scale,
+            result.model, ingested.class_names, config.export.export_dir,
+            warmup_images=list(warmup_images),
         )
     if chief and "keras" in config.export.export_formats:
         metrics["keras_path"] = export.export_keras(

@@ -20,50 +20,14 @@ import time
 import keras
 import tensorflow as tf
 
-from alexnet_keras import AlexNet
 from pipeline import distribute
 from pipeline import history
+from pipeline import model_factory
 from pipeline import plots
 from pipeline import transform
 from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def build_model(model_config, data_config, num_classes):
-    """The model the tuner, the trainer and the tests all train."""
-    height, width = data_config.image_size
-    return AlexNet(
-        variant=model_config.variant,
-        num_classes=num_classes,
-        input_shape=(height, width, data_config.channels),
-        dropout_rate=model_config.dropout_rate,
-        normalization=model_config.normalization,
-    )
-
-
-def make_optimizer(train_config, steps_per_epoch, variables):
-    """SGD with the paper's momentum 0.9, or Adam, with the chosen schedule,
-    built for `variables`.
-
-    Call it in the strategy's scope: under MirroredStrategy the optimizer's
-    slots must be created there, not later inside a replica's step.
-    """
-    learning_rate = train_config.learning_rate
-    if train_config.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=train_config.epochs * steps_per_epoch
-        )
-    if train_config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate)
-    if train_config.mixed_precision and keras.mixed_precision.global_policy().name == (
-        "mixed_float16"
-    ):
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    optimizer.build(variables)
-    return optimizer
 
 
 def _current_learning_rate(optimizer):
@@ -198,24 +162,6 @@ class _Plateau:
 _SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
 
 
-def steps_per_epoch(train_config, ingested, replicas):
-    """Full global batches per epoch, capped by `--steps-per-epoch`."""
-    global_batch_size = train_config.batch_size
-    if global_batch_size % replicas:
-        raise ConfigError(
-            f"--batch-size {global_batch_size} does not divide evenly over {replicas} "
-            f"replicas; use a multiple of {replicas}"
-        )
-    num_train = ingested.num_examples("train")
-    steps = num_train // global_batch_size
-    if steps < 1:
-        raise ConfigError(
-            f"--batch-size {global_batch_size} is larger than the {num_train} training "
-            "examples; use a smaller batch"
-        )
-    return min(steps, train_config.steps_per_epoch or steps)
-
-
 def fit(model, optimizer, strategy, train_config, data_config, ingested,
         initial_epoch=0, callbacks=()):
     """Trains `model` from `initial_epoch` to `train_config.epochs`; the epoch loop.
@@ -227,14 +173,15 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     the logs of the epochs it ran.
     """
     global_batch_size = train_config.batch_size
-    steps = steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
+    steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
 
     train_iterator = iter(transform.distribute_dataset(
-        strategy, ingested, "train", data_config, global_batch_size, training=True,
+        strategy, ingested, "train", model.image_spec, global_batch_size, training=True,
+        data_config=data_config, seed=train_config.seed,
         repeat=True,
     ))
     validation = transform.make_dataset(
-        ingested, "validation", data_config, global_batch_size, training=False
+        ingested, "validation", model.image_spec, global_batch_size, training=False
     )
     train_step = make_train_step(
         model, optimizer, strategy, global_batch_size, train_config.weight_decay,
@@ -372,10 +319,10 @@ def train(strategy, model_config, train_config, data_config, ingested, run_dir):
     Returns the trained model, the whole history and the epoch it started from.
     """
     set_global_options(train_config)
-    steps = steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
+    steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
     with strategy.scope():
-        model = build_model(model_config, data_config, ingested.num_classes)
-        optimizer = make_optimizer(train_config, steps, model.trainable_variables)
+        model = model_factory.build_model(model_config, ingested.num_classes)
+        optimizer = model_factory.make_optimizer(train_config, steps, model.trainable_variables)
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         plateau = _Plateau()
     checkpoint = tf.train.Checkpoint(

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from pipeline import artifact
 from pipeline import preprocess_ops
+from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -42,12 +43,12 @@ def _records(files, training, seed, input_context):
     )
 
 
-def _cache_path(data_config, split, ingested, input_context):
+def _cache_path(data_config, split, channels, ingested, input_context):
     """One cache file per split, channel count, ingest content and pipeline: a
     cache made for other data must never be read back."""
     pipeline = input_context.input_pipeline_id if input_context else 0
     return (
-        f"{data_config.cache}-{split}-{data_config.channels}ch-"
+        f"{data_config.cache}-{split}-{channels}ch-"
         f"{ingested.fingerprint[:12]}-{pipeline}"
     )
 
@@ -66,29 +67,27 @@ def _check_cache_unlocked(path, flag_value):
 
 
 def make_dataset(
-    ingested, split, data_config, batch_size, training, input_context=None
+    ingested, split, image_spec, batch_size, training, *, data_config=DataConfig(),
+    seed=None, input_context=None,
 ):
     """Batches of (images float32 [batch, height, width, channels], labels int32).
 
     Args:
         ingested: the `IngestedDataset` to read.
         split: "train", "validation" or "test".
-        data_config: a `DataConfig` whose `image_size` and `channels` are resolved.
+        image_spec: the model's `alexnet_keras.ImageSpec`: the size, channels
+            and pixel scale the batches are made for.
         batch_size: the per-replica batch.
         training: shuffle, augment and drop the last partial batch (static
             shapes); otherwise `preprocess_for_eval` and every example kept.
+        data_config: its `cache` and `pca_noise` apply.
+        seed: makes the order and the augmentation reproducible.
         input_context: a `tf.distribute.InputContext`; this pipeline then reads
             its own shard of the data.
 
     One pass over the split; the caller repeats it per epoch. The order is
-    deterministic only when `data_config.seed` is set.
+    deterministic only when `seed` is set.
     """
-    if data_config.image_size is None or data_config.channels is None:
-        raise ValueError(
-            "make_dataset needs a resolved image_size and channels. "
-            f"Received: image_size={data_config.image_size}, "
-            f"channels={data_config.channels}"
-        )
     if split not in ingested.splits:
         raise PipelineError(
             f"{ingested.directory} has no split {split!r}; "
@@ -101,11 +100,10 @@ def make_dataset(
             f"the {split} split of {ingested.directory} has {num_examples} examples, too few "
             f"for a batch of {batch_size} per replica; lower --batch-size or add data"
         )
-    if data_config.pca_noise and data_config.channels != 3:
+    channels = image_spec.channels
+    image_size = image_spec.image_size
+    if data_config.pca_noise and channels != 3:
         raise PipelineError("--pca-noise needs colour input: use --channels 3")
-    channels = data_config.channels
-    image_size = data_config.image_size
-    seed = data_config.seed
     files = ingested.files(split)
 
     dataset = _records(files, training, seed, input_context).map(
@@ -120,7 +118,7 @@ def make_dataset(
         )
         path = ""
         if data_config.cache != "memory":
-            path = _cache_path(data_config, split, ingested, input_context)
+            path = _cache_path(data_config, split, channels, ingested, input_context)
             _check_cache_unlocked(path, data_config.cache)
         dataset = dataset.cache(path)
     if training:
@@ -142,7 +140,7 @@ def make_dataset(
                 image = tf.image.stateless_random_flip_left_right(image, flip_seed)
             if data_config.pca_noise:
                 image = preprocess_ops.pca_noise(image, noise_seed)
-            return preprocess_ops.normalize(image, data_config.pixel_scale), label
+            return image_spec.normalize(image), label
 
         dataset = dataset.shuffle(min(num_examples, SHUFFLE_BUFFER), seed=seed)
         # Stateless augmentation with per-example seeds from a seeded stream: the
@@ -161,10 +159,7 @@ def make_dataset(
         def evaluate(image, label):
             if not data_config.cache:
                 image = preprocess_ops.decode_image(image, channels)
-            image = preprocess_ops.preprocess_for_eval(
-                image, image_size, data_config.pixel_scale
-            )
-            return image, label
+            return preprocess_ops.preprocess_for_eval(image, image_spec), label
 
         dataset = dataset.map(evaluate, num_parallel_calls=AUTOTUNE)
     dataset = dataset.batch(
@@ -178,7 +173,8 @@ def make_dataset(
 
 
 def distribute_dataset(
-    strategy, ingested, split, data_config, global_batch_size, training, repeat=False
+    strategy, ingested, split, image_spec, global_batch_size, training, *,
+    data_config=DataConfig(), seed=None, repeat=False,
 ):
     """`make_dataset` for every input pipeline of `strategy`, each replica getting
     `global_batch_size / num_replicas` examples per step, prefetched to its device.
@@ -196,7 +192,8 @@ def distribute_dataset(
     def dataset_fn(input_context):
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
         batches = make_dataset(
-            ingested, split, data_config, batch_size, training, input_context
+            ingested, split, image_spec, batch_size, training, data_config=data_config,
+            seed=seed, input_context=input_context,
         )
         return batches.repeat() if repeat else batches
 

@@ -7,7 +7,7 @@ weight decay, writes `best_hparams.json`, `tuning_trials.png` and a table of
 trials to the run directory, and `pipeline.run` then trains the final model
 with the winner. `--hparams best_hparams.json` reuses a winner without a search.
 
-Trials train with the same model builder (`train.build_model`) and the same
+Trials train with the same model builder (`model_factory.build_model`) and the same
 epoch loop (`train.fit`) as the final model. Across machines, keras-tuner's own
 chief/worker mode runs the search: the same command everywhere, with
 `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...), `KERASTUNER_ORACLE_IP`,
@@ -22,6 +22,7 @@ import os
 import keras_tuner
 import tensorflow as tf
 
+from pipeline import model_factory
 from pipeline import plots
 from pipeline import train
 from pipeline.config import ConfigError
@@ -133,15 +134,15 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp):
         config = self._trial_config(hp)
-        steps = train.steps_per_epoch(
+        steps = model_factory.steps_per_epoch(
             config.train, self.ingested, self.strategy.num_replicas_in_sync
         )
-        model = train.build_model(
-            config.model, config.data, self.ingested.num_classes
+        model = model_factory.build_model(
+            config.model, self.ingested.num_classes
         )
         # Compiled only to carry the optimizer, built here, in the tuner's strategy
         # scope.
-        model.compile(optimizer=train.make_optimizer(
+        model.compile(optimizer=model_factory.make_optimizer(
             config.train, steps, model.trainable_variables
         ))
         return model

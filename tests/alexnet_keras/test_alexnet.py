@@ -3,6 +3,7 @@ import pytest
 import keras
 
 from alexnet_keras import AlexNet
+from alexnet_keras import ImageSpec
 from alexnet_keras import LocalResponseNormalization
 from alexnet_keras import minimum_input_size
 
@@ -118,6 +119,20 @@ def test_save_and_load_round_trip(tmp_path):
     assert restored.get_config() == model.get_config()
     np.testing.assert_allclose(restored.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert not any(isinstance(layer, keras.layers.Lambda) for layer in restored.layers)
+
+
+def test_the_model_carries_its_image_spec_through_saving(tmp_path):
+    # The paper keeps the 0-255 scale (mean subtraction), d2l takes [-1, 1].
+    assert AlexNet(variant="paper").image_spec == ImageSpec(227, 227, 3, 127.5, 1.0)
+    d2l = AlexNet(variant="d2l", num_classes=4, input_shape=(70, 80, 3))
+    assert d2l.image_spec == ImageSpec(70, 80, 3, 127.5, 1 / 127.5)
+    custom = AlexNet(num_classes=2, input_shape=(67, 67, 1), pixel_offset=100.0,
+                     pixel_scale=0.5)
+    custom.save(tmp_path / "custom.keras")
+    restored = keras.saving.load_model(tmp_path / "custom.keras")
+    assert restored.image_spec == ImageSpec(67, 67, 1, 100.0, 0.5)
+    np.testing.assert_allclose(restored.image_spec.normalize(np.array([0.0, 255.0])),
+                               [-50.0, 77.5])
 
 
 def test_mixed_precision_keeps_logits_float32():

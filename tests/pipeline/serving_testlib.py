@@ -22,7 +22,7 @@ from pipeline.config import DataConfig
 
 IMAGE_SIZE = (67, 67)
 CHANNELS = 1
-DATA_CONFIG = DataConfig(dataset="digits", image_size=IMAGE_SIZE, channels=CHANNELS)
+DATA_CONFIG = DataConfig(dataset="digits")
 
 _cache = {}
 
@@ -35,11 +35,11 @@ def digits(tmp_path_factory):
     return _cache["digits"]
 
 
-def split_arrays(ingested, split):
-    """Preprocessed images and labels of a split, in file order."""
+def split_arrays(ingested, split, image_spec):
+    """Images preprocessed for `image_spec` and labels of a split, in file order."""
     images, labels = [], []
     for batch_images, batch_labels in transform.make_dataset(
-        ingested, split, DATA_CONFIG, 256, training=False
+        ingested, split, image_spec, 256, training=False
     ):
         images.append(batch_images.numpy())
         labels.append(batch_labels.numpy())
@@ -71,7 +71,7 @@ def _fitted_weights(tmp_path_factory):
             input_shape=(*IMAGE_SIZE, CHANNELS),
         )
         features = keras.Model(model.inputs, model.get_layer("fc7").output)
-        images, labels = split_arrays(ingested, "train")
+        images, labels = split_arrays(ingested, "train", model.image_spec)
         train_features = features.predict(images, batch_size=128, verbose=0)
         mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
         classifier = LogisticRegression(max_iter=300).fit(
@@ -110,8 +110,6 @@ def trained_export(tmp_path_factory):
         _cache["export"] = export.export_saved_model(
             trained_model(tmp_path_factory),
             ingested.class_names,
-            IMAGE_SIZE,
-            CHANNELS,
             base,
             warmup_images=encoded_split(ingested, "test")[0][:3],
         )
@@ -141,12 +139,13 @@ def digit_image(ingested, index, size, channels):
     return tf.cast(image, tf.uint8).numpy(), int(labels[index])
 
 
-def keras_probabilities(model, encoded_images, channels=CHANNELS):
+def keras_probabilities(model, encoded_images):
     """What the export must answer: decode, preprocess_for_eval, model, softmax."""
+    spec = model.image_spec
     images = tf.stack(
         [
             preprocess_ops.preprocess_for_eval(
-                preprocess_ops.decode_image(image, channels), IMAGE_SIZE, DATA_CONFIG.pixel_scale
+                preprocess_ops.decode_image(image, spec.channels), spec
             )
             for image in encoded_images
         ]

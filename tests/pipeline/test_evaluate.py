@@ -24,10 +24,10 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_metrics(tmp_path_factory, digits):
     """evaluate() of the trained Keras model, and the run directory it wrote."""
-    ingested, data_config = digits
+    ingested, _ = digits
     run_dir = str(tmp_path_factory.mktemp("run"))
     model = serving_testlib.trained_model(tmp_path_factory)
-    return evaluate.evaluate(model, ingested, data_config, run_dir), run_dir
+    return evaluate.evaluate(model, ingested, run_dir), run_dir
 
 
 def assert_png(path):
@@ -78,7 +78,7 @@ def test_metrics_on_a_known_case():
 
 
 def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
-    ingested, data_config = digits
+    ingested, _ = digits
 
     def scores(image_bytes):
         # Arbitrary but fixed per image: a hash of its bytes.
@@ -93,7 +93,7 @@ def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
     probabilities = predict_fn(tf.constant(encoded))
     predictions = probabilities.argmax(axis=1)
 
-    metrics = evaluate.evaluate(predict_fn, ingested, data_config, str(tmp_path))
+    metrics = evaluate.evaluate(predict_fn, ingested, str(tmp_path))
     assert (
         metrics["num_examples"]
         == ingested.num_examples("test")
@@ -209,7 +209,7 @@ def copy_of_the_export(tmp_path_factory, tmp_path):
 
 
 def test_the_first_model_is_always_blessed(tmp_path, digits):
-    ingested, data_config = digits
+    ingested, _ = digits
     result = evaluate.bless(
         0.1, str(tmp_path / "alexnet"), ingested, 0.01, False
     )
@@ -226,10 +226,10 @@ def test_the_first_model_is_always_blessed(tmp_path, digits):
 def test_a_worse_model_is_not_pushed_unless_forced(
     tmp_path, tmp_path_factory, digits, trained_metrics
 ):
-    ingested, data_config = digits
+    ingested, _ = digits
     export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
     worse = serving_testlib.worse_model(tmp_path_factory)
-    candidate = evaluate.evaluate(worse, ingested, data_config, str(tmp_path / "run"))
+    candidate = evaluate.evaluate(worse, ingested, str(tmp_path / "run"))
     assert candidate["test_accuracy"] < 0.2
 
     result = evaluate.bless(
@@ -253,7 +253,7 @@ def test_a_worse_model_is_not_pushed_unless_forced(
     assert forced["blessed"] is True and "forced" in forced["reason"]
     assert forced["baseline_accuracy"] == result["baseline_accuracy"]
     pushed = export.export_saved_model(
-        worse, list(ingested.class_names), (67, 67), 1, export_dir
+        worse, list(ingested.class_names), export_dir
     )
     assert os.path.basename(pushed) == "2"
 
@@ -261,7 +261,7 @@ def test_a_worse_model_is_not_pushed_unless_forced(
 def test_tolerance_decides_near_ties(
     tmp_path, tmp_path_factory, digits, trained_metrics
 ):
-    ingested, data_config = digits
+    ingested, _ = digits
     export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
     baseline = trained_metrics[0]["test_accuracy"]
     equal = evaluate.bless(baseline, export_dir, ingested, 0.0, False)
@@ -281,11 +281,11 @@ def test_tolerance_decides_near_ties(
 def test_an_export_for_other_classes_is_not_compared(
     tmp_path, digits, capsys, monkeypatch
 ):
-    ingested, data_config = digits
+    ingested, _ = digits
     monkeypatch.chdir(tmp_path)  # the command line ingests into ./data/digits
     export_dir = str(tmp_path / "alexnet")
     other = AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))
-    export.export_saved_model(other, ["cat", "dog", "fox"], (67, 67), 3, export_dir)
+    export.export_saved_model(other, ["cat", "dog", "fox"], export_dir)
 
     result = evaluate.bless(0.9, export_dir, ingested, 0.01, False)
     assert result["blessed"] is False and result["baseline_accuracy"] is None

@@ -11,6 +11,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import serving_testlib
 from alexnet_keras import AlexNet
+from alexnet_keras import ImageSpec
 from pipeline import export
 from pipeline import preprocess_ops
 from pipeline.config import PipelineError
@@ -153,7 +154,7 @@ def test_warmup_requests_replay_in_the_serving_session(
 
 def test_generated_warmup_exercises_png_and_jpeg(tmp_path):
     version_dir = export.export_saved_model(
-        tiny_model(), CLASS_NAMES, (67, 67), 3, tmp_path
+        tiny_model(), CLASS_NAMES, tmp_path
     )
     path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
     session = serving_testlib.ServingSession(version_dir)
@@ -177,12 +178,12 @@ def test_generated_warmup_exercises_png_and_jpeg(tmp_path):
 
 def test_versions_count_up_and_never_overwrite(tmp_path):
     model = tiny_model()
-    first = export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    first = export.export_saved_model(model, CLASS_NAMES, tmp_path)
     with open(os.path.join(first, "saved_model.pb"), "rb") as file:
         first_graph = file.read()
     os.makedirs(tmp_path / "7" / "variables")  # e.g. a version put there by hand
     (tmp_path / "not-a-version").mkdir()
-    second = export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    second = export.export_saved_model(model, CLASS_NAMES, tmp_path)
     assert (os.path.basename(first), os.path.basename(second)) == ("1", "8")
     assert export.versions(tmp_path) == [1, 7, 8]
     with open(os.path.join(first, "saved_model.pb"), "rb") as file:
@@ -195,7 +196,7 @@ def test_versions_count_up_and_never_overwrite(tmp_path):
 
 def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
     model = tiny_model()
-    first = export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+    first = export.export_saved_model(model, CLASS_NAMES, tmp_path)
     before = sorted(os.listdir(first))
 
     def killed(*args):
@@ -204,7 +205,7 @@ def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
     # The SavedModel is written by then: only the warm-up is missing.
     monkeypatch.setattr(export, "_write_warmup", killed)
     with pytest.raises(KeyboardInterrupt):
-        export.export_saved_model(model, CLASS_NAMES, (67, 67), 3, tmp_path)
+        export.export_saved_model(model, CLASS_NAMES, tmp_path)
     assert sorted(os.listdir(tmp_path)) == ["1"]
     assert sorted(os.listdir(first)) == before
 
@@ -224,7 +225,7 @@ def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
     assert export.versions(tmp_path) == []
 
     version_dir = export.export_saved_model(
-        tiny_model(), CLASS_NAMES, (67, 67), 3, tmp_path
+        tiny_model(), CLASS_NAMES, tmp_path
     )
     assert os.path.basename(version_dir) == "1"
     assert not abandoned.exists()
@@ -235,7 +236,7 @@ def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
 
 def test_class_names_must_match_the_logits(tmp_path):
     with pytest.raises(PipelineError, match="3 outputs but 2 class names"):
-        export.export_saved_model(tiny_model(), ["cat", "dog"], (67, 67), 3, tmp_path)
+        export.export_saved_model(tiny_model(), ["cat", "dog"], tmp_path)
     assert export.versions(tmp_path) == []
 
 
@@ -269,21 +270,19 @@ def test_models_config_serves_the_exports():
 
 
 def test_the_export_scales_pixels_as_the_model_was_trained(tmp_path):
-    # The d2l variant trains on [-1, 1] (pixel_scale 1/127.5): its export must
-    # scale the same way, not fall back to the paper's 0-255 range.
+    # The d2l variant trains on [-1, 1] (pixel_scale 1/127.5): its export reads
+    # that from the model and scales the same way, not as the paper's 0-255 range.
     model = AlexNet(variant="d2l", num_classes=3, input_shape=(65, 65, 1))
-    scale = 1 / 127.5
-    version_dir = export.export_saved_model(
-        model, ["a", "b", "c"], (65, 65), 1, str(tmp_path / "models"), pixel_scale=scale
-    )
+    assert model.image_spec == ImageSpec(65, 65, 1, 127.5, 1 / 127.5)
+    version_dir = export.export_saved_model(model, ["a", "b", "c"], str(tmp_path / "models"))
     pixels = np.random.default_rng(3).uniform(0, 255, (2, 80, 70, 1)).astype("float32")
     served = tf.saved_model.load(version_dir).signatures["serving_pixels"]
     answered = served(pixels=tf.constant(pixels))["probabilities"].numpy()
     expected = tf.nn.softmax(
-        model(preprocess_ops.preprocess_for_eval(pixels, (65, 65), scale), training=False)
+        model(preprocess_ops.preprocess_for_eval(pixels, model.image_spec), training=False)
     ).numpy()
     unscaled = tf.nn.softmax(
-        model(preprocess_ops.preprocess_for_eval(pixels, (65, 65)), training=False)
+        model(preprocess_ops.preprocess_for_eval(pixels, ImageSpec(65, 65, 1)), training=False)
     ).numpy()
     np.testing.assert_allclose(answered, expected, atol=1e-5)
     assert not np.allclose(answered, unscaled, atol=1e-3)

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 import serving_testlib
+from alexnet_keras import ImageSpec
 from pipeline import preprocess_ops
 
 
@@ -46,7 +47,7 @@ def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
     def serve(image_bytes):
         images = tf.map_fn(
             lambda one: preprocess_ops.preprocess_for_eval(
-                preprocess_ops.decode_image(one, 3), (8, 8)
+                preprocess_ops.decode_image(one, 3), ImageSpec(8, 8, 3)
             ),
             image_bytes,
             fn_output_signature=tf.TensorSpec([8, 8, 3], tf.float32),
@@ -59,37 +60,39 @@ def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
 def test_preprocess_for_eval_range_shape_and_central_crop():
     rng = np.random.default_rng(4)
     image = rng.integers(0, 256, (30, 40, 3), np.uint8)
-    single = preprocess_ops.preprocess_for_eval(image, (16, 12))
+    spec = ImageSpec(16, 12, 3)
+    single = preprocess_ops.preprocess_for_eval(image, spec)
     assert single.shape == (16, 12, 3) and single.dtype == tf.float32
     assert -127.5 <= single.numpy().min() and single.numpy().max() <= 127.5
 
-    batch = preprocess_ops.preprocess_for_eval(np.stack([image, image[::-1]]), (16, 12))
+    batch = preprocess_ops.preprocess_for_eval(np.stack([image, image[::-1]]), spec)
     assert batch.shape == (2, 16, 12, 3)
     np.testing.assert_allclose(batch[0], single, atol=1e-6)
     np.testing.assert_allclose(
-        preprocess_ops.preprocess_for_eval(image.astype(np.float32), (16, 12)),
+        preprocess_ops.preprocess_for_eval(image.astype(np.float32), spec),
         single,
         atol=1e-6,
     )
-    assert np.all(
-        preprocess_ops.preprocess_for_eval(np.zeros((9, 9, 1), np.uint8), (4, 4)) == -127.5
-    )
-    assert np.all(
-        preprocess_ops.preprocess_for_eval(np.full((9, 9, 1), 255, np.uint8), (4, 4)) == 127.5
-    )
+    grey = ImageSpec(4, 4, 1)
+    black, white = np.zeros((9, 9, 1), np.uint8), np.full((9, 9, 1), 255, np.uint8)
+    assert np.all(preprocess_ops.preprocess_for_eval(black, grey) == -127.5)
+    assert np.all(preprocess_ops.preprocess_for_eval(white, grey) == 127.5)
+    # The model's own scale: d2l takes [-1, 1].
+    scaled = ImageSpec(4, 4, 1, pixel_scale=1 / 127.5)
+    np.testing.assert_allclose(preprocess_ops.preprocess_for_eval(white, scaled), 1.0)
 
     # The central crop leaves out a 2-pixel frame around a 64x64 image (it keeps
     # the central 87.5% of each side, 56 pixels).
     framed = np.zeros((64, 64, 1), np.uint8)
     framed[2:-2, 2:-2] = 255
     np.testing.assert_allclose(
-        preprocess_ops.preprocess_for_eval(framed, (32, 32)), 127.5, atol=1e-4
+        preprocess_ops.preprocess_for_eval(framed, ImageSpec(32, 32, 1)), 127.5, atol=1e-4
     )
 
 
 def test_preprocess_for_eval_in_a_graph_with_unknown_sizes():
     function = tf.function(
-        lambda images: preprocess_ops.preprocess_for_eval(images, (16, 16)),
+        lambda images: preprocess_ops.preprocess_for_eval(images, ImageSpec(16, 16, 3)),
         input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)],
     )
     output = function.get_concrete_function().structured_outputs

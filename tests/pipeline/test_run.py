@@ -106,8 +106,8 @@ def test_mirrored_run_writes_everything_a_user_expects(tmp_path, digits_dir):
     assert "val_accuracy" in result.stdout and "images/s" in result.stdout
     assert "Test accuracy:" in result.stdout
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["data"]["image_size"] == [67, 67]
-    assert config["data"]["channels"] == 1
+    assert config["model"]["image_size"] == [67, 67]
+    assert config["model"]["channels"] == 1
     assert config["train"]["strategy"] == "mirrored"
     rows = read_history(run_dir)
     assert [int(row["epoch"]) for row in rows] == [1, 2]

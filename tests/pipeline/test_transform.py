@@ -2,7 +2,6 @@
 augmentation, caching, sharding, two replicas)."""
 
 import dataclasses
-import json
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import serving_testlib
 from pipeline import artifact
 from pipeline import ingest
 from pipeline import transform
+from alexnet_keras import ImageSpec
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
@@ -61,8 +61,13 @@ def colours(tmp_path_factory):
         )
 
 
-def _config(**overrides):
-    return DataConfig(**{"image_size": (16, 16), "channels": 3, "seed": 7, **overrides})
+def _make(ingested, split, batch_size, training, *, channels=3, seed=7, input_context=None,
+          **data_settings):
+    """`make_dataset` for a 16x16 model of `channels`, seeded unless told otherwise."""
+    return transform.make_dataset(
+        ingested, split, ImageSpec(16, 16, channels), batch_size, training,
+        data_config=DataConfig(**data_settings), seed=seed, input_context=input_context,
+    )
 
 
 def _batches(dataset):
@@ -80,7 +85,7 @@ def _assert_colours_match_labels(images, labels):
 def test_evaluation_batches_keep_every_example_with_its_label(colours):
     ingested = colours
     batches = _batches(
-        transform.make_dataset(ingested, "train", _config(), 8, training=False)
+        _make(ingested, "train", 8, False)
     )
     assert [len(labels) for _, labels in batches] == [8, 8, 8, 4]
     images = np.concatenate([images for images, _ in batches])
@@ -94,14 +99,14 @@ def test_evaluation_batches_keep_every_example_with_its_label(colours):
     _assert_colours_match_labels(images, labels)
 
     grey = _batches(
-        transform.make_dataset(ingested, "test", _config(channels=1), 8, False)
+        _make(ingested, "test", 8, False, channels=1)
     )
     assert grey[0][0].shape == (4, 16, 16, 1)
 
 
 def test_training_batches_static_shapes_labels_and_seeded_order(colours):
     ingested = colours
-    dataset = transform.make_dataset(ingested, "train", _config(), 8, training=True)
+    dataset = _make(ingested, "train", 8, True)
     assert dataset.element_spec[0].shape.as_list() == [8, 16, 16, 3]
     assert dataset.element_spec[1].shape.as_list() == [8]
     first_epoch, second_epoch = _batches(dataset), _batches(dataset)
@@ -112,7 +117,7 @@ def test_training_batches_static_shapes_labels_and_seeded_order(colours):
         _assert_colours_match_labels(images, labels)
 
     again = _batches(
-        transform.make_dataset(ingested, "train", _config(), 8, training=True)
+        _make(ingested, "train", 8, True)
     )
     for (images, labels), (images_again, labels_again) in zip(first_epoch, again):
         np.testing.assert_array_equal(images, images_again)
@@ -131,14 +136,9 @@ def test_flip_only_where_the_manifest_allows_it(tmp_path):
         DataConfig(dataset=f"folder:{tmp_path / 'images'}"), str(tmp_path / "out")
     )
 
-    def flipped(config):
+    def flipped(seed=7):
         images = np.concatenate(
-            [
-                images
-                for images, _ in _batches(
-                    transform.make_dataset(ingested, "train", config, 8, True)
-                )
-            ]
+            [images for images, _ in _batches(_make(ingested, "train", 8, True, seed=seed))]
         )
         # A crop of 70% of the area or more always holds the middle, so its
         # left half stays brighter unless the crop was flipped.
@@ -147,19 +147,19 @@ def test_flip_only_where_the_manifest_allows_it(tmp_path):
         )
 
     assert ingested.flip is True
-    assert 0 < flipped(_config()).sum() < len(flipped(_config()))
+    assert 0 < flipped().sum() < len(flipped())
     ingested = dataclasses.replace(ingested, flip=False)
-    assert not flipped(_config()).any()
-    assert not flipped(_config(seed=None)).any()
+    assert not flipped().any()
+    assert not flipped(seed=None).any()
 
 
 def test_pca_noise_shifts_each_image_by_one_colour(colours):
     ingested = colours
-    plain = _batches(transform.make_dataset(ingested, "train", _config(), 8, True))[
+    plain = _batches(_make(ingested, "train", 8, True))[
         0
     ][0]
     noisy = _batches(
-        transform.make_dataset(ingested, "train", _config(pca_noise=True), 8, True)
+        _make(ingested, "train", 8, True, pca_noise=True)
     )[0][0]
     shift = noisy - plain
     np.testing.assert_allclose(
@@ -168,19 +168,15 @@ def test_pca_noise_shifts_each_image_by_one_colour(colours):
     # At most a few percent of the 0-255 range (alpha ~ N(0, 0.1)).
     assert 0 < np.abs(shift).mean() < 0.15 * 255
     with pytest.raises(PipelineError, match="--pca-noise needs colour input"):
-        transform.make_dataset(
-            ingested, "train", _config(channels=1, pca_noise=True), 8, True
-        )
+        _make(ingested, "train", 8, True, channels=1, pca_noise=True)
 
 
 @pytest.mark.parametrize("cache", ["memory", "file"])
 def test_cache_gives_the_same_examples(colours, tmp_path, cache):
     ingested = colours
     cache = str(tmp_path / "cache") if cache == "file" else cache
-    uncached = _batches(transform.make_dataset(ingested, "test", _config(), 8, False))
-    cached_dataset = transform.make_dataset(
-        ingested, "test", _config(cache=cache), 8, False
-    )
+    uncached = _batches(_make(ingested, "test", 8, False))
+    cached_dataset = _make(ingested, "test", 8, False, cache=cache)
     for _ in range(2):
         for (images, labels), (cached_images, cached_labels) in zip(
             uncached, _batches(cached_dataset)
@@ -188,7 +184,7 @@ def test_cache_gives_the_same_examples(colours, tmp_path, cache):
             np.testing.assert_allclose(images, cached_images, atol=1e-6)
             np.testing.assert_array_equal(labels, cached_labels)
     training = _batches(
-        transform.make_dataset(ingested, "train", _config(cache=cache), 8, True)
+        _make(ingested, "train", 8, True, cache=cache)
     )
     assert len(training) == 3
     _assert_colours_match_labels(*training[0])
@@ -198,31 +194,31 @@ def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_fact
     # digits' 1,437 training images: far more than one batch and the prefetch
     # buffers hold, so the run killed below stops mid-cache. (Its iterator must
     # stay referenced: a destroyed iterator removes its lock file.)
-    ingested, data_config = serving_testlib.digits(tmp_path_factory)
+    ingested, _ = serving_testlib.digits(tmp_path_factory)
     cache = str(tmp_path / "cache")
-    config = dataclasses.replace(data_config, cache=cache)
     script = (
-        "import json, os, sys\n"
+        "import os, sys\n"
+        "from alexnet_keras import ImageSpec\n"
         "from pipeline import artifact, transform\n"
         "from pipeline.config import DataConfig\n"
-        "config = DataConfig(**json.loads(sys.argv[2]))\n"
         "ingested = artifact.IngestedDataset.load(sys.argv[1])\n"
-        "iterator = iter(transform.make_dataset(ingested, 'train', config, 8, False))\n"
+        "config = DataConfig(cache=sys.argv[2])\n"
+        "iterator = iter(transform.make_dataset(\n"
+        "    ingested, 'train', ImageSpec(16, 16, 1), 8, False, data_config=config))\n"
         "next(iterator)\n"
         "os._exit(0)  # killed while it writes the cache: TensorFlow's lock file stays\n"
     )
-    settings = dataclasses.asdict(config)
-    subprocess.run([sys.executable, "-c", script, ingested.directory, json.dumps(settings)],
+    subprocess.run([sys.executable, "-c", script, ingested.directory, cache],
                    check=True, capture_output=True)
     lockfiles = list(tmp_path.glob("cache*.lockfile"))
     assert len(lockfiles) == 1
     with pytest.raises(PipelineError, match="delete that file") as error:
-        transform.make_dataset(ingested, "train", config, 8, False)
+        _make(ingested, "train", 8, False, channels=1, cache=cache)
     assert str(lockfiles[0]) in str(error.value)
     # With the lock file gone, the cache is rebuilt and holds every example.
     lockfiles[0].unlink()
     for _ in range(2):  # written, then read back
-        cached = transform.make_dataset(ingested, "train", config, 256, False)
+        cached = _make(ingested, "train", 256, False, channels=1, cache=cache)
         assert sum(len(labels) for _, labels in cached) == (
             ingested.num_examples("train")
         )
@@ -239,9 +235,7 @@ def test_input_pipelines_read_disjoint_shards(colours, split):
             [
                 images
                 for images, _ in _batches(
-                    transform.make_dataset(
-                        ingested, split, _config(), 4, False, input_context
-                    )
+                    _make(ingested, split, 4, False, input_context=input_context)
                 )
             ]
         )
@@ -263,7 +257,7 @@ def test_two_replicas_each_get_half_the_global_batch(colours):
     ingested = colours
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     dataset = transform.distribute_dataset(
-        strategy, ingested, "train", _config(), 8, training=True
+        strategy, ingested, "train", ImageSpec(16, 16, 3), 8, training=True
     )
     images, labels = next(iter(dataset))
     local_images = strategy.experimental_local_results(images)
@@ -273,19 +267,15 @@ def test_two_replicas_each_get_half_the_global_batch(colours):
     assert [part.device.endswith("CPU:0") for part in local_images] == [True, False]
     with pytest.raises(PipelineError, match="does not split evenly over 2 replicas"):
         transform.distribute_dataset(
-            strategy, ingested, "train", _config(), 7, training=True
+            strategy, ingested, "train", ImageSpec(16, 16, 3), 7, training=True
         )
 
 
 def test_make_dataset_errors(colours, tmp_path):
     ingested = colours
     with pytest.raises(PipelineError, match="has no split 'holdout'"):
-        transform.make_dataset(ingested, "holdout", _config(), 8, False)
+        _make(ingested, "holdout", 8, False)
     with pytest.raises(PipelineError, match="too few for a batch of 64"):
-        transform.make_dataset(ingested, "train", _config(), 64, True)
+        _make(ingested, "train", 64, True)
     with pytest.raises(PipelineError, match="holds no finished ingest"):
         artifact.IngestedDataset.load(str(tmp_path))
-    with pytest.raises(ValueError, match="resolved image_size and channels"):
-        transform.make_dataset(
-            ingested, "train", dataclasses.replace(_config(), channels=None), 8, False
-        )

@@ -15,11 +15,12 @@ import tensorflow as tf
 
 from pipeline import artifact
 from pipeline import ingest
+from pipeline import model_factory
 from pipeline import run
-from pipeline import train
 from pipeline import tune
 from pipeline.config import ConfigError
 from pipeline.config import DataConfig
+from pipeline.config import ModelConfig
 from pipeline.config import RunConfig
 from pipeline.config import TrainConfig
 from pipeline.config import TuneConfig
@@ -63,7 +64,7 @@ def test_a_trials_cosine_schedule_decays_over_the_epochs_the_trial_trains(
 ):
     ingested = artifact.IngestedDataset.load(digits_dir)
     config = RunConfig(
-        data=DataConfig(image_size=(67, 67), channels=1),
+        model=ModelConfig(image_size=(67, 67), channels=1),
         train=TrainConfig(epochs=10, lr_schedule="cosine", batch_size=32),
         tune=TuneConfig(epochs=2),
     )
@@ -73,7 +74,8 @@ def test_a_trials_cosine_schedule_decays_over_the_epochs_the_trial_trains(
     if hyperband_epochs:
         hp.Fixed("tuner/epochs", hyperband_epochs)
     optimizer = hypermodel.build(hp).optimizer
-    steps = train.steps_per_epoch(TrainConfig(batch_size=16), ingested, 1)  # SMALL_SPACE's batch
+    # SMALL_SPACE's batch.
+    steps = model_factory.steps_per_epoch(TrainConfig(batch_size=16), ingested, 1)
     trial_epochs = hyperband_epochs or 2
     assert optimizer._learning_rate.decay_steps == trial_epochs * steps
 

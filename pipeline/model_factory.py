@@ -1,0 +1,89 @@
+"""The model and its optimizer, built one way for the tuner, the trainer and the tests.
+
+    model = build_model(resolve(model_config, ingested), ingested.num_classes)
+"""
+
+import dataclasses
+
+import keras
+
+from alexnet_keras import AlexNet
+from alexnet_keras import alexnet
+from pipeline.config import ConfigError
+
+# The embedded digits are 8x8 pixels: upsampling them to 227 makes every step
+# ~12x dearer for no gain in accuracy, so their default is the smallest input the
+# paper's architecture takes. Other datasets default to the variant's own size.
+_DATASET_IMAGE_SIZES = {"digits": (67, 67)}
+
+
+def resolve(model_config, ingested):
+    """`model_config` with the image size and channels left to the data filled in:
+    the dataset's own channels, and the variant's input size (67 for digits)."""
+    variant = model_config.variant
+    image_size = model_config.image_size or _DATASET_IMAGE_SIZES.get(
+        ingested.source, alexnet.default_input_shape(variant)[:2]
+    )
+    smallest = alexnet.minimum_input_size(variant)
+    if min(image_size) < smallest:
+        raise ConfigError(
+            f"--image-size {image_size[0]},{image_size[1]} is smaller than the "
+            f"{smallest}x{smallest} pixels the {variant!r} AlexNet needs; use at least {smallest}"
+        )
+    return dataclasses.replace(
+        model_config, image_size=tuple(image_size),
+        channels=model_config.channels or ingested.channels,
+    )
+
+
+def build_model(model_config, num_classes):
+    """The AlexNet a resolved `ModelConfig` describes; it carries its `image_spec`."""
+    return AlexNet(
+        variant=model_config.variant,
+        num_classes=num_classes,
+        input_shape=(*model_config.image_size, model_config.channels),
+        dropout_rate=model_config.dropout_rate,
+        normalization=model_config.normalization,
+    )
+
+
+def make_optimizer(train_config, steps_per_epoch, variables):
+    """SGD with the paper's momentum 0.9, or Adam, with the chosen schedule,
+    built for `variables`.
+
+    Call it in the strategy's scope: under MirroredStrategy the optimizer's
+    slots must be created there, not later inside a replica's step.
+    """
+    learning_rate = train_config.learning_rate
+    if train_config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            learning_rate, decay_steps=train_config.epochs * steps_per_epoch
+        )
+    if train_config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    if train_config.mixed_precision and keras.mixed_precision.global_policy().name == (
+        "mixed_float16"
+    ):
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    optimizer.build(variables)
+    return optimizer
+
+
+def steps_per_epoch(train_config, ingested, replicas):
+    """Full global batches per epoch, capped by `--steps-per-epoch`."""
+    global_batch_size = train_config.batch_size
+    if global_batch_size % replicas:
+        raise ConfigError(
+            f"--batch-size {global_batch_size} does not divide evenly over {replicas} "
+            f"replicas; use a multiple of {replicas}"
+        )
+    num_train = ingested.num_examples("train")
+    steps = num_train // global_batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"--batch-size {global_batch_size} is larger than the {num_train} training "
+            "examples; use a smaller batch"
+        )
+    return min(steps, train_config.steps_per_epoch or steps)
