@@ -1,7 +1,10 @@
 """The pipeline's settings: frozen dataclasses, one per stage, validated once.
 
-Flags become a `RunConfig` in `pipeline.run`; it is written to the run directory
-as `config.json` and each stage receives only its own part.
+`pipeline.cli` turns flags into a `RunConfig` (each flag sets the field of the
+same name: `--batch-size` is `TrainConfig.batch_size`); it is written to the
+run directory as `config.json` and each stage receives only its own part.
+Errors name settings as `name=value` or `` `name` ``, which the command line
+shows as its flags.
 """
 
 import dataclasses
@@ -20,8 +23,9 @@ TUNERS = ("random", "hyperband", "bayesian")
 class PipelineError(Exception):
     """A problem the user caused and can fix: a bad flag, path, file or dataset.
 
-    Its message is one line that names the thing and the fix; the command-line
-    entry points print it and exit with status 2 instead of a traceback.
+    Its message is one line that names the thing and the fix; the command line
+    prints it, with settings named as flags, and exits with status 2 instead of
+    a traceback.
     """
 
 
@@ -82,23 +86,23 @@ class ModelConfig:
             len(self.image_size) != 2 or min(self.image_size) < 1
         ):
             raise ConfigError(
-                f"--image-size must be SIZE or HEIGHT,WIDTH. Received: {self.image_size}"
+                f"`image_size` must be (height, width). Received: image_size={self.image_size}"
             )
         if self.channels not in (None, 1, 3):
-            raise ConfigError(f"--channels must be 1 or 3. Received: {self.channels}")
+            raise ConfigError(f"`channels` must be 1 or 3. Received: channels={self.channels}")
         if self.variant not in alexnet.VARIANTS:
             raise ConfigError(
-                f"--variant must be one of {', '.join(alexnet.VARIANTS)}. "
-                f"Received: {self.variant!r}"
+                f"`variant` must be one of {', '.join(alexnet.VARIANTS)}. "
+                f"Received: variant={self.variant!r}"
             )
         if self.normalization not in (None, *alexnet.NORMALIZATIONS):
             raise ConfigError(
-                f"--normalization must be one of {', '.join(alexnet.NORMALIZATIONS)}. "
-                f"Received: {self.normalization!r}"
+                f"`normalization` must be one of {', '.join(alexnet.NORMALIZATIONS)}. "
+                f"Received: normalization={self.normalization!r}"
             )
         if not 0 <= self.dropout_rate < 1:
             raise ConfigError(
-                f"--dropout-rate must be in [0, 1). Received: {self.dropout_rate!r}"
+                f"`dropout_rate` must be in [0, 1). Received: dropout_rate={self.dropout_rate!r}"
             )
 
 
@@ -122,28 +126,27 @@ class TrainConfig:
 
     def __post_init__(self):
         checks = (
-            (self.strategy in STRATEGIES, "--strategy", self.strategy,
-             f"must be one of {', '.join(STRATEGIES)}"),
-            (self.optimizer in OPTIMIZERS, "--optimizer", self.optimizer,
-             f"must be one of {', '.join(OPTIMIZERS)}"),
-            (self.lr_schedule in LR_SCHEDULES, "--lr-schedule", self.lr_schedule,
+            (self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}"),
+            (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
+            (self.lr_schedule in LR_SCHEDULES, "lr_schedule",
              f"must be one of {', '.join(LR_SCHEDULES)}"),
-            (self.epochs >= 1, "--epochs", self.epochs, "must be at least 1"),
-            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-             "--steps-per-epoch", self.steps_per_epoch, "must be at least 1"),
-            (self.batch_size >= 1, "--batch-size", self.batch_size, "must be at least 1"),
-            (self.learning_rate > 0, "--learning-rate", self.learning_rate,
-             "must be positive"),
-            (self.weight_decay >= 0, "--weight-decay", self.weight_decay, "must be >= 0"),
-            (self.cpu_replicas is None or self.cpu_replicas >= 1, "--cpu-replicas",
-             self.cpu_replicas, "must be at least 1"),
+            (self.epochs >= 1, "epochs", "must be at least 1"),
+            (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
+             "must be at least 1"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (self.learning_rate > 0, "learning_rate", "must be positive"),
+            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (self.cpu_replicas is None or self.cpu_replicas >= 1, "cpu_replicas",
+             "must be at least 1"),
         )
-        for ok, flag, value, requirement in checks:
+        for ok, name, requirement in checks:
             if not ok:
-                raise ConfigError(f"{flag} {requirement}. Received: {value!r}")
+                raise ConfigError(
+                    f"`{name}` {requirement}. Received: {name}={getattr(self, name)!r}"
+                )
         if self.jit_compile and (self.cpu_replicas or 1) > 1:
             raise ConfigError(
-                "--jit-compile fails with --cpu-replicas above 1 (XLA cannot place a "
+                "`jit_compile` fails with `cpu_replicas` above 1 (XLA cannot place a "
                 "step over several logical CPUs); drop one of them"
             )
 
@@ -161,12 +164,12 @@ class ExportConfig:
         unknown = set(self.export_formats) - set(EXPORT_FORMATS)
         if unknown:
             raise ConfigError(
-                f"--export-format must be among {', '.join(EXPORT_FORMATS)}. "
+                f"`export_formats` must be among {', '.join(EXPORT_FORMATS)}. "
                 f"Received: {', '.join(sorted(unknown))}"
             )
         if self.bless_tolerance < 0:
             raise ConfigError(
-                f"--bless-tolerance must be >= 0. Received: {self.bless_tolerance}"
+                f"`bless_tolerance` must be >= 0. Received: bless_tolerance={self.bless_tolerance}"
             )
 
 
@@ -176,21 +179,23 @@ class TuneConfig:
 
     tuner: str | None = None
     max_trials: int = 10
-    epochs: int = 3
+    tune_epochs: int = 3
     tune_dir: str | None = None
-    space_file: str | None = None
-    hparams_file: str | None = None
+    tune_space: str | None = None
+    hparams: str | None = None
 
     def __post_init__(self):
         if self.tuner not in (None, *TUNERS):
-            raise ConfigError(f"--tune must be one of {', '.join(TUNERS)}. Received: {self.tuner}")
-        if self.max_trials < 1 or self.epochs < 1:
             raise ConfigError(
-                "--max-trials and --tune-epochs must be at least 1. "
-                f"Received: {self.max_trials}, {self.epochs}"
+                f"`tuner` must be one of {', '.join(TUNERS)}. Received: tuner={self.tuner!r}"
             )
-        if self.tuner and self.hparams_file:
-            raise ConfigError("--tune searches for hyperparameters and --hparams gives "
+        if self.max_trials < 1 or self.tune_epochs < 1:
+            raise ConfigError(
+                "`max_trials` and `tune_epochs` must be at least 1. Received: "
+                f"max_trials={self.max_trials}, tune_epochs={self.tune_epochs}"
+            )
+        if self.tuner and self.hparams:
+            raise ConfigError("`tuner` searches for hyperparameters and `hparams` gives "
                               "them: use one or the other")
 
 

@@ -1,8 +1,8 @@
-"""Choose a `tf.distribute` strategy by name, as `--strategy` does.
+"""Choose a `tf.distribute` strategy by name, as the `strategy` setting does.
 
 - `default`: TensorFlow's default strategy (one device, no distribution).
 - `one_device`: the first GPU, else the CPU.
-- `mirrored`: every local GPU; without GPUs, `--cpu-replicas N` logical CPU
+- `mirrored`: every local GPU; without GPUs, `cpu_replicas=N` logical CPU
   devices, or one replica on the CPU (splitting one CPU into two replicas was
   measured 35% slower on a 2-core machine, so it is never the default).
 - `multiworker`: `MultiWorkerMirroredStrategy` over the cluster in `TF_CONFIG`.
@@ -16,7 +16,9 @@ import os
 
 import tensorflow as tf
 
+from pipeline.config import STRATEGIES
 from pipeline.config import ConfigError
+from pipeline.config import PipelineError
 
 
 def _split_cpu(replicas):
@@ -32,8 +34,8 @@ def _split_cpu(replicas):
         pass
     devices = [device.name for device in tf.config.list_logical_devices("CPU")]
     if len(devices) < replicas:
-        raise ConfigError(
-            f"--cpu-replicas {replicas} needs {replicas} logical CPU devices but "
+        raise PipelineError(
+            f"cpu_replicas={replicas} needs {replicas} logical CPU devices but "
             f"TensorFlow was already started with {len(devices)}; set it before "
             "TensorFlow runs anything"
         )
@@ -54,17 +56,17 @@ def is_chief(strategy):
 
 
 def make_strategy(name, cpu_replicas=None):
-    """Returns the strategy `--strategy name` means on this machine."""
+    """Returns the strategy `strategy=name` means on this machine."""
     gpus = tf.config.list_physical_devices("GPU")
     if cpu_replicas is not None and gpus:
         raise ConfigError(
-            f"--cpu-replicas splits the CPU for machines without GPUs, but "
-            f"{len(gpus)} GPU(s) are present; drop --cpu-replicas to mirror over the GPUs"
+            f"`cpu_replicas` splits the CPU for machines without GPUs, but "
+            f"{len(gpus)} GPU(s) are present; drop `cpu_replicas` to mirror over the GPUs"
         )
     if cpu_replicas is not None and name != "mirrored":
         # MultiWorkerMirroredStrategy takes one device per worker on CPUs.
         raise ConfigError(
-            f"--cpu-replicas only applies to --strategy mirrored, not {name!r}"
+            f"`cpu_replicas` only applies to strategy='mirrored', not {name!r}"
         )
     if name == "default":
         return tf.distribute.get_strategy()
@@ -84,19 +86,19 @@ def make_strategy(name, cpu_replicas=None):
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, tf.errors.OpError) as error:
-            raise ConfigError(
-                f"--strategy tpu found no TPU ({error}); run it on a TPU VM or "
+            raise PipelineError(
+                f"strategy='tpu' found no TPU ({error}); run it on a TPU VM or "
                 "set TPU_NAME to your TPU's name"
             ) from None
         return tf.distribute.TPUStrategy(resolver)
-    raise ConfigError(f"unknown --strategy {name!r}")
+    raise ValueError(f"`strategy` must be one of {', '.join(STRATEGIES)}. Received: {name!r}")
 
 
 def _multi_worker_strategy():
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ConfigError(
-            "--strategy multiworker needs the TF_CONFIG environment variable "
+            "strategy='multiworker' needs the TF_CONFIG environment variable "
             '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             '"task": {"type": "worker", "index": 0}}) on every worker'
         )

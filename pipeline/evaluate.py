@@ -13,8 +13,13 @@ accuracy is at least that of the newest version already exported, measured now
 on the same test split, minus a tolerance.
 """
 
-import argparse
-import json
+if __name__ == "__main__":
+    # A command, not an import: set the process up before TensorFlow loads.
+    from pipeline import environment
+
+    environment.prepare()
+
+import dataclasses
 import logging
 import os
 import sys
@@ -29,7 +34,6 @@ from pipeline import ingest
 from pipeline import plots
 from pipeline import preprocess_ops
 from pipeline import transform
-from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
 BATCH_SIZE = 64
@@ -159,7 +163,7 @@ def evaluate(model, ingested, run_dir, split="test"):
     """
     if not ingested.num_examples(split):
         raise PipelineError(
-            f"{ingested.directory} has no {split} examples; use another --split"
+            f"{ingested.directory} has no {split} examples; use another `split`"
         )
     class_names = list(ingested.class_names)
     misclassified = _Misclassified()
@@ -216,6 +220,21 @@ def _baseline_accuracy(version_dir, ingested):
     return correct / total, None
 
 
+@dataclasses.dataclass(frozen=True)
+class Blessing:
+    """Whether a model may replace the served one, and why (a sentence)."""
+
+    blessed: bool
+    reason: str
+    candidate_accuracy: float | None = None
+    baseline_accuracy: float | None = None
+    baseline_version: int | None = None
+
+    @classmethod
+    def not_chief(cls):
+        return cls(False, "this worker is not the chief, which blesses and exports")
+
+
 def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push):
     """Decides whether a model with `candidate_accuracy` may replace the served one.
 
@@ -226,24 +245,17 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push):
     >= baseline - tolerance`, or when `force_push` is set.
 
     Returns:
-        `blessed` (bool), `candidate_accuracy`, `baseline_accuracy` (None without
-        a comparable baseline), `baseline_version` and `reason`, a sentence.
+        A `Blessing`; its `baseline_accuracy` is None without a comparable baseline.
     """
-    result = {
-        "blessed": True,
-        "candidate_accuracy": float(candidate_accuracy),
-        "baseline_accuracy": None,
-        "baseline_version": None,
-    }
+    candidate_accuracy = float(candidate_accuracy)
     found = export.versions(export_dir)
     if not found:
-        result["reason"] = f"first model: {export_dir} has no version yet"
+        reason = f"first model: {export_dir} has no version yet"
         if force_push:
-            result["reason"] += " (--force-push was not needed)"
-        return result
+            reason += " (`force_push` was not needed)"
+        return Blessing(True, reason, candidate_accuracy)
 
     version = found[-1]
-    result["baseline_version"] = version
     version_dir = os.path.join(export_dir, str(version))
     try:
         baseline, problem = _baseline_accuracy(version_dir, ingested)
@@ -251,7 +263,7 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push):
         if not force_push:
             raise
         baseline, problem = None, f"{version_dir} could not be loaded"
-    result["baseline_accuracy"] = baseline
+    blessed = True
     on_data = f"on the {ingested.source} test split"
     if force_push:
         compared = (
@@ -259,82 +271,54 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push):
             if baseline is not None
             else problem
         )
-        result["reason"] = f"forced with --force-push ({compared} {on_data})"
+        reason = f"forced with `force_push` ({compared} {on_data})"
     elif problem:
-        result["blessed"] = False
-        result["reason"] = (
+        blessed = False
+        reason = (
             f"version {version} in {export_dir} cannot be compared: {problem}; "
-            "use another --export-dir, or --force-push to replace it anyway"
+            "use another `export_dir`, or `force_push` to replace it anyway"
         )
     elif candidate_accuracy >= baseline - tolerance:
-        result["reason"] = (
+        reason = (
             f"test accuracy {candidate_accuracy:.4f} is at least version {version}'s "
             f"{baseline:.4f} minus the tolerance {tolerance} {on_data}"
         )
     else:
-        result["blessed"] = False
-        result["reason"] = (
+        blessed = False
+        reason = (
             f"test accuracy {candidate_accuracy:.4f} is below version {version}'s "
             f"{baseline:.4f} minus the tolerance {tolerance} {on_data}; "
-            "--force-push exports it anyway"
+            "`force_push` exports it anyway"
         )
-    logger.info("Blessing: %s", result["reason"])
-    return result
+    logger.info("Blessing: %s", reason)
+    return Blessing(blessed, reason, candidate_accuracy, baseline, version)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.evaluate",
-        description="Evaluate an export on a dataset through its serving signature.",
-    )
-    parser.add_argument(
-        "--saved-model",
-        required=True,
-        help="a version directory, or a base directory (its newest version)",
-    )
-    ingest.add_source_arguments(parser)
-    parser.add_argument(
-        "--split", default="test", choices=("train", "validation", "test")
-    )
-    parser.add_argument(
-        "--output-dir",
-        default="runs/evaluation",
-        help="where evaluation.json and the pictures go",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        version_dir = export.resolve_saved_model(args.saved_model)
-        data_config = DataConfig(**ingest.source_settings(args))
-        ingest_dir = args.ingest_dir or ingest.default_ingest_dir(args.dataset)
-        ingested = ingest.ingest(data_config, ingest_dir)
-        loaded, signature = export.load_serving_signature(version_dir)
-        num_outputs = signature.structured_outputs["probabilities"].shape[-1]
-        if num_outputs != ingested.num_classes:
-            raise PipelineError(
-                f"{version_dir} has {num_outputs} classes but {args.dataset} has "
-                f"{ingested.num_classes}; evaluate it on the dataset it was "
-                "trained for"
-            )
-
-        def predict_fn(image_bytes):
-            return signature(**{export.BYTES_INPUT: image_bytes})["probabilities"]
-
-        logger.info(
-            "Evaluating %s on the %s split of %s", version_dir, args.split, args.dataset
+def evaluate_export(saved_model, data_config, split, output_dir):
+    """Metrics of an export on a split of `data_config`'s dataset (ingested first,
+    or an earlier ingest reused), measured through its `serving_default`, with
+    the pictures written to `output_dir`."""
+    version_dir = export.resolve_saved_model(saved_model)
+    ingest_dir = data_config.ingest_dir or ingest.default_ingest_dir(data_config.dataset)
+    ingested = ingest.ingest(data_config, ingest_dir)
+    loaded, signature = export.load_serving_signature(version_dir)
+    num_outputs = signature.structured_outputs["probabilities"].shape[-1]
+    if num_outputs != ingested.num_classes:
+        raise PipelineError(
+            f"{version_dir} has {num_outputs} classes but {data_config.dataset} has "
+            f"{ingested.num_classes}; evaluate it on the dataset it was trained for"
         )
-        metrics = evaluate(
-            predict_fn, ingested, args.output_dir, args.split
-        )
-    except PipelineError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    metrics.update(saved_model=version_dir, dataset=args.dataset, split=args.split)
-    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as file:
-        json.dump(metrics, file, indent=2)
-    logger.info("Metrics and pictures are in %s", args.output_dir)
-    return 0
+
+    def predict_fn(image_bytes):
+        return signature(**{export.BYTES_INPUT: image_bytes})["probabilities"]
+
+    logger.info("Evaluating %s on the %s split of %s", version_dir, split, data_config.dataset)
+    metrics = evaluate(predict_fn, ingested, output_dir, split)
+    metrics.update(saved_model=version_dir, dataset=data_config.dataset, split=split)
+    return metrics
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import cli
+
+    sys.exit(cli.main("evaluate"))

@@ -21,6 +21,7 @@ classes). `assets.extra/tf_serving_warmup_requests` holds a few requests TF Serv
 replays before it serves the version.
 """
 
+import dataclasses
 import errno
 import logging
 import os
@@ -207,7 +208,7 @@ def export_saved_model(
     except OSError as error:
         raise PipelineError(
             f"cannot write to {export_dir} ({error.strerror}); choose another "
-            "--export-dir"
+            "`export_dir`"
         ) from None
     # TF Serving ignores a killed export's temporary directory; it goes here.
     temp_dirs.remove_abandoned(export_dir, _TEMP_PREFIX)
@@ -262,6 +263,30 @@ def export_saved_model(
         raise
     logger.info("Exported version %d to %s", version, version_dir)
     return version_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class Pushed:
+    """Where the pusher put the model: a served version, a .keras file, or None."""
+
+    export_path: str | None = None
+    keras_path: str | None = None
+
+
+def push(model, ingested, export_config, run_dir, chief, blessed):
+    """The pusher: a new TF Serving version if the model is `blessed`, and the
+    `.keras` file `export_formats` asks for, from the chief only."""
+    export_path = keras_path = None
+    if chief and blessed:
+        # TF Serving replays a few real test images before it serves the version.
+        warmup_images, _ = next(ingested.encoded_batches("test", batch_size=3))
+        export_path = export_saved_model(
+            model, ingested.class_names, export_config.export_dir,
+            warmup_images=list(warmup_images),
+        )
+    if chief and "keras" in export_config.export_formats:
+        keras_path = export_keras(model, os.path.join(run_dir, "model.keras"))
+    return Pushed(export_path, keras_path)
 
 
 def export_keras(model, path):

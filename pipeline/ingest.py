@@ -19,7 +19,12 @@ a temporary sibling directory that is renamed into place when complete, and a
 re-run on an unchanged source (same fingerprint) reuses what is there.
 """
 
-import argparse
+if __name__ == "__main__":
+    # A command, not an import: set the process up before TensorFlow loads.
+    from pipeline import environment
+
+    environment.prepare()
+
 import collections
 import concurrent.futures
 import errno
@@ -49,7 +54,7 @@ logger = logging.getLogger(__name__)
 
 VALIDATION_FRACTION = 0.1
 TEST_FRACTION = 0.1
-# Fixed, so a split never changes between runs (and not --seed, which varies
+# Fixed, so a split never changes between runs (and not `seed`, which varies
 # training only).
 SPLIT_SEED = 2012
 # ~1000 records per shard: enough files for every worker of a multi-worker run
@@ -235,7 +240,7 @@ def _write(source, fingerprint, directory, strict):
             if checked.problem:
                 if strict:
                     raise PipelineError(
-                        f"{key}: {checked.problem} (--strict stops at the first bad "
+                        f"{key}: {checked.problem} (`strict` stops at the first bad "
                         "image; without it, bad images are skipped and listed)"
                     )
                 logger.warning("skipping %s: %s", key, checked.problem)
@@ -335,7 +340,7 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
             first = dataset.skipped[0]
             raise PipelineError(
                 f"{first.path}: {first.reason} (skipped by an earlier ingest "
-                f"into {output_dir}; --strict allows no bad images)"
+                f"into {output_dir}; `strict` allows no bad images)"
             )
         return dataset
     if os.path.isfile(os.path.join(output_dir, artifact.MANIFEST)):
@@ -343,7 +348,7 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
     elif os.path.isdir(output_dir) and os.listdir(output_dir):
         raise PipelineError(
             f"{output_dir} exists but holds no manifest.json, so it is not a finished "
-            "ingest; remove it or choose another --output-dir"
+            "ingest; remove it or choose another `ingest_dir`"
         )
     parent, prefix = _temp_prefix(output_dir)
     try:
@@ -354,7 +359,7 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
         os.chmod(temp_dir, 0o755)
     except OSError as error:
         raise PipelineError(
-            f"cannot write to {parent} ({error.strerror}); choose another --output-dir"
+            f"cannot write to {parent} ({error.strerror}); choose another `ingest_dir`"
         ) from None
     try:
         _write(source, fingerprint, temp_dir, data_config.strict)
@@ -365,80 +370,7 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
     return artifact.IngestedDataset.load(output_dir)
 
 
-def add_source_arguments(parser, ingest_dir_flag="--ingest-dir"):
-    """The flags that say what to ingest and where, shared by the `ingest`,
-    `run` and `evaluate` commands (`parser` may be an argument group); the
-    ingest directory's flag keeps the command's own name, its dest is
-    `ingest_dir`."""
-    parser.add_argument(
-        "--dataset",
-        default="digits",
-        help=f"{sources.SPEC_HELP} (default: digits)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        default=None,
-        help="TFDS data_dir: where tfds: datasets are (or get) prepared",
-    )
-    parser.add_argument(
-        ingest_dir_flag,
-        dest="ingest_dir",
-        default=None,
-        help="where the ingested shards and manifest.json are or go (default: "
-        "data/<dataset slug>, e.g. data/digits, data/tfds-cifar10)",
-    )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help="stop at the first corrupt or non-image file instead of skipping it",
-    )
-    parser.add_argument(
-        "--label-offset",
-        type=int,
-        default=0,
-        help="tfrecord: subtract from every label (1 for 1-based sets like ImageNet)",
-    )
-    parser.add_argument(
-        "--class-names",
-        default=None,
-        help="tfrecord: a comma-separated list, or a file with one name per line",
-    )
-
-
-def source_settings(args):
-    """The `DataConfig` fields that `add_source_arguments`' flags set."""
-    return {
-        "dataset": args.dataset,
-        "data_dir": args.data_dir,
-        "ingest_dir": args.ingest_dir,
-        "strict": args.strict,
-        "label_offset": args.label_offset,
-        "class_names": args.class_names,
-    }
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.ingest", description=__doc__.split("\n")[0]
-    )
-    add_source_arguments(parser, ingest_dir_flag="--output-dir")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        data_config = DataConfig(**source_settings(args))
-        output_dir = args.ingest_dir or default_ingest_dir(args.dataset)
-        dataset = ingest(data_config, output_dir)
-    except PipelineError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    counts = ", ".join(
-        f"{name} {split.num_examples}" for name, split in dataset.splits.items()
-    )
-    print(f"{counts} examples; {len(dataset.skipped)} skipped; in {output_dir}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import cli
+
+    sys.exit(cli.main("ingest"))

@@ -11,7 +11,12 @@ its own, through the `serving_default` signature, so an image the model cannot
 read is named in the error.
 """
 
-import argparse
+if __name__ == "__main__":
+    # A command, not an import: set the process up before TensorFlow loads.
+    from pipeline import environment
+
+    environment.prepare()
+
 import base64
 import json
 import logging
@@ -51,7 +56,7 @@ def _rest_url(server, model_name, version):
 def _rest_predictor(server, model_name, version):
     if not server.startswith(("http://", "https://")):
         raise PipelineError(
-            f"--server must be a URL such as http://localhost:8501. Received: {server}"
+            f"`server` must be a URL such as http://localhost:8501. Received: {server}"
         )
     url = _rest_url(server, model_name, version)
 
@@ -80,7 +85,7 @@ def _rest_predictor(server, model_name, version):
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise PipelineError(
-                f"cannot reach TF Serving at {server} ({reason}); check --server"
+                f"cannot reach TF Serving at {server} ({reason}); check `server`"
             ) from None
         try:
             prediction = json.loads(reply)["predictions"][0]
@@ -115,7 +120,7 @@ def _grpc_predictor(target, model_name, version):
             code, detail = error.code(), first_line(error.details())
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise PipelineError(
-                    f"cannot reach TF Serving at {target} ({detail}); check --grpc"
+                    f"cannot reach TF Serving at {target} ({detail}); check `grpc_target`"
                 ) from None
             raise PipelineError(
                 f"{path}: TF Serving at {target} answered {code.name}: {detail}"
@@ -171,7 +176,7 @@ def predict(
     the model is. Returns `[(path, [(class_name, probability), ...]), ...]`.
     """
     if sum(place is not None for place in (server, grpc_target, saved_model)) != 1:
-        raise PipelineError("give exactly one of --server, --grpc or --saved-model")
+        raise PipelineError("give exactly one of `server`, `grpc_target` or `saved_model`")
     images = [(path, _read(path)) for path in image_paths]
     if server is not None:
         predict_one = _rest_predictor(server, model_name, version)
@@ -190,53 +195,7 @@ def predict(
     return results
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict",
-        description="Classify images with a served or exported AlexNet.",
-    )
-    parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="JPEG, PNG, BMP or GIF files"
-    )
-    place = parser.add_mutually_exclusive_group(required=True)
-    place.add_argument(
-        "--server", help="TF Serving's REST address, e.g. http://localhost:8501"
-    )
-    place.add_argument("--grpc", help="TF Serving's gRPC address, e.g. localhost:8500")
-    place.add_argument(
-        "--saved-model", help="an export: a version directory or its base directory"
-    )
-    parser.add_argument("--model", default="alexnet", help="the served model's name")
-    parser.add_argument(
-        "--version",
-        type=int,
-        default=None,
-        help="a served version (default: the server's choice, the newest)",
-    )
-    parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top-k must be at least 1. Received: {args.top_k}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        results = predict(
-            args.images,
-            server=args.server,
-            grpc_target=args.grpc,
-            saved_model=args.saved_model,
-            model_name=args.model,
-            version=args.version,
-            top_k=args.top_k,
-        )
-    except PipelineError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
-    for path, classes in results:
-        print(path)
-        for rank, (name, probability) in enumerate(classes, start=1):
-            print(f"  {rank}. {name:<24} {probability:.4f}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline import cli
+
+    sys.exit(cli.main("predict"))

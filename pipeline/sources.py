@@ -1,4 +1,4 @@
-"""Where images come from: the `--dataset` spec and one reader per kind of source.
+"""Where images come from: the `dataset` spec and one reader per kind of source.
 
     digits            scikit-learn's 1,797 8x8 digits, installed with it (offline)
     tfds:<name>       a TFDS image-classification dataset, e.g. tfds:cifar10
@@ -56,7 +56,7 @@ class SourceSplit:
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """An opened `--dataset`: what identifies its content, and how to load it.
+    """An opened `dataset`: what identifies its content, and how to load it.
 
     `load()` returns `(class_names, {split name: SourceSplit})`; a source without
     splits of its own has just "train". `channels` is None when only the images
@@ -71,7 +71,7 @@ class Source:
 
 
 def parse_spec(spec):
-    """Splits a `--dataset` spec: "tfds:cifar10" -> ("tfds", "cifar10")."""
+    """Splits a `dataset` spec: "tfds:cifar10" -> ("tfds", "cifar10")."""
     kind, _, argument = spec.partition(":")
     if kind not in KINDS:
         raise PipelineError(f"unknown dataset {spec!r}: use {SPEC_HELP}")
@@ -85,7 +85,7 @@ def open_source(data_config):
     kind, argument = parse_spec(data_config.dataset)
     if kind != "tfrecord" and (data_config.label_offset or data_config.class_names):
         raise PipelineError(
-            "--label-offset and --class-names apply to tfrecord: datasets only; "
+            "`label_offset` and `class_names` apply to tfrecord: datasets only; "
             f"{data_config.dataset!r} has its own labels and class names"
         )
     if kind == "digits":
@@ -156,7 +156,7 @@ def _tfds(spec, name, data_dir):
         raise PipelineError(
             f"could not download or prepare TFDS dataset {name!r} "
             f"({first_line(error)}); "
-            "without network access, point --data-dir at a directory holding it "
+            "without network access, point `data_dir` at a directory holding it "
             f"already prepared (tfds build {name} --data_dir DIR)"
         ) from None
     info = builder.info
@@ -266,7 +266,7 @@ def _folder(spec, path):
 
 
 def _class_names_option(value):
-    """--class-names: a file with one name per line, or a comma-separated list."""
+    """`class_names`: a file with one name per line, or a comma-separated list."""
     if os.path.isfile(value):
         with open(value) as file:
             names = [line.strip() for line in file if line.strip()]
@@ -274,11 +274,11 @@ def _class_names_option(value):
         names = [name.strip() for name in value.split(",")]
     else:
         raise PipelineError(
-            f"--class-names {value!r} is neither a file "
+            f"class_names={value!r} is neither a file "
             "nor a comma-separated list of names"
         )
     if "" in names or len(set(names)) != len(names):
-        raise PipelineError(f"--class-names {value!r} has empty or repeated names")
+        raise PipelineError(f"class_names={value!r} has empty or repeated names")
     return names
 
 
@@ -334,7 +334,7 @@ def _tfrecord(spec, pattern, label_offset, class_names_option):
                 if len(file_labels) and file_labels.min() < 0:
                     raise PipelineError(
                         f"{path} has label {file_labels.min() + label_offset}, "
-                        f"below --label-offset {label_offset}; "
+                        f"below label_offset={label_offset}; "
                         "labels must start at the offset"
                     )
             splits[split] = SourceSplit(
@@ -347,9 +347,9 @@ def _tfrecord(spec, pattern, label_offset, class_names_option):
             return [str(label) for label in range(top_label + 1)], splits
         if top_label >= len(given_names):
             raise PipelineError(
-                f"{spec} has label {top_label + label_offset} but --class-names "
+                f"{spec} has label {top_label + label_offset} but `class_names` "
                 f"gives {len(given_names)} names; "
-                "give every class a name or fix --label-offset"
+                "give every class a name or fix `label_offset`"
             )
         return given_names, splits
 

@@ -20,12 +20,12 @@ import time
 import keras
 import tensorflow as tf
 
-from pipeline import distribute
 from pipeline import history
 from pipeline import model_factory
 from pipeline import plots
 from pipeline import transform
 from pipeline.config import ConfigError
+from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def evaluate_dataset(eval_step, dataset):
         hits += batch_hits
         count += int(labels.shape[0])
     if not count:
-        raise ConfigError("the evaluation split is empty; ingest a dataset with more examples")
+        raise PipelineError("the evaluation split is empty; ingest a dataset with more examples")
     return {"loss": float(loss_sum) / count, "accuracy": float(hits) / count}
 
 
@@ -275,50 +275,27 @@ class _RunRecorder(keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class TrainResult:
+    """The trained model, every epoch's `history.csv` row, and where this run began."""
+
     model: keras.Model
     history: list
     initial_epoch: int
+    epochs: int
+
+    def summary(self):
+        """The figures `metrics.json` reports of training."""
+        last = self.history[-1] if self.history else {}
+        return {"images_per_second": last.get("images_per_second"), "epochs": self.epochs,
+                "resumed_from_epoch": self.initial_epoch}
 
 
-def set_global_options(train_config):
-    """Process-wide settings a run needs before it builds anything."""
-    if train_config.seed is not None:
-        # Same seed, same data order, same initial weights and same kernels: two
-        # single-replica runs end with identical weights.
-        keras.utils.set_random_seed(train_config.seed)
-        tf.config.experimental.enable_op_determinism()
-    if train_config.mixed_precision:
-        # float16 needs loss scaling and a GPU; CPUs and TPUs compute bfloat16.
-        on_gpu = bool(tf.config.list_physical_devices("GPU"))
-        keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
-        if not on_gpu and train_config.strategy != "tpu" and cpu_has_bfloat16() is False:
-            log.warning(
-                "--mixed-precision: without a GPU this is bfloat16, and this CPU has no "
-                "bfloat16 instructions (avx512_bf16 or amx_bf16), so TensorFlow emulates "
-                "them: the paper model trained 14x slower than in float32 on such a CPU "
-                "(1.3 against 18.4 images/s). Drop --mixed-precision on this machine."
-            )
-
-
-def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
-    """Whether the CPU computes bfloat16 natively (AVX512_BF16 or AMX), from
-    Linux's CPU flags; None where they cannot be read."""
-    try:
-        with open(cpuinfo) as file:
-            flags = set(file.read().split())
-    except OSError:
-        return None
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def train(strategy, model_config, train_config, data_config, ingested, run_dir):
+def train(strategy, chief, model_config, train_config, data_config, ingested, run_dir):
     """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
 
     `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
     under `logs/` and checkpoints under `checkpoints/` (the chief's only).
     Returns the trained model, the whole history and the epoch it started from.
     """
-    set_global_options(train_config)
     steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
     with strategy.scope():
         model = model_factory.build_model(model_config, ingested.num_classes)
@@ -328,14 +305,15 @@ def train(strategy, model_config, train_config, data_config, ingested, run_dir):
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, epoch=epoch_counter, **plateau.trackables()
     )
-    chief = distribute.is_chief(strategy)
     # Every worker takes part in saving (it may involve collectives); only the
     # chief's copy is kept.
     checkpoint_dir = (
         os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="ckpt-")
     )
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    if manager.latest_checkpoint and train_config.strategy == "multiworker":
+    if manager.latest_checkpoint and isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ):
         # Only the chief keeps checkpoints: were it to resume alone, the workers
         # would run other steps than it and the collectives would hang.
         log.warning("Multi-worker runs start from epoch 1; %s is not resumed",
@@ -346,8 +324,8 @@ def train(strategy, model_config, train_config, data_config, ingested, run_dir):
         except (AssertionError, ValueError, tf.errors.OpError):
             raise ConfigError(
                 f"the checkpoint in {checkpoint_dir} is of another model or optimizer "
-                "(a different --variant, --normalization, --image-size, --channels or "
-                "--optimizer?); resume with the same flags or use a new --output-dir"
+                "(a different `variant`, `normalization`, `image_size`, `channels` or "
+                "`optimizer`?); resume with the same flags or use a new `output_dir`"
             ) from None
         log.info("Resuming from %s (epoch %d finished)", manager.latest_checkpoint,
                  int(epoch_counter.numpy()))
@@ -363,4 +341,4 @@ def train(strategy, model_config, train_config, data_config, ingested, run_dir):
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
-    return TrainResult(model, rows, initial_epoch)
+    return TrainResult(model, rows, initial_epoch, train_config.epochs)

@@ -60,7 +60,7 @@ def _check_cache_unlocked(path, flag_value):
     if lockfiles:
         lockfile = lockfiles[0]
         raise PipelineError(
-            f"--cache {flag_value}: {lockfile} exists, so another run is writing this "
+            f"cache={flag_value}: {lockfile} exists, so another run is writing this "
             "cache or a run was killed while writing it; if no other run uses it, "
             "delete that file and run again (the cache is rebuilt)"
         )
@@ -98,12 +98,12 @@ def make_dataset(
     if num_examples == 0 or (training and num_examples // pipelines < batch_size):
         raise PipelineError(
             f"the {split} split of {ingested.directory} has {num_examples} examples, too few "
-            f"for a batch of {batch_size} per replica; lower --batch-size or add data"
+            f"for a batch of {batch_size} per replica; lower `batch_size` or add data"
         )
     channels = image_spec.channels
     image_size = image_spec.image_size
     if data_config.pca_noise and channels != 3:
-        raise PipelineError("--pca-noise needs colour input: use --channels 3")
+        raise PipelineError("`pca_noise` needs colour input: use channels=3")
     files = ingested.files(split)
 
     dataset = _records(files, training, seed, input_context).map(
@@ -144,7 +144,7 @@ def make_dataset(
 
         dataset = dataset.shuffle(min(num_examples, SHUFFLE_BUFFER), seed=seed)
         # Stateless augmentation with per-example seeds from a seeded stream: the
-        # same crops and flips on every run with --seed, new ones every epoch,
+        # same crops and flips on every run with `seed`, new ones every epoch,
         # and other ones in every input pipeline.
         augment_seed = seed
         if seed is not None and input_context:
@@ -185,7 +185,7 @@ def distribute_dataset(
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
         raise PipelineError(
-            f"--batch-size {global_batch_size} does not split evenly over {replicas} "
+            f"batch_size={global_batch_size} does not split evenly over {replicas} "
             f"replicas; use a multiple of {replicas}"
         )
 

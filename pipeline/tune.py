@@ -5,13 +5,13 @@
 searches learning rate, optimizer, dropout, batch size, normalisation and
 weight decay, writes `best_hparams.json`, `tuning_trials.png` and a table of
 trials to the run directory, and `pipeline.run` then trains the final model
-with the winner. `--hparams best_hparams.json` reuses a winner without a search.
+with the winner. `hparams=best_hparams.json` reuses a winner without a search.
 
 Trials train with the same model builder (`model_factory.build_model`) and the same
 epoch loop (`train.fit`) as the final model. Across machines, keras-tuner's own
 chief/worker mode runs the search: the same command everywhere, with
 `KERASTUNER_TUNER_ID` (`chief`, `tuner0`, ...), `KERASTUNER_ORACLE_IP`,
-`KERASTUNER_ORACLE_PORT` and a shared `--tune-dir`.
+`KERASTUNER_ORACLE_PORT` and a shared `tune_dir`.
 """
 
 import dataclasses
@@ -26,6 +26,7 @@ from pipeline import model_factory
 from pipeline import plots
 from pipeline import train
 from pipeline.config import ConfigError
+from pipeline.config import PipelineError
 from pipeline.config import first_line
 from pipeline.config import TUNERS
 
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 OBJECTIVE = "val_accuracy"
 # The seed tutorial's exercises (learning rates 0.1 to 0.0001, dropout 0.3 to
 # 0.7, batch 64 to 256, other normalisations) plus the paper's weight decay.
-# A `--tune-space` JSON file replaces any of these entries: a list is a choice,
+# A `tune_space` JSON file replaces any of these entries: a list is a choice,
 # {"min", "max", "sampling": "log"|"linear", "step"} a range.
 DEFAULT_SPACE = {
     "learning_rate": {"min": 1e-4, "max": 1e-1, "sampling": "log"},
@@ -58,11 +59,11 @@ def load_space(path=None):
         with open(path) as file:
             overrides = json.load(file)
     except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot read --tune-space {path}: {error}") from None
+        raise ConfigError(f"cannot read tune_space={path}: {error}") from None
     unknown = set(overrides) - set(DEFAULT_SPACE)
     if unknown:
         raise ConfigError(
-            f"--tune-space {path} names unknown hyperparameters {sorted(unknown)}; "
+            f"tune_space={path} names unknown hyperparameters {sorted(unknown)}; "
             f"known: {', '.join(DEFAULT_SPACE)}"
         )
     space.update(overrides)
@@ -106,8 +107,8 @@ def load_hparams(path):
             return json.load(file)["hyperparameters"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ConfigError(
-            f"cannot read --hparams {path} ({error}); pass a best_hparams.json "
-            "written by --tune"
+            f"cannot read hparams={path} ({error}); pass a best_hparams.json "
+            "written by `tuner`"
         ) from None
 
 
@@ -123,11 +124,11 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
 
     def _trial_config(self, hp):
         """The run's config with the trial's hyperparameters and its epochs (a
-        Hyperband round's own, else --tune-epochs), so that a cosine schedule
+        Hyperband round's own, else `tune_epochs`), so that a cosine schedule
         decays over the epochs the trial trains."""
         hparams = {name: _define(hp, name, spec) for name, spec in self.space.items()}
         config = apply_hparams(self.config, hparams)
-        epochs = hp.values.get("tuner/epochs", self.config.tune.epochs)
+        epochs = hp.values.get("tuner/epochs", self.config.tune.tune_epochs)
         return dataclasses.replace(
             config, train=dataclasses.replace(config.train, epochs=epochs)
         )
@@ -159,7 +160,7 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
 
 
 def make_tuner(kind, hypermodel, strategy, tune_dir, max_trials, tune_epochs, seed=None):
-    """The keras-tuner tuner `--tune kind` means, resuming from `tune_dir`."""
+    """The keras-tuner tuner `tuner=kind` means, resuming from `tune_dir`."""
     # Trials build their model in the strategy's scope (the default strategy
     # needs none); a search across machines is keras-tuner's chief/worker mode.
     distribution = None if strategy is tf.distribute.get_strategy() else strategy
@@ -181,7 +182,7 @@ def make_tuner(kind, hypermodel, strategy, tune_dir, max_trials, tune_epochs, se
         return keras_tuner.Hyperband(
             hypermodel, max_epochs=tune_epochs, factor=3, hyperband_iterations=1, **common
         )
-    raise ConfigError(f"--tune must be one of {', '.join(TUNERS)}. Received: {kind}")
+    raise ValueError(f"`tuner` must be one of {', '.join(TUNERS)}. Received: tuner={kind!r}")
 
 
 def is_tuning_worker():
@@ -189,34 +190,45 @@ def is_tuning_worker():
     return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
 
 
+def tuned_config(config, strategy, ingested, run_dir):
+    """`config` with the hyperparameters of `hparams`, or of a search when
+    `tuner` is set, or as it is; None on a keras-tuner worker, whose part ends
+    with the search."""
+    if config.tune.hparams:
+        return apply_hparams(config, load_hparams(config.tune.hparams))
+    if not config.tune.tuner:
+        return config
+    best = tune(config, strategy, ingested, run_dir)
+    return None if best is None else apply_hparams(config, best)
+
+
 def tune(config, strategy, ingested, run_dir):
     """Searches hyperparameters; returns the best, or None on a tuning worker.
 
     `config` is the whole RunConfig: its `tune` part sets the search, the rest
     is what each trial starts from. An interrupted search given the same
-    `--tune-dir` continues where it stopped.
+    `tune_dir` continues where it stopped.
     """
     tune_config = config.tune
-    if config.train.strategy == "multiworker":
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         raise ConfigError(
-            "--tune does not run under --strategy multiworker: keras-tuner takes "
+            "`tuner` does not run under strategy='multiworker': keras-tuner takes "
             "single-machine strategies; search across machines with its chief/worker "
-            "mode (KERASTUNER_TUNER_ID, see README) and any other --strategy"
+            "mode (KERASTUNER_TUNER_ID, see README) and any other `strategy`"
         )
-    train.set_global_options(config.train)
     hypermodel = AlexNetHyperModel(
-        config, load_space(tune_config.space_file), strategy, ingested
+        config, load_space(tune_config.tune_space), strategy, ingested
     )
     tune_dir = tune_config.tune_dir or os.path.join(run_dir, "tuning")
     tuner = make_tuner(tune_config.tuner, hypermodel, strategy, tune_dir,
-                       tune_config.max_trials, tune_config.epochs, config.train.seed)
+                       tune_config.max_trials, tune_config.tune_epochs, config.train.seed)
     # On the chief of a distributed search this serves the oracle and trains
     # nothing; on a worker or a single machine it runs trials.
     try:
-        tuner.search(epochs=tune_config.epochs)
+        tuner.search(epochs=tune_config.tune_epochs)
     except RuntimeError as error:
         # keras-tuner gives up after too many failed trials (each is logged).
-        raise ConfigError(
+        raise PipelineError(
             f"the search stopped: {first_line(error)} See the trials' errors "
             "above; a batch size in the search space larger than the data is a common cause"
         ) from None
@@ -232,9 +244,9 @@ def _report(tuner, run_dir):
         if trial.status == "COMPLETED" and trial.score is not None
     ]
     if not trials:
-        raise ConfigError(
+        raise PipelineError(
             "the search completed no trial; see the log above, or give it more "
-            "--max-trials or --tune-epochs"
+            "`max_trials` or `tune_epochs`"
         )
     trials.sort(key=lambda trial: trial.score, reverse=True)
     names = list(DEFAULT_SPACE)

@@ -11,6 +11,7 @@ from sklearn import metrics as sklearn_metrics
 
 import serving_testlib
 from alexnet_keras import AlexNet
+from pipeline import cli
 from pipeline import evaluate
 from pipeline import export
 from pipeline.config import PipelineError
@@ -151,8 +152,8 @@ def test_cli_measures_the_export_through_its_own_signature(
     tmp_path, tmp_path_factory, monkeypatch, trained_metrics
 ):
     monkeypatch.chdir(tmp_path)  # the dataset is ingested into ./data/digits
-    exit_code = evaluate.main(
-        [
+    exit_code = cli.main(
+        "evaluate", [
             "--saved-model",
             os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
             "--dataset",
@@ -180,7 +181,7 @@ def test_cli_reuses_the_ingest_dir_it_is_given(
 ):
     monkeypatch.chdir(tmp_path)
     ingested, _ = digits
-    exit_code = evaluate.main([
+    exit_code = cli.main("evaluate", [
         "--saved-model", os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
         "--ingest-dir", ingested.directory, "--output-dir", "out",
     ])
@@ -192,8 +193,8 @@ def test_cli_reuses_the_ingest_dir_it_is_given(
 
 
 def test_cli_names_a_missing_export(tmp_path, capsys):
-    exit_code = evaluate.main(
-        ["--saved-model", str(tmp_path / "nothing"), "--dataset", "digits"]
+    exit_code = cli.main(
+        "evaluate", ["--saved-model", str(tmp_path / "nothing"), "--dataset", "digits"]
     )
     assert exit_code == 2
     error = capsys.readouterr().err
@@ -213,14 +214,8 @@ def test_the_first_model_is_always_blessed(tmp_path, digits):
     result = evaluate.bless(
         0.1, str(tmp_path / "alexnet"), ingested, 0.01, False
     )
-    assert result == {
-        "blessed": True,
-        "candidate_accuracy": 0.1,
-        "baseline_accuracy": None,
-        "baseline_version": None,
-        "reason": result["reason"],
-    }
-    assert "first model" in result["reason"]
+    assert result == evaluate.Blessing(True, result.reason, 0.1, None, None)
+    assert "first model" in result.reason
 
 
 def test_a_worse_model_is_not_pushed_unless_forced(
@@ -235,23 +230,23 @@ def test_a_worse_model_is_not_pushed_unless_forced(
     result = evaluate.bless(
         candidate["test_accuracy"], export_dir, ingested, 0.01, False
     )
-    assert result["blessed"] is False
-    assert result["baseline_version"] == 1
+    assert result.blessed is False
+    assert result.baseline_version == 1
     # The served version, measured now through its own signature, scores what the
     # trained Keras model scored.
-    assert result["baseline_accuracy"] == pytest.approx(
+    assert result.baseline_accuracy == pytest.approx(
         trained_metrics[0]["test_accuracy"]
     )
     assert (
-        "below version 1's" in result["reason"] and "--force-push" in result["reason"]
+        "below version 1's" in result.reason and "`force_push`" in result.reason
     )
     assert export.versions(export_dir) == [1]
 
     forced = evaluate.bless(
         candidate["test_accuracy"], export_dir, ingested, 0.01, True
     )
-    assert forced["blessed"] is True and "forced" in forced["reason"]
-    assert forced["baseline_accuracy"] == result["baseline_accuracy"]
+    assert forced.blessed is True and "forced" in forced.reason
+    assert forced.baseline_accuracy == result.baseline_accuracy
     pushed = export.export_saved_model(
         worse, list(ingested.class_names), export_dir
     )
@@ -265,15 +260,15 @@ def test_tolerance_decides_near_ties(
     export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
     baseline = trained_metrics[0]["test_accuracy"]
     equal = evaluate.bless(baseline, export_dir, ingested, 0.0, False)
-    assert equal["blessed"] is True
+    assert equal.blessed is True
     slightly_worse = evaluate.bless(
         baseline - 0.005, export_dir, ingested, 0.01, False
     )
-    assert slightly_worse["blessed"] is True
+    assert slightly_worse.blessed is True
     assert (
         evaluate.bless(
             baseline - 0.02, export_dir, ingested, 0.01, False
-        )["blessed"]
+        ).blessed
         is False
     )
 
@@ -288,13 +283,13 @@ def test_an_export_for_other_classes_is_not_compared(
     export.export_saved_model(other, ["cat", "dog", "fox"], export_dir)
 
     result = evaluate.bless(0.9, export_dir, ingested, 0.01, False)
-    assert result["blessed"] is False and result["baseline_accuracy"] is None
-    assert "cannot be compared" in result["reason"]
+    assert result.blessed is False and result.baseline_accuracy is None
+    assert "cannot be compared" in result.reason
     forced = evaluate.bless(0.9, export_dir, ingested, 0.01, True)
-    assert forced["blessed"] is True and "forced" in forced["reason"]
+    assert forced.blessed is True and "forced" in forced.reason
 
-    exit_code = evaluate.main(
-        ["--saved-model", export_dir, "--dataset", "digits", "--output-dir", "out"]
+    exit_code = cli.main(
+        "evaluate", ["--saved-model", export_dir, "--dataset", "digits", "--output-dir", "out"]
     )
     assert exit_code == 2
     error = capsys.readouterr().err

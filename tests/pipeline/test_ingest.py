@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 from sklearn import datasets
 
 import serving_testlib
+from pipeline import cli
 from pipeline import artifact
 from pipeline import ingest
 from pipeline.config import DataConfig
@@ -411,7 +412,7 @@ def test_tfds_errors_are_one_line(monkeypatch, tmp_path):
     assert "could not download or prepare TFDS dataset 'cifar10'" in message
     assert (
         "Failed to resolve" in message
-        and "--data-dir" in message
+        and "`data_dir`" in message
         and "\n" not in message
     )
 
@@ -535,8 +536,8 @@ def test_cli_prints_a_summary(tmp_path, capsys):
     _write(str(tmp_path / "images" / "cat" / "notes.txt"), b"text")
     output_dir = str(tmp_path / "out")
     assert (
-        ingest.main(
-            ["--dataset", f"folder:{tmp_path / 'images'}", "--output-dir", output_dir]
+        cli.main(
+            "ingest", ["--dataset", f"folder:{tmp_path / 'images'}", "--output-dir", output_dir]
         )
         == 0
     )

@@ -17,6 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import serving_testlib
+from pipeline import cli
 from pipeline import predict
 
 MODEL_NAME = "alexnet"
@@ -208,7 +209,7 @@ def test_rest_sends_the_documented_request_and_prints_top_k(
     paths, _ = images
     rest_server.requests.clear()
     assert (
-        predict.main([*paths, "--server", rest_server.url, "--model", MODEL_NAME]) == 0
+        cli.main("predict", [*paths, "--server", rest_server.url, "--model", MODEL_NAME]) == 0
     )
 
     # One request per image, so a bad image can be named.
@@ -232,13 +233,13 @@ def test_rest_sends_the_documented_request_and_prints_top_k(
 
 def test_rest_error_replies_name_the_file_and_the_server(rest_server, images, capsys):
     paths, not_an_image = images
-    assert predict.main([paths[0], not_an_image, "--server", rest_server.url]) == 2
+    assert cli.main("predict", [paths[0], not_an_image, "--server", rest_server.url]) == 2
     error = one_line_error(capsys)
     assert not_an_image in error and rest_server.url in error and "400" in error
     assert "Unknown image file format" in error
 
     assert (
-        predict.main([paths[0], "--server", rest_server.url, "--model", "resnet"]) == 2
+        cli.main("predict", [paths[0], "--server", rest_server.url, "--model", "resnet"]) == 2
     )
     error = one_line_error(capsys)
     assert "404" in error and "Servable not found" in error
@@ -252,7 +253,7 @@ def test_grpc_sends_a_predict_request_and_agrees_with_rest(
     paths, _ = images
     service.requests.clear()
     assert (
-        predict.main([*paths, "--grpc", target, "--version", "1", "--top-k", "2"]) == 0
+        cli.main("predict", [*paths, "--grpc", target, "--version", "1", "--top-k", "2"]) == 0
     )
     request = service.requests[0]
     assert request.model_spec.name == MODEL_NAME
@@ -270,7 +271,7 @@ def test_grpc_sends_a_predict_request_and_agrees_with_rest(
 def test_grpc_invalid_argument_names_the_file(grpc_server, images, capsys):
     _, target = grpc_server
     _, not_an_image = images
-    assert predict.main([not_an_image, "--grpc", target]) == 2
+    assert cli.main("predict", [not_an_image, "--grpc", target]) == 2
     error = one_line_error(capsys)
     assert not_an_image in error and "INVALID_ARGUMENT" in error
     assert "Unknown image file format" in error
@@ -279,7 +280,7 @@ def test_grpc_invalid_argument_names_the_file(grpc_server, images, capsys):
 def test_unreachable_servers_are_named(images, capsys):
     paths, _ = images
     port = free_port()
-    assert predict.main([paths[0], "--grpc", f"127.0.0.1:{port}"]) == 2
+    assert cli.main("predict", [paths[0], "--grpc", f"127.0.0.1:{port}"]) == 2
     error = one_line_error(capsys)
     assert f"cannot reach TF Serving at 127.0.0.1:{port}" in error
 
@@ -314,11 +315,11 @@ def test_saved_model_answers_locally_like_the_server(served, images, capsys):
     results = predict.predict(paths, saved_model=os.path.dirname(version_dir))
     assert_same_answers(results, session, paths)
 
-    assert predict.main([not_an_image, "--saved-model", version_dir]) == 2
+    assert cli.main("predict", [not_an_image, "--saved-model", version_dir]) == 2
     error = one_line_error(capsys)
     assert not_an_image in error and version_dir in error
     assert "Unknown image file format" in error
 
     missing = os.path.join(os.path.dirname(not_an_image), "missing.jpg")
-    assert predict.main([missing, "--saved-model", version_dir]) == 2
+    assert cli.main("predict", [missing, "--saved-model", version_dir]) == 2
     assert f"cannot read {missing}" in one_line_error(capsys)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_keras import AlexNet
+from pipeline import model_factory
 from pipeline import train
 from pipeline.config import TrainConfig
 
@@ -70,15 +71,17 @@ def test_xla_step_matches_the_plain_step():
 
 
 def test_mixed_precision_without_a_gpu_is_bfloat16_and_warns_where_emulated(caplog):
-    train.set_global_options(TrainConfig(mixed_precision=True))
+    model_factory.set_global_options(
+        TrainConfig(mixed_precision=True), tf.distribute.get_strategy()
+    )
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     warned = "no bfloat16 instructions" in caplog.text
-    assert warned == (train.cpu_has_bfloat16() is False)
+    assert warned == (model_factory.cpu_has_bfloat16() is False)
 
 
 def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
     (tmp_path / "sapphire").write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n")
     (tmp_path / "epyc").write_text("flags\t\t: fpu avx2 fma\n")
-    assert train.cpu_has_bfloat16(str(tmp_path / "sapphire")) is True
-    assert train.cpu_has_bfloat16(str(tmp_path / "epyc")) is False
-    assert train.cpu_has_bfloat16(str(tmp_path / "missing")) is None
+    assert model_factory.cpu_has_bfloat16(str(tmp_path / "sapphire")) is True
+    assert model_factory.cpu_has_bfloat16(str(tmp_path / "epyc")) is False
+    assert model_factory.cpu_has_bfloat16(str(tmp_path / "missing")) is None

@@ -167,7 +167,7 @@ def test_pca_noise_shifts_each_image_by_one_colour(colours):
     )
     # At most a few percent of the 0-255 range (alpha ~ N(0, 0.1)).
     assert 0 < np.abs(shift).mean() < 0.15 * 255
-    with pytest.raises(PipelineError, match="--pca-noise needs colour input"):
+    with pytest.raises(PipelineError, match="`pca_noise` needs colour input"):
         _make(ingested, "train", 8, True, channels=1, pca_noise=True)
 
 

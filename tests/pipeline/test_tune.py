@@ -13,10 +13,10 @@ import keras_tuner
 import pytest
 import tensorflow as tf
 
+from pipeline import cli
 from pipeline import artifact
 from pipeline import ingest
 from pipeline import model_factory
-from pipeline import run
 from pipeline import tune
 from pipeline.config import ConfigError
 from pipeline.config import DataConfig
@@ -66,7 +66,7 @@ def test_a_trials_cosine_schedule_decays_over_the_epochs_the_trial_trains(
     config = RunConfig(
         model=ModelConfig(image_size=(67, 67), channels=1),
         train=TrainConfig(epochs=10, lr_schedule="cosine", batch_size=32),
-        tune=TuneConfig(epochs=2),
+        tune=TuneConfig(tune_epochs=2),
     )
     strategy = tf.distribute.get_strategy()
     hypermodel = tune.AlexNetHyperModel(config, SMALL_SPACE, strategy, ingested)
@@ -89,7 +89,7 @@ def test_each_tuner_completes_and_the_final_model_uses_the_winner(
     argv = ["--tune", kind, "--max-trials", "2", "--tune-epochs", "2",
             "--tune-space", space_file, "--ingest-dir", digits_dir,
             "--output-dir", str(run_dir), "--export-dir", str(tmp_path / "models"), *TINY]
-    assert run.main(argv) == 0
+    assert cli.main("run", argv) == 0
     best = json.loads((run_dir / "best_hparams.json").read_text())
     assert best["objective"] == "val_accuracy"
     assert 0.0 <= best["score"] <= 1.0
@@ -117,7 +117,7 @@ def test_hparams_file_trains_without_a_search(tmp_path, digits_dir):
     run_dir = tmp_path / "run"
     argv = ["--hparams", str(path), "--ingest-dir", digits_dir, "--output-dir", str(run_dir),
             "--export-dir", str(tmp_path / "models"), *TINY]
-    assert run.main(argv) == 0
+    assert cli.main("run", argv) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["train"]["optimizer"] == "sgd"
     assert config["train"]["weight_decay"] == 5e-4
@@ -130,7 +130,7 @@ def test_bad_tuning_input_is_a_clear_error(tmp_path):
     (tmp_path / "space.json").write_text(json.dumps({"momentum": [0.9]}))
     with pytest.raises(ConfigError, match="unknown hyperparameters \\['momentum'\\]"):
         tune.load_space(str(tmp_path / "space.json"))
-    with pytest.raises(ConfigError, match="cannot read --hparams"):
+    with pytest.raises(ConfigError, match="cannot read hparams="):
         tune.load_hparams(str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="unknown hyperparameters"):
         tune.apply_hparams(RunConfig(), {"epochs": 3})

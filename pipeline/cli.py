@@ -1,0 +1,352 @@
+"""The command line of every pipeline command: its flags, their help, one error handler.
+
+    python -m pipeline.run --strategy mirrored
+    python -m pipeline.ingest --dataset digits --output-dir data/digits
+    python -m pipeline.evaluate --saved-model saved_models/alexnet --dataset digits
+    python -m pipeline.predict digit.png --saved-model saved_models/alexnet
+
+Every flag sets the setting of the same name (`--batch-size` is
+`TrainConfig.batch_size`); the few exceptions are in `_FLAG_OF`. The library
+names settings in its errors (`batch_size=30`, `` `output_dir` ``) and `main`
+shows them as this command's flags. Choices and ranges are validated once, by
+the config dataclasses.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+import time
+
+from alexnet_keras import alexnet
+from pipeline import config as config_lib
+from pipeline import evaluate
+from pipeline import ingest
+from pipeline import predict
+from pipeline import run
+from pipeline import sources
+
+# Settings whose flag is not their name with dashes, per command.
+_FLAG_OF = {
+    "run": {"tuner": "--tune", "export_formats": "--export-format"},
+    "ingest": {"ingest_dir": "--output-dir"},
+    "evaluate": {},
+    "predict": {"grpc_target": "--grpc"},
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Shows each flag's default once, after its help, and none where there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
+def _choices(values):
+    """Shown in --help; the config dataclasses do the checking."""
+    return "{" + ",".join(values) + "}"
+
+
+def _image_size(text):
+    try:
+        parts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, got {text!r}")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected SIZE or HEIGHT,WIDTH, got {text!r}")
+    return tuple(parts * 2 if len(parts) == 1 else parts)
+
+
+def _add_data_flags(parser, ingest_dir_flag="--ingest-dir"):
+    """The flags that say what to ingest and where, shared by run, ingest and evaluate."""
+    parser.add_argument("--dataset", default="digits", help=sources.SPEC_HELP)
+    parser.add_argument("--data-dir", default=None,
+                        help="TFDS data_dir: where tfds: datasets are (or get) prepared")
+    parser.add_argument(ingest_dir_flag, dest="ingest_dir", default=None,
+                        help="where the ingested shards and manifest.json are or go "
+                             "(default: data/<dataset slug>, e.g. data/digits)")
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first corrupt or non-image file instead of "
+                             "skipping it")
+    parser.add_argument("--label-offset", type=int, default=0,
+                        help="tfrecord: subtract from every label (1 for 1-based sets "
+                             "like ImageNet)")
+    parser.add_argument("--class-names", default=None,
+                        help="tfrecord: a comma-separated list, or a file with one name "
+                             "per line")
+
+
+def _run_parser():
+    defaults = config_lib.RunConfig()
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.run",
+        description="Train AlexNet and export it for TensorFlow Serving.",
+        formatter_class=_HelpFormatter,
+    )
+    data = parser.add_argument_group("data")
+    _add_data_flags(data)
+    data.add_argument("--cache", default=None,
+                      help="cache decoded examples: 'memory' or a file path")
+    data.add_argument("--pca-noise", action="store_true",
+                      help="the paper's PCA colour augmentation (colour data)")
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--variant", metavar=_choices(alexnet.VARIANTS),
+                       default=defaults.model.variant)
+    model.add_argument("--dropout-rate", type=float, default=defaults.model.dropout_rate)
+    model.add_argument("--normalization", metavar=_choices(alexnet.NORMALIZATIONS),
+                       default=None,
+                       help="the variant's own when not given (lrn for paper, none for d2l)")
+    model.add_argument("--image-size", type=_image_size, default=None,
+                       help="SIZE or HEIGHT,WIDTH; when not given: 67 for digits, else "
+                            "the variant's 227 or 224")
+    model.add_argument("--channels", type=int, metavar="{1,3}", default=None,
+                       help="model input channels; the dataset's own when not given")
+
+    train = parser.add_argument_group("training")
+    train.add_argument("--strategy", metavar=_choices(config_lib.STRATEGIES),
+                       default=defaults.train.strategy)
+    train.add_argument("--cpu-replicas", type=int, default=None,
+                       help="split the CPU into N logical devices for --strategy mirrored "
+                            "(without GPUs)")
+    train.add_argument("--epochs", type=int, default=defaults.train.epochs)
+    train.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="cap on training steps per epoch")
+    train.add_argument("--batch-size", type=int, default=defaults.train.batch_size,
+                       help="global batch size, split over the replicas")
+    train.add_argument("--optimizer", metavar=_choices(config_lib.OPTIMIZERS),
+                       default=defaults.train.optimizer)
+    train.add_argument("--learning-rate", type=float, default=defaults.train.learning_rate)
+    train.add_argument("--weight-decay", type=float, default=defaults.train.weight_decay,
+                       help="L2 on the kernels (the paper: 5e-4)")
+    train.add_argument("--lr-schedule", metavar=_choices(config_lib.LR_SCHEDULES),
+                       default=defaults.train.lr_schedule,
+                       help="plateau: the paper's divide-by-10 when validation loss stalls")
+    train.add_argument("--seed", type=int, default=None,
+                       help="make a single-replica run reproducible")
+    train.add_argument("--output-dir", default=None,
+                       help="run directory (runs/<timestamp> when not given); rerun with "
+                            "the same one to resume")
+    train.add_argument("--mixed-precision", action="store_true",
+                       help="float16 on GPUs, bfloat16 on CPUs and TPUs")
+    train.add_argument("--jit-compile", action="store_true",
+                       help="compile the training step with XLA")
+
+    tuning = parser.add_argument_group("tuning (keras-tuner)")
+    tuning.add_argument("--tune", dest="tuner", metavar=_choices(config_lib.TUNERS),
+                        default=None,
+                        help="search hyperparameters first, then train with the best")
+    tuning.add_argument("--max-trials", type=int, default=defaults.tune.max_trials,
+                        help="trials of a random or bayesian search")
+    tuning.add_argument("--tune-epochs", type=int, default=defaults.tune.tune_epochs,
+                        help="epochs per trial (Hyperband: the most a trial gets)")
+    tuning.add_argument("--tune-dir", default=None,
+                        help="keras-tuner's directory (<output-dir>/tuning when not "
+                             "given); reuse it to resume a search, share it across machines")
+    tuning.add_argument("--tune-space", default=None,
+                        help="JSON file replacing entries of the search space")
+    tuning.add_argument("--hparams", default=None,
+                        help="best_hparams.json of an earlier search: train with it, "
+                             "no search")
+
+    export = parser.add_argument_group("evaluation and export")
+    export.add_argument("--export-dir", default=defaults.export.export_dir,
+                        help="TF Serving base path; versions go in numbered subdirectories")
+    export.add_argument("--bless-tolerance", type=float,
+                        default=defaults.export.bless_tolerance,
+                        help="push if test accuracy >= the served version's minus this")
+    export.add_argument("--force-push", action="store_true",
+                        help="export even if the model is worse than the served one")
+    export.add_argument("--export-format", dest="export_formats", action="append",
+                        metavar=_choices(config_lib.EXPORT_FORMATS), default=None,
+                        help="saved_model (always) and/or keras (a .keras file in the run "
+                             "directory); repeatable")
+    return parser
+
+
+def _ingest_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.ingest", formatter_class=_HelpFormatter,
+        description="Turn a dataset into sharded TFRecords with train/validation/test "
+                    "splits.",
+    )
+    _add_data_flags(parser, ingest_dir_flag="--output-dir")
+    return parser
+
+
+def _evaluate_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.evaluate", formatter_class=_HelpFormatter,
+        description="Evaluate an export on a dataset through its serving signature.",
+    )
+    parser.add_argument("--saved-model", required=True,
+                        help="a version directory, or a base directory (its newest version)")
+    _add_data_flags(parser)
+    parser.add_argument("--split", default="test", metavar="{train,validation,test}")
+    parser.add_argument("--output-dir", default="runs/evaluation",
+                        help="where evaluation.json and the pictures go")
+    return parser
+
+
+def _predict_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.predict", formatter_class=_HelpFormatter,
+        description="Classify images with a served or exported AlexNet.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="JPEG, PNG, BMP or GIF files")
+    place = parser.add_mutually_exclusive_group(required=True)
+    place.add_argument("--server", help="TF Serving's REST address, e.g. http://localhost:8501")
+    place.add_argument("--grpc", dest="grpc_target",
+                       help="TF Serving's gRPC address, e.g. localhost:8500")
+    place.add_argument("--saved-model",
+                       help="an export: a version directory or its base directory")
+    parser.add_argument("--model", dest="model_name", default="alexnet",
+                        help="the served model's name")
+    parser.add_argument("--version", type=int, default=None,
+                        help="a served version (the server's choice, the newest, when "
+                             "not given)")
+    parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    return parser
+
+
+def _settings(config_class, args):
+    """The fields of `config_class` that `args` sets, by name."""
+    return {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+        if hasattr(args, field.name)
+    }
+
+
+def run_config(args):
+    """The validated `RunConfig` the flags of `python -m pipeline.run` describe."""
+    args.output_dir = args.output_dir or os.path.join(
+        "runs", time.strftime("%Y%m%d-%H%M%S")
+    )
+    args.export_formats = tuple(dict.fromkeys(["saved_model", *(args.export_formats or [])]))
+    return config_lib.RunConfig(**{
+        part: config_class(**_settings(config_class, args))
+        for part, config_class in (
+            ("data", config_lib.DataConfig), ("model", config_lib.ModelConfig),
+            ("train", config_lib.TrainConfig), ("export", config_lib.ExportConfig),
+            ("tune", config_lib.TuneConfig),
+        )
+    })
+
+
+def _run(args):
+    metrics = run.run(run_config(args))
+    if metrics is not None:
+        print(_summary(metrics, args.output_dir), flush=True)
+
+
+def _summary(metrics, run_dir):
+    lines = [f"Test accuracy: {metrics['test_accuracy']:.4f}"]
+    if "test_top5_accuracy" in metrics:
+        lines[0] += f"   top-5: {metrics['test_top5_accuracy']:.4f}"
+    if metrics["images_per_second"] is not None:
+        lines.append(f"Training speed: {metrics['images_per_second']:.1f} images/s "
+                     "(last epoch)")
+    lines.append(f"Wall time: {metrics['wall_time_seconds']:.0f} s")
+    lines.append(f"Run directory: {run_dir}")
+    reason = _as_flags(metrics["reason"], "run")
+    if metrics["export_path"]:
+        lines.append(f"Exported for TF Serving: {metrics['export_path']} ({reason})")
+    else:
+        lines.append(f"Not exported: {reason}")
+    return "\n".join(lines)
+
+
+def _ingest(args):
+    data_config = config_lib.DataConfig(**_settings(config_lib.DataConfig, args))
+    output_dir = args.ingest_dir or ingest.default_ingest_dir(args.dataset)
+    ingested = ingest.ingest(data_config, output_dir)
+    for skipped in ingested.skipped:
+        print(f"skipped {skipped.path}: {skipped.reason}")
+    counts = ", ".join(f"{name} {split.num_examples}" for name, split in ingested.splits.items())
+    print(f"{counts} examples; {len(ingested.skipped)} skipped; in {output_dir}")
+
+
+def _evaluate(args):
+    data_config = config_lib.DataConfig(**_settings(config_lib.DataConfig, args))
+    metrics = evaluate.evaluate_export(
+        args.saved_model, data_config, args.split, args.output_dir
+    )
+    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as file:
+        json.dump(metrics, file, indent=2)
+    print(f"Metrics and pictures are in {args.output_dir}")
+
+
+def _predict(args):
+    if args.top_k < 1:
+        raise config_lib.ConfigError(f"`top_k` must be at least 1. Received: top_k={args.top_k}")
+    results = predict.predict(
+        args.images, server=args.server, grpc_target=args.grpc_target,
+        saved_model=args.saved_model, model_name=args.model_name, version=args.version,
+        top_k=args.top_k,
+    )
+    for path, classes in results:
+        print(path)
+        for rank, (name, probability) in enumerate(classes, start=1):
+            print(f"  {rank}. {name:<24} {probability:.4f}")
+
+
+_COMMANDS = {
+    "run": (_run_parser, _run),
+    "ingest": (_ingest_parser, _ingest),
+    "evaluate": (_evaluate_parser, _evaluate),
+    "predict": (_predict_parser, _predict),
+}
+
+
+# Every name a library message may use for a setting.
+_SETTINGS = frozenset(
+    field.name
+    for config_class in (config_lib.DataConfig, config_lib.ModelConfig,
+                         config_lib.TrainConfig, config_lib.ExportConfig,
+                         config_lib.TuneConfig)
+    for field in dataclasses.fields(config_class)
+) | {"saved_model", "split", "server", "grpc_target", "top_k"}
+
+
+def _as_flags(message, command):
+    """A library message with its setting names (`name=value`, `` `name` ``) shown
+    as the command's flags (`--name value`, `--name`)."""
+    renamed = _FLAG_OF[command]
+
+    def flag(match, suffix=""):
+        name = match.group(1)
+        if name not in _SETTINGS:
+            return match.group(0)
+        return renamed.get(name, "--" + name.replace("_", "-")) + suffix
+
+    message = re.sub(r"`(\w+)`", flag, message)
+    return re.sub(r"\b([a-z_]+)=(?=\S)", lambda match: flag(match, " "), message)
+
+
+def main(command, argv=None):
+    """Runs `command` ("run", "ingest", "evaluate" or "predict") on `argv`.
+
+    Errors a user can cause print one line, `<prog>: error: <what and the fix>`,
+    and return 2; anything else is a bug and keeps its traceback.
+    """
+    make_parser, execute = _COMMANDS[command]
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    # The pipeline's own progress at INFO; TensorFlow's and Keras' only when
+    # they warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("pipeline").setLevel(logging.INFO)
+    try:
+        execute(args)
+    except config_lib.PipelineError as error:
+        print(f"{parser.prog}: error: {_as_flags(str(error), command)}", file=sys.stderr)
+        return 2
+    return 0
