@@ -1,6 +1,6 @@
-"""Benchmarks of the pipeline and the model, run on the machine they report about."""
+"""Benchmarks of the pipeline and the model, run on the machine they report about.
 
-# The pipeline's TensorFlow settings (oneDNN on, quiet start-up) must be in
-# place before anything here imports TensorFlow, so that the figures are those
-# of a real run.
-import pipeline  # noqa: F401
+Each is a command, `python -m benchmarks.<name>`, whose `main` sets the process
+up (`common.prepare_process()`) before it imports TensorFlow; importing a
+benchmark sets nothing.
+"""

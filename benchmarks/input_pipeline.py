@@ -24,40 +24,9 @@ import sys
 import tempfile
 import time
 
-import keras
-import numpy as np
-import tensorflow as tf
-
-from alexnet_keras import AlexNet
-from pipeline import ingest
-from pipeline import train
-from pipeline import transform
-from pipeline.config import DataConfig
+from benchmarks import common
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SIZE = (227, 227)
-NUM_CLASSES = 10
-
-
-def write_jpegs(directory, count, seed=0):
-    """`count` JPEGs in NUM_CLASSES class folders, 300-500 pixels a side like
-    ImageNet's. Smooth random colour fields with a little noise: white noise
-    would make files several times larger and slower to decode than photos."""
-    rng = np.random.default_rng(seed)
-    for index in range(count):
-        height, width = rng.integers(300, 501), rng.integers(350, 501)
-        coarse = rng.uniform(0, 255, (height // 32 + 2, width // 32 + 2, 3))
-        image = tf.image.resize(coarse, (height, width)) + rng.normal(
-            0, 8, (height, width, 3)
-        )
-        pixels = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
-        class_dir = os.path.join(directory, f"class_{index % NUM_CLASSES}")
-        os.makedirs(class_dir, exist_ok=True)
-        tf.io.write_file(
-            os.path.join(class_dir, f"{index:05d}.jpg"),
-            tf.io.encode_jpeg(pixels, quality=90),
-        )
 
 
 def pipeline_speed(dataset, batches):
@@ -83,6 +52,16 @@ def training_speed(step, dataset, steps, warmup_steps, batch_size):
 
 
 def main(argv=None):
+    # TensorFlow reads the process set-up when it is imported, so it, Keras and
+    # the pipeline are imported here, never at the top.
+    common.prepare_process()
+    import keras
+    import tensorflow as tf
+
+    from alexnet_keras import AlexNet
+    from pipeline import train
+    from pipeline import transform
+
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n")[0]
     )
@@ -111,11 +90,10 @@ def main(argv=None):
 
     with tempfile.TemporaryDirectory() as directory:
         logger.info("writing %d JPEGs", args.images)
-        write_jpegs(os.path.join(directory, "images"), args.images)
-        ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
-                                 os.path.join(directory, "ingested"))
+        ingested = common.ingest_jpegs(directory, args.images)
         model = AlexNet(
-            variant="paper", num_classes=NUM_CLASSES, input_shape=(*IMAGE_SIZE, 3)
+            variant="paper", num_classes=common.NUM_CLASSES,
+            input_shape=common.input_shapes()["paper"],
         )
         dataset = transform.make_dataset(
             ingested, "train", model.image_spec, args.batch_size, True

@@ -30,21 +30,7 @@ import sys
 import tempfile
 import time
 
-import tensorflow as tf
-from tensorflow.tsl.profiler.protobuf import xplane_pb2
-
-from benchmarks.input_pipeline import write_jpegs
-from benchmarks.train import NUM_CLASSES
-from benchmarks.train import VARIANTS
-from benchmarks.train import training_gflop_per_image
-from pipeline import distribute
-from pipeline import ingest
-from pipeline import model_factory
-from pipeline import train
-from pipeline import transform
-from pipeline.config import DataConfig
-from pipeline.config import ModelConfig
-from pipeline.config import TrainConfig
+from benchmarks import common
 
 # A traced TensorFlow op is named "<node name>:<op type>".
 _OP_EVENT = re.compile(r"^(?P<node>[^:]+):(?P<type>[A-Za-z0-9_]+)$")
@@ -74,6 +60,8 @@ def classify(node, op_type):
 def op_milliseconds(xspace_path):
     """{(row, column): summed op milliseconds} over the host's executor threads,
     and the summed milliseconds of the `train_step` calls on the Python thread."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
     space = xplane_pb2.XSpace()
     with open(xspace_path, "rb") as file:
         space.ParseFromString(file.read())
@@ -132,10 +120,23 @@ def print_breakdown(totals, steps, wall_ms, gflop_per_image, batch_size, functio
 
 
 def main(argv=None):
+    # TensorFlow reads the process set-up when it is imported, so it and the
+    # pipeline are imported here, never at the top.
+    common.prepare_process()
+    import tensorflow as tf
+
+    from pipeline import distribute
+    from pipeline import model_factory
+    from pipeline import train
+    from pipeline import transform
+    from pipeline.config import ModelConfig
+    from pipeline.config import TrainConfig
+
+    input_shapes = common.input_shapes()
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.profile", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--variant", choices=tuple(VARIANTS), default="paper")
+    parser.add_argument("--variant", choices=tuple(input_shapes), default="paper")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3, help="traced training steps")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untraced first steps")
@@ -146,22 +147,20 @@ def main(argv=None):
                              "temporary directory, deleted afterwards)")
     args = parser.parse_args(argv)
     if args.images is None:
-        args.images = int((args.warmup_steps + args.steps + 1) * args.batch_size / 0.8) + 10
+        args.images = common.images_for(args.warmup_steps, args.steps, args.batch_size)
     if min(args.batch_size, args.steps, args.warmup_steps, args.images) < 1:
         parser.error("every count must be at least 1")
 
-    height, width, channels = VARIANTS[args.variant]
+    height, width, channels = input_shapes[args.variant]
     model_config = ModelConfig(variant=args.variant, image_size=(height, width),
                                channels=channels)
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd",
                                learning_rate=0.01)
     with tempfile.TemporaryDirectory() as directory:
-        write_jpegs(os.path.join(directory, "images"), args.images)
-        ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
-                                 os.path.join(directory, "ingested"))
+        ingested = common.ingest_jpegs(directory, args.images)
         strategy = distribute.make_strategy("mirrored")
         with strategy.scope():
-            model = model_factory.build_model(model_config, NUM_CLASSES)
+            model = model_factory.build_model(model_config, common.NUM_CLASSES)
             optimizer = model_factory.make_optimizer(train_config, 1, model.trainable_variables)
         iterator = iter(transform.distribute_dataset(
             strategy, ingested, "train", model.image_spec, args.batch_size, training=True,
@@ -184,11 +183,11 @@ def main(argv=None):
         traces = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True),
                         key=os.path.getmtime)
         totals, function_ms = op_milliseconds(traces[-1])
-    print(f"\n{args.variant} AlexNet {VARIANTS[args.variant]}, batch {args.batch_size}, "
+    print(f"\n{args.variant} AlexNet {input_shapes[args.variant]}, batch {args.batch_size}, "
           f"XLA off, {args.steps} traced steps" + (f"; trace in {logdir}" if args.logdir else ""))
     # The wall time of the traced steps, to compare with the summed trace times.
     print_breakdown(totals, args.steps, 1000 * sum(times) / args.steps,
-                    training_gflop_per_image(model), args.batch_size, function_ms)
+                    common.training_gflop_per_image(model), args.batch_size, function_ms)
     return 0
 
 

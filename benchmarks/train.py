@@ -31,31 +31,17 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import tensorflow as tf
-
-from alexnet_keras import AlexNet
-from alexnet_keras import alexnet
-from benchmarks.input_pipeline import write_jpegs
-from pipeline import distribute
-from pipeline import export
-from pipeline import ingest
-from pipeline import model_factory
-from pipeline import train
-from pipeline.config import DataConfig
-from pipeline.config import ModelConfig
-from pipeline.config import TrainConfig
+from benchmarks import common
 
 log = logging.getLogger(__name__)
-
-NUM_CLASSES = 10
-VARIANTS = {variant: alexnet.default_input_shape(variant) for variant in alexnet.VARIANTS}
 
 
 def matmul_peak(size=4096, repeats=10):
     """fp32 GFLOP/s of the fastest of `repeats` size x size matmuls on all cores:
     the best the machine showed, so shares of it are not flattered by a slow
     moment."""
+    import tensorflow as tf
+
     a = tf.random.normal((size, size))
     b = tf.random.normal((size, size))
     matmul = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
@@ -68,23 +54,15 @@ def matmul_peak(size=4096, repeats=10):
     return 2 * size**3 / min(times) / 1e9
 
 
-def training_gflop_per_image(model):
-    """Forward multiply-adds of the convolutions and dense layers, x2 for FLOPs,
-    x3 for training (the backward pass costs about twice the forward)."""
-    macs = 0
-    for layer in model.layers:
-        if layer.__class__.__name__ == "Conv2D":
-            height, width, filters = layer.output.shape[1:]
-            kernel_height, kernel_width, channels, _ = layer.kernel.shape
-            macs += height * width * filters * kernel_height * kernel_width * channels
-        elif layer.__class__.__name__ == "Dense":
-            macs += int(np.prod(layer.kernel.shape))
-    return 3 * 2 * macs / 1e9
-
-
-def pipeline_training_speed(variant, ingested, args, jit_compile, strategy):
+def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy):
     """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
-    height, width, channels = VARIANTS[variant]
+    from pipeline import model_factory
+    from pipeline import train
+    from pipeline.config import DataConfig
+    from pipeline.config import ModelConfig
+    from pipeline.config import TrainConfig
+
+    height, width, channels = input_shape
     model_config = ModelConfig(variant=variant, image_size=(height, width), channels=channels)
     train_config = TrainConfig(
         # train.fit's images/s leaves out the epoch's first step (it traces), as
@@ -94,21 +72,21 @@ def pipeline_training_speed(variant, ingested, args, jit_compile, strategy):
         jit_compile=jit_compile, seed=0,
     )
     with strategy.scope():
-        model = model_factory.build_model(model_config, NUM_CLASSES)
+        model = model_factory.build_model(model_config, common.NUM_CLASSES)
         optimizer = model_factory.make_optimizer(train_config, train_config.steps_per_epoch,
                                                  model.trainable_variables)
     logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
-    return logs[-1]["images_per_second"], training_gflop_per_image(model)
+    return logs[-1]["images_per_second"], common.training_gflop_per_image(model)
 
 
-def torch_training_speed(variant, args):
+def torch_training_speed(variant, input_shape, args):
     """Median images/s of the PyTorch eager reference, or None without torch."""
     try:
         import torch
         from torch import nn
     except ImportError:
         return None
-    height, width, channels = VARIANTS[variant]
+    height, width, channels = input_shape
     if variant == "paper":
         # The paper's LRN in PyTorch's convention: alpha there is divided by size.
         norm = [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)]
@@ -129,12 +107,12 @@ def torch_training_speed(variant, args):
     flat = features(torch.zeros(1, channels, height, width)).shape[1]
     model = nn.Sequential(
         features, nn.Linear(flat, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, NUM_CLASSES),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, common.NUM_CLASSES),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     images = torch.randn(args.batch_size, channels, height, width)
-    labels = torch.randint(0, NUM_CLASSES, (args.batch_size,))
+    labels = torch.randint(0, common.NUM_CLASSES, (args.batch_size,))
     times = []
     for step in range(args.warmup_steps + args.steps):
         start = time.perf_counter()
@@ -146,11 +124,15 @@ def torch_training_speed(variant, args):
     return args.batch_size / statistics.median(times)
 
 
-def inference_speed(variant, args):
+def inference_speed(variant, input_shape, args):
     """Median images/s of `model(x, training=False)` in a tf.function."""
-    model = AlexNet(variant=variant, num_classes=NUM_CLASSES, input_shape=VARIANTS[variant])
+    import tensorflow as tf
+
+    from alexnet_keras import AlexNet
+
+    model = AlexNet(variant=variant, num_classes=common.NUM_CLASSES, input_shape=input_shape)
     predict = tf.function(lambda x: model(x, training=False))
-    images = tf.random.normal((args.batch_size, *VARIANTS[variant]))
+    images = tf.random.normal((args.batch_size, *input_shape))
     predict(images).numpy()
     times = []
     for _ in range(max(3, args.steps)):
@@ -160,11 +142,17 @@ def inference_speed(variant, args):
     return args.batch_size / statistics.median(times)
 
 
-def serving_latency(ingested, export_dir, batch_sizes, repeats):
-    """Median milliseconds of `serving_default` on JPEG bytes, per batch size."""
-    model = AlexNet(variant="paper", num_classes=NUM_CLASSES, input_shape=VARIANTS["paper"])
+def serving_latency(input_shape, ingested, export_dir, batch_sizes, repeats):
+    """Median milliseconds of the paper model's `serving_default` on JPEG bytes,
+    per batch size."""
+    import tensorflow as tf
+
+    from alexnet_keras import AlexNet
+    from pipeline import export
+
+    model = AlexNet(variant="paper", num_classes=common.NUM_CLASSES, input_shape=input_shape)
     version = export.export_saved_model(
-        model, [str(index) for index in range(NUM_CLASSES)], export_dir,
+        model, [str(index) for index in range(common.NUM_CLASSES)], export_dir,
     )
     serve = tf.saved_model.load(version).signatures["serving_default"]
     encoded, _ = next(ingested.encoded_batches("train", max(batch_sizes)))
@@ -182,6 +170,13 @@ def serving_latency(ingested, export_dir, batch_sizes, repeats):
 
 
 def main(argv=None):
+    # TensorFlow reads the process set-up when it is imported, so it and the
+    # pipeline are imported here and in the functions above, never at the top.
+    common.prepare_process()
+    import tensorflow as tf
+
+    from pipeline import distribute
+
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.train", description=__doc__.split("\n")[0]
     )
@@ -195,8 +190,7 @@ def main(argv=None):
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA runs")
     args = parser.parse_args(argv)
     if args.images is None:
-        # Ingest keeps 80% for training; a little more than the steps need.
-        args.images = int((args.warmup_steps + args.steps + 1) * args.batch_size / 0.8) + 10
+        args.images = common.images_for(args.warmup_steps, args.steps, args.batch_size)
     if min(args.batch_size, args.steps, args.warmup_steps, args.images) < 1:
         parser.error("every count must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -212,33 +206,34 @@ def main(argv=None):
     mirrored = distribute.make_strategy("mirrored")
     peak = matmul_peak()
     log.info("matmul peak: %.1f GFLOP/s", peak)
+    input_shapes = common.input_shapes()
     rows = []
     with tempfile.TemporaryDirectory() as directory:
-        write_jpegs(os.path.join(directory, "images"), args.images)
-        ingested = ingest.ingest(DataConfig(dataset=f"folder:{directory}/images"),
-                                 os.path.join(directory, "ingested"))
-        for variant in VARIANTS:
-            reference = torch_training_speed(variant, args)
+        ingested = common.ingest_jpegs(directory, args.images)
+        for variant, input_shape in input_shapes.items():
+            reference = torch_training_speed(variant, input_shape, args)
             for jit_compile in (False,) if args.no_xla else (False, True):
                 speed, gflop = pipeline_training_speed(
-                    variant, ingested, args, jit_compile, mirrored
+                    variant, input_shape, ingested, args, jit_compile, mirrored
                 )
                 xla = "on" if jit_compile else "off"
-                rows.append((f"{variant} {VARIANTS[variant]} Keras, XLA {xla}",
+                rows.append((f"{variant} {input_shape} Keras, XLA {xla}",
                              speed, gflop, reference))
             if reference is not None:
-                rows.append((f"{variant} {VARIANTS[variant]} PyTorch 2.13 eager",
+                rows.append((f"{variant} {input_shape} PyTorch 2.13 eager",
                              reference, gflop, reference))
             if variant == "paper":
                 paper_reference = reference
         if split is not None:
             speed, gflop = pipeline_training_speed(
-                "paper", ingested, args, False, split
+                "paper", input_shapes["paper"], ingested, args, False, split
             )
-            rows.append((f"paper {VARIANTS['paper']} Keras, --cpu-replicas 2",
+            rows.append((f"paper {input_shapes['paper']} Keras, --cpu-replicas 2",
                          speed, gflop, paper_reference))
-        inference = {variant: inference_speed(variant, args) for variant in VARIANTS}
-        latencies = serving_latency(ingested, os.path.join(directory, "export"),
+        inference = {variant: inference_speed(variant, input_shape, args)
+                     for variant, input_shape in input_shapes.items()}
+        latencies = serving_latency(input_shapes["paper"], ingested,
+                                    os.path.join(directory, "export"),
                                     (1, args.batch_size), max(5, args.steps))
 
     print(f"\nTraining, batch {args.batch_size}, fp32, SGD momentum; "

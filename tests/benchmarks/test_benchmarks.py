@@ -4,6 +4,7 @@ They are smoke runs at tiny sizes: speeds are the benchmarks' output, never
 asserted here.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +12,30 @@ import sys
 import pytest
 
 from benchmarks import profile
+
+
+_IMPORT_CHECK = """
+import os, sys
+import benchmarks.input_pipeline, benchmarks.profile, benchmarks.train
+assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
+assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "importing set TF_CPP_MIN_LOG_LEVEL"
+heavy = sorted({"pipeline", "tensorflow", "keras"} & set(sys.modules))
+assert not heavy, f"importing the benchmarks imported {heavy}"
+from benchmarks import common
+common.prepare_process()
+assert os.environ["TF_ENABLE_ONEDNN_OPTS"] == "1"
+assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+"""
+
+
+def test_importing_a_benchmark_sets_nothing_until_prepare_process():
+    # A fresh process with neither variable set: this one has TensorFlow loaded
+    # and its environment set up by conftest.
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL")}
+    result = subprocess.run([sys.executable, "-c", _IMPORT_CHECK], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,87 @@
+"""What the benchmarks share: process set-up, the classes and variants they train,
+the JPEGs they feed the pipeline, and the FLOP count their GFLOP/s come from.
+
+Importing this module sets nothing and imports only the standard library:
+`prepare_process()` must run before TensorFlow is imported, so TensorFlow, Keras
+and the pipeline are imported inside the functions that use them.
+"""
+
+import math
+import os
+
+# Classes of the random JPEGs and so of every benchmarked model's output.
+NUM_CLASSES = 10
+
+
+def prepare_process():
+    """Sets the environment a benchmark runs in; call it before TensorFlow is
+    imported. oneDNN is off by default on this project's AMD CPUs and turning it
+    on made training ~20% faster there, so the figures are those of a tuned run;
+    log level 2 hides TensorFlow's start-up chatter about missing CUDA drivers.
+    Values already set in the environment win."""
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def input_shapes():
+    """{variant: (height, width, channels)} of every AlexNet variant at its own
+    input size."""
+    from alexnet_keras import alexnet
+
+    return {variant: alexnet.default_input_shape(variant) for variant in alexnet.VARIANTS}
+
+
+def images_for(warmup_steps, steps, batch_size):
+    """JPEGs enough for one pass of the warm-up steps, the measured steps and one
+    batch more: ingest keeps 80% for training; a few more cover the rounding."""
+    return int((warmup_steps + steps + 1) * batch_size / 0.8) + 10
+
+
+def write_jpegs(directory, count, seed=0):
+    """`count` JPEGs in NUM_CLASSES class folders, 300-500 pixels a side like
+    ImageNet's. Smooth random colour fields with a little noise: white noise
+    would make files several times larger and slower to decode than photos."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        height, width = rng.integers(300, 501), rng.integers(350, 501)
+        coarse = rng.uniform(0, 255, (height // 32 + 2, width // 32 + 2, 3))
+        image = tf.image.resize(coarse, (height, width)) + rng.normal(
+            0, 8, (height, width, 3)
+        )
+        pixels = tf.cast(tf.clip_by_value(image, 0, 255), tf.uint8)
+        class_dir = os.path.join(directory, f"class_{index % NUM_CLASSES}")
+        os.makedirs(class_dir, exist_ok=True)
+        tf.io.write_file(
+            os.path.join(class_dir, f"{index:05d}.jpg"),
+            tf.io.encode_jpeg(pixels, quality=90),
+        )
+
+
+def ingest_jpegs(directory, count):
+    """The `IngestedDataset` of `count` JPEGs written to `directory`/images and
+    ingested from there as `folder:` into `directory`/ingested: the real input
+    pipeline's source, as `pipeline.run --dataset folder:...` would make it."""
+    from pipeline import ingest
+    from pipeline.config import DataConfig
+
+    images = os.path.join(directory, "images")
+    write_jpegs(images, count)
+    return ingest.ingest(DataConfig(dataset=f"folder:{images}"),
+                         os.path.join(directory, "ingested"))
+
+
+def training_gflop_per_image(model):
+    """Forward multiply-adds of the convolutions and dense layers, x2 for FLOPs,
+    x3 for training (the backward pass costs about twice the forward)."""
+    macs = 0
+    for layer in model.layers:
+        if layer.__class__.__name__ == "Conv2D":
+            height, width, filters = layer.output.shape[1:]
+            kernel_height, kernel_width, channels, _ = layer.kernel.shape
+            macs += height * width * filters * kernel_height * kernel_width * channels
+        elif layer.__class__.__name__ == "Dense":
+            macs += math.prod(layer.kernel.shape)
+    return 3 * 2 * macs / 1e9
