@@ -9,7 +9,7 @@ folder, ingests them as `folder:`, then measures on this machine:
 
 1. the training pipeline alone (decode, random crop, flip, 227x227x3, batches);
 2. `AlexNet(variant="paper")` trained by the pipeline's own train step
-   (`train.make_train_step`, XLA off) from that pipeline;
+   (`train_steps.make_train_step`, XLA off) from that pipeline;
 3. the same training from a few batches cached as in-memory tensors;
 
 and prints images/s for each with the ratios pipeline / training and
@@ -59,7 +59,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from alexnet_keras import AlexNet
-    from pipeline import train
+    from pipeline import train_steps
     from pipeline import transform
 
     parser = argparse.ArgumentParser(
@@ -104,7 +104,7 @@ def main(argv=None):
 
         optimizer = keras.optimizers.SGD(learning_rate=0.01, momentum=0.9)
         # One step for both feeds: their batches have the same spec.
-        step = train.make_train_step(
+        step = train_steps.make_train_step(
             model, optimizer, tf.distribute.get_strategy(), args.batch_size
         )
         logger.info("timing training fed by the pipeline")

@@ -5,7 +5,7 @@
     python -m benchmarks.profile --steps 1 --batch-size 4 --images 40  # smoke
 
 Trains `--warmup-steps` untraced steps, then traces `--steps` steps of the
-pipeline's own train step (`train.make_train_step` under the one-replica
+pipeline's own train step (`train_steps.make_train_step` under the one-replica
 MirroredStrategy of `--strategy mirrored`, XLA off, SGD momentum) fed by the
 real input pipeline from JPEGs ingested from a folder. The trace is
 written to `--logdir`, where TensorBoard's Profile tab shows it
@@ -127,7 +127,7 @@ def main(argv=None):
 
     from pipeline import distribute
     from pipeline import model_factory
-    from pipeline import train
+    from pipeline import train_steps
     from pipeline import transform
     from pipeline.config import ModelConfig
     from pipeline.config import TrainConfig
@@ -167,7 +167,7 @@ def main(argv=None):
             seed=0,
             repeat=True,
         ))
-        step = train.make_train_step(model, optimizer, strategy, args.batch_size)
+        step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size)
         for _ in range(args.warmup_steps):
             [float(value) for value in step(iterator)]
         logdir = args.logdir or os.path.join(directory, "profile")

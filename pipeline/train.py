@@ -23,108 +23,15 @@ import tensorflow as tf
 from pipeline import history
 from pipeline import model_factory
 from pipeline import plots
+from pipeline import train_steps
 from pipeline import transform
 from pipeline.config import ConfigError
-from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
 
 
 def _current_learning_rate(optimizer):
     return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-
-
-def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=0.0,
-                    jit_compile=False):
-    """A `tf.function` that trains one global batch from a distributed iterator.
-
-    Returns the batch's summed cross-entropy, correct predictions and example
-    count, reduced over all replicas. The loss each replica differentiates is
-    its share of the global mean (`compute_average_loss` divides by the global
-    batch), and the optimizer sums the replicas' gradients, so a step over N
-    replicas equals one step over the whole batch on one device.
-
-    Weight decay is the paper's: an L2 term on the kernels added to the loss,
-    so that it passes through momentum (`w -= lr * (grad + weight_decay * w)`).
-    """
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy(
-        from_logits=True, reduction=None
-    )
-    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
-    variables = model.trainable_variables
-
-    def gradients(images, labels):
-        with tf.GradientTape() as tape:
-            logits = model(images, training=True)
-            per_example = cross_entropy(labels, logits)
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
-            if weight_decay:
-                penalty = weight_decay * tf.add_n([tf.nn.l2_loss(kernel) for kernel in kernels])
-                loss += tf.nn.scale_regularization_loss(penalty)
-            scaled_loss = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled_loss, variables)
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
-        )
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return grads, tf.reduce_sum(per_example), correct, count
-
-    if jit_compile:
-        # XLA compiles the forward and backward pass; the optimizer update stays
-        # outside because it synchronises replicas through `merge_call`.
-        gradients = tf.function(gradients, jit_compile=True)
-
-    def replica_step(images, labels):
-        grads, loss_sum, correct, count = gradients(images, tf.cast(labels, tf.int32))
-        optimizer.apply_gradients(zip(grads, variables))
-        return tf.stack([loss_sum, correct, count])
-
-    @tf.function
-    def train_step(iterator):
-        images, labels = next(iterator)
-        per_replica = strategy.run(replica_step, args=(images, labels))
-        # One reduction (one collective across workers) for the three sums.
-        return tf.unstack(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
-
-    return train_step
-
-
-def make_eval_step(model):
-    """A `tf.function` giving a batch's summed cross-entropy and top-1 hits.
-
-    Evaluation runs on the local device in cross-replica context rather than
-    through `strategy.run`: under multi-worker training the shards' batch
-    counts can differ by one, and a collective waiting for a batch that one
-    worker does not have would hang. Every worker evaluates the whole split.
-    """
-
-    # The last batch of a split is smaller: one more trace, not one per shape.
-    @tf.function(reduce_retracing=True)
-    def eval_step(images, labels):
-        labels = tf.cast(labels, tf.int32)
-        logits = model(images, training=False)
-        per_example = keras.losses.sparse_categorical_crossentropy(
-            labels, logits, from_logits=True
-        )
-        top1 = tf.reduce_sum(tf.cast(tf.nn.in_top_k(labels, logits, 1), tf.float32))
-        return tf.reduce_sum(per_example), top1
-
-    return eval_step
-
-
-def evaluate_dataset(eval_step, dataset):
-    """Runs `eval_step` over a batched dataset: mean loss and accuracy. The sums
-    stay tensors until the end, so batches are not held up by the host."""
-    loss_sum = hits = 0.0
-    count = 0
-    for images, labels in dataset:
-        batch_loss, batch_hits = eval_step(images, labels)
-        loss_sum += batch_loss
-        hits += batch_hits
-        count += int(labels.shape[0])
-    if not count:
-        raise PipelineError("the evaluation split is empty; ingest a dataset with more examples")
-    return {"loss": float(loss_sum) / count, "accuracy": float(hits) / count}
 
 
 class _Plateau:
@@ -183,11 +90,11 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     validation = transform.make_dataset(
         ingested, "validation", model.image_spec, global_batch_size, training=False
     )
-    train_step = make_train_step(
+    train_step = train_steps.make_train_step(
         model, optimizer, strategy, global_batch_size, train_config.weight_decay,
         train_config.jit_compile,
     )
-    eval_step = make_eval_step(model)
+    eval_step = train_steps.make_eval_step(model)
     callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)
     interactive = sys.stdout.isatty()
     logs_per_epoch = []
@@ -216,7 +123,7 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
                 )
         elapsed = time.perf_counter() - warm_start
         timed_images = count * (steps - 1) / steps if steps > 1 else count
-        validation_metrics = evaluate_dataset(eval_step, validation)
+        validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
         logs = {
             "loss": loss_sum / count,
             "accuracy": correct / count,
@@ -237,18 +144,13 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     return logs_per_epoch
 
 
-class _RunRecorder(keras.callbacks.Callback):
-    """A run's bookkeeping after every epoch: `history.csv`, TensorBoard
-    scalars, the plateau schedule and the checkpoint, in that order."""
+class _HistoryRecorder(keras.callbacks.Callback):
+    """Writes each epoch to `history.csv` and to TensorBoard's scalars."""
 
-    def __init__(self, run_dir, rows, optimizer, plateau, epoch_counter, manager):
+    def __init__(self, run_dir, rows):
         super().__init__()
         self.history_path = os.path.join(run_dir, "history.csv")
         self.rows = rows
-        self.optimizer = optimizer
-        self.plateau = plateau
-        self.epoch_counter = epoch_counter
-        self.manager = manager
         self.writers = {
             split: tf.summary.create_file_writer(os.path.join(run_dir, "logs", split))
             for split in ("train", "validation")
@@ -263,14 +165,36 @@ class _RunRecorder(keras.callbacks.Callback):
         with self.writers["validation"].as_default(step=epoch + 1):
             tf.summary.scalar("loss", logs["val_loss"])
             tf.summary.scalar("accuracy", logs["val_accuracy"])
-        if self.plateau:
-            self.plateau.update(logs["val_loss"], self.optimizer)
-        self.epoch_counter.assign(epoch + 1)
-        self.manager.save(checkpoint_number=epoch + 1)
 
     def on_train_end(self, logs=None):
         for writer in self.writers.values():
             writer.close()
+
+
+class _PlateauSchedule(keras.callbacks.Callback):
+    """Applies `_Plateau` to the optimizer after every epoch."""
+
+    def __init__(self, plateau, optimizer):
+        super().__init__()
+        self.plateau = plateau
+        self.optimizer = optimizer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.plateau.update(logs["val_loss"], self.optimizer)
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    """Saves the run's state as checkpoint `epoch + 1` after every epoch, last,
+    so a checkpoint holds everything the epoch changed."""
+
+    def __init__(self, epoch_counter, manager):
+        super().__init__()
+        self.epoch_counter = epoch_counter
+        self.manager = manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_counter.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
 
 
 @dataclasses.dataclass
@@ -331,12 +255,12 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
                  int(epoch_counter.numpy()))
     initial_epoch = int(epoch_counter.numpy())
     rows = history.keep_epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
-    recorder = _RunRecorder(
-        run_dir, rows, optimizer, plateau if train_config.lr_schedule == "plateau" else None,
-        epoch_counter, manager,
-    )
+    callbacks = [_HistoryRecorder(run_dir, rows)]
+    if train_config.lr_schedule == "plateau":
+        callbacks.append(_PlateauSchedule(plateau, optimizer))
+    callbacks.append(_Checkpointer(epoch_counter, manager))
     fit(model, optimizer, strategy, train_config, data_config, ingested,
-        initial_epoch, callbacks=[recorder])
+        initial_epoch, callbacks)
     if not chief:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if rows:

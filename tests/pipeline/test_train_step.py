@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from alexnet_keras import AlexNet
 from pipeline import model_factory
-from pipeline import train
+from pipeline import train_steps
 from pipeline.config import TrainConfig
 
 GLOBAL_BATCH = 8
@@ -24,7 +24,7 @@ def _one_step(strategy, weight_decay=0.0, jit_compile=False):
         optimizer.build(model.trainable_variables)
     before = [v.numpy().copy() for v in model.trainable_variables]
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(GLOBAL_BATCH)
-    step = train.make_train_step(
+    step = train_steps.make_train_step(
         model, optimizer, strategy, GLOBAL_BATCH, weight_decay, jit_compile
     )
     loss_sum, correct, count = step(iter(strategy.experimental_distribute_dataset(dataset)))
