@@ -62,6 +62,9 @@ class DataConfig:
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     strict: bool = False
+    # Passes a 45 MP camera photo (8256x5504, 130 MB decoded) and stops a
+    # 400 KB PNG that decodes to gigabytes.
+    max_pixels: int = 50_000_000
     label_offset: int = 0
     class_names: str | None = None
     cache: str | None = None
@@ -78,6 +81,8 @@ class DataConfig:
             )
         if self.channels not in (None, 1, 3):
             raise ConfigError(f"--channels must be 1 or 3. Received: {self.channels}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"--max-pixels must be positive. Received: {self.max_pixels}")
 
 
 @dataclasses.dataclass(frozen=True)
