@@ -25,6 +25,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from pipeline import export
+from pipeline import image_formats
 from pipeline.config import PipelineError
 from pipeline.config import first_line
 
@@ -196,7 +197,7 @@ def main(argv=None):
         description="Classify images with a served or exported AlexNet.",
     )
     parser.add_argument(
-        "images", nargs="+", metavar="IMAGE", help="JPEG, PNG, BMP or GIF files"
+        "images", nargs="+", metavar="IMAGE", help=f"{image_formats.FORMATS_TEXT} files"
     )
     place = parser.add_mutually_exclusive_group(required=True)
     place.add_argument(

@@ -22,7 +22,9 @@ from sklearn import datasets
 
 import serving_testlib
 from pipeline import artifact
+from pipeline import image_formats
 from pipeline import ingest
+from pipeline import transform
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
@@ -829,3 +831,13 @@ def test_huge_and_extreme_images_are_skipped_from_their_headers(tmp_path, capsys
     with pytest.raises(PipelineError, match="huge.png: too large|strip.png: extreme aspect"):
         ingest.ingest(DataConfig(dataset=f"folder:{tmp_path / 'images'}", strict=True),
                       str(tmp_path / "strict"))
+
+
+@pytest.mark.parametrize("image_format", image_formats.FORMATS)
+def test_every_accepted_format_is_sized_and_decoded_like_training_and_serving(image_format):
+    pixels = _pixels(5, 9, 31)
+    data = serving_testlib.encode(pixels, image_format)
+    assert image_formats.detect(data) == image_format
+    assert image_formats.header_size(data, image_format) == (9, 31)
+    # The decoder of training, evaluation and the serving signature.
+    assert transform.decode_image(data, 3).shape == (9, 31, 3)
