@@ -98,9 +98,10 @@ def _hash_split(ids, fractions):
 
     Each example's part depends on its own identity only: the parts take
     consecutive bands of the hash range, so adding or removing examples never
-    moves another one, and every class lands in each part in proportion (a
-    part's size is binomial: within 3 standard deviations, sqrt(n * f * (1 - f)),
-    of n * f per class, which is 4 for a 180-example class at 10%).
+    moves another one, and every class lands in each part in proportion, give
+    or take binomial noise: a standard deviation of sqrt(n * f * (1 - f)) per
+    class, 4 examples for a 180-example class at 10% (exact counts would need
+    a rank within the class, which an added example shifts).
     """
     hashes = np.array([_unit_hash(example_id) for example_id in ids], dtype=np.float64)
     parts, low = {}, 0.0
