@@ -215,7 +215,8 @@ def _write_json(path, fields):
 
 class Existing(NamedTuple):
     """What an ingest directory holds: an ingest of `source`, made by this or an
-    earlier `pipeline.ingest` (`version` is None in the format-1 layout)."""
+    earlier `pipeline.ingest`. `version` names the current version; it is None
+    in the format-1 layout and in a version directory itself."""
 
     source: str
     fingerprint: str
@@ -236,7 +237,7 @@ def existing(directory):
         if format_version == 1 and {"source", "fingerprint", "splits"} <= set(fields):
             return Existing(fields["source"], fields["fingerprint"], None)
         if fields["written_by"] == WRITER and format_version == FORMAT_VERSION:
-            return Existing(fields["source"], fields["fingerprint"], fields["version"])
+            return Existing(fields["source"], fields["fingerprint"], fields.get("version"))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     raise PipelineError(

@@ -433,6 +433,12 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> artifact.I
                 f"into {output_dir}; --strict allows no bad images)"
             )
         return dataset
+    elif existing.version is None and artifact.is_version_name(os.path.basename(output_dir)):
+        parent = os.path.dirname(output_dir)
+        raise PipelineError(
+            f"{output_dir} is one version of the ingest in {parent}, made from other "
+            f"data; use {parent} as the ingest directory"
+        )
     else:
         logger.info("%s changed since %s was ingested", source.spec, output_dir)
         dataset = _add_version(source, fingerprint, output_dir, data_config, existing.version)

@@ -513,7 +513,7 @@ def test_killed_cli_leaves_no_output_dir(tmp_path):
     process.wait()
     assert not output_dir.exists()
     ingested = ingest.ingest(DataConfig(dataset="digits"), str(output_dir))
-    assert ingested.num_examples("train") == 1437
+    assert ingested.num_examples("train") == 1426
     assert os.listdir(tmp_path) == ["digits"]
 
 
@@ -635,6 +635,8 @@ def test_a_changed_source_leaves_the_version_a_run_is_reading(tmp_path):
     assert artifact.IngestedDataset.load(output_dir) == second
     assert len(list(reading)) == first.num_examples("train") - 1
     assert artifact.IngestedDataset.load(first.directory) == first
+    with pytest.raises(PipelineError, match=f"use {output_dir} as the ingest directory"):
+        ingest.ingest(config, first.directory)
 
     # The next change removes the first version, never the one it replaces.
     os.remove(tmp_path / "images" / "dog" / "new.png")
