@@ -1,25 +1,46 @@
 """The ingested dataset: what ingest writes and every later stage reads.
 
-An ingest directory holds `<split>-NNNNN.tfrecord` shards of `tf.train.Example`
-records and `manifest.json`, written last. `IngestedDataset` is that directory
-as a frozen, typed object: `pipeline.ingest` returns one, and transform, train,
-tune and evaluate take it; nothing else reads `manifest.json`. The record
-format is declared here once, beside the one parser of it, as TF Model Garden
-keeps a decoder apart from the preprocessing that follows it.
+An ingest directory holds one sub-directory per version of the data,
+`v-<fingerprint[:12]>/`, each with `<split>-NNNNN.tfrecord` shards of
+`tf.train.Example` records and its own `manifest.json`, and a top-level
+`manifest.json` that names the current version: replacing that one file
+(atomically) switches every later reader to new data, while a run still reading
+the old version keeps its files. `IngestedDataset` is one version as a frozen,
+typed object: `pipeline.ingest` returns one, and transform, train, tune and
+evaluate take it; nothing else reads `manifest.json`. The record format is
+declared here once, beside the one parser of it, as TF Model Garden keeps a
+decoder apart from the preprocessing that follows it.
 """
 
 import dataclasses
 import json
 import os
+import re
+from typing import NamedTuple
 
 import tensorflow as tf
 
+from pipeline import temp_dirs
 from pipeline.config import PipelineError
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "manifest.json"
 # Bump when the layout or the records change, so that older ingests are redone.
-FORMAT_VERSION = 1
+# 1 kept the shards beside the top-level manifest; 2 keeps them in versions.
+FORMAT_VERSION = 2
+# Every manifest says who wrote it: ingest replaces only its own ingests.
+WRITER = "pipeline.ingest"
+_VERSION_NAME = re.compile(r"^v-[0-9a-f]{12}$")
+
+
+def version_name(fingerprint):
+    """The sub-directory of an ingest directory that holds one version."""
+    return f"v-{fingerprint[:12]}"
+
+
+def is_version_name(name):
+    return bool(_VERSION_NAME.match(name))
+
 
 # ImageNet's convention (TF's build_imagenet_data.py, TF Model Garden): the
 # original encoded bytes and a label, 0-based once ingested, with the format and
@@ -82,7 +103,8 @@ class IngestedDataset:
     """A finished ingest.
 
     Attributes:
-        directory: where the shards and `manifest.json` are.
+        directory: where the shards are: a version directory inside the
+            ingest directory.
         source: the `dataset` spec it was made from, e.g. "tfds:cifar10".
         fingerprint: identifies the source's content and the ingest settings.
         class_names: one name per label, in label order.
@@ -122,15 +144,26 @@ class IngestedDataset:
         """Batches of (encoded images, labels) as numpy arrays, in file order."""
         return self.records(split).batch(batch_size).as_numpy_iterator()
 
-    def write_manifest(self):
-        """Writes `manifest.json` into `directory`, flushed to disk before it returns."""
+    def _manifest(self, **extra):
         fields = dataclasses.asdict(self)
         del fields["directory"]
-        path = os.path.join(self.directory, MANIFEST)
-        with open(path, "w") as file:
-            json.dump({"format_version": FORMAT_VERSION, **fields}, file, indent=2)
-            file.flush()
-            os.fsync(file.fileno())
+        return {"format_version": FORMAT_VERSION, "written_by": WRITER, **fields, **extra}
+
+    def write_manifest(self):
+        """Writes `manifest.json` into `directory`, flushed to disk before it returns."""
+        _write_json(os.path.join(self.directory, MANIFEST), self._manifest())
+
+    def publish(self, ingest_dir):
+        """Makes this version, a sub-directory of `ingest_dir`, the current one:
+        the top-level `manifest.json` is written aside, flushed and renamed over
+        the old one, so a reader sees the old version or the new, never half."""
+        version = os.path.relpath(self.directory, ingest_dir)
+        if not is_version_name(version):
+            raise ValueError(f"{self.directory} is not a version directory of {ingest_dir}")
+        temp_path = os.path.join(ingest_dir, f".ingest-{temp_dirs.owner_tag()}-{MANIFEST}")
+        _write_json(temp_path, self._manifest(version=version))
+        os.replace(temp_path, os.path.join(ingest_dir, MANIFEST))
+        temp_dirs.sync(ingest_dir)
 
     @classmethod
     def load(cls, directory):
@@ -147,6 +180,13 @@ class IngestedDataset:
         try:
             if fields.pop("format_version") != FORMAT_VERSION:
                 raise ValueError("another format version")
+            if fields.pop("written_by") != WRITER:
+                raise ValueError("another writer")
+            version = fields.pop("version", None)
+            if version is not None:
+                if not is_version_name(version):
+                    raise ValueError("not a version directory")
+                directory = os.path.join(directory, version)
             image_size = fields.pop("image_size")
             return cls(
                 directory=directory,
@@ -164,3 +204,43 @@ class IngestedDataset:
                 f"{path} is not a manifest of this version of pipeline.ingest; "
                 "ingest the dataset again into a new directory"
             ) from None
+
+
+def _write_json(path, fields):
+    with open(path, "w") as file:
+        json.dump(fields, file, indent=2)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+class Existing(NamedTuple):
+    """What an ingest directory holds: an ingest of `source`, made by this or an
+    earlier `pipeline.ingest`. `version` names the current version; it is None
+    in the format-1 layout and in a version directory itself."""
+
+    source: str
+    fingerprint: str
+    version: str | None
+
+
+def existing(directory):
+    """The ingest `pipeline.ingest` wrote into `directory`; None if it holds no
+    `manifest.json`; `PipelineError` if its manifest is anyone else's."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.lexists(path):
+        return None
+    try:
+        with open(path) as file:
+            fields = json.load(file)
+        format_version = fields["format_version"]
+        # Format 1 predates `written_by`; its shape is its signature.
+        if format_version == 1 and {"source", "fingerprint", "splits"} <= set(fields):
+            return Existing(fields["source"], fields["fingerprint"], None)
+        if fields["written_by"] == WRITER and format_version == FORMAT_VERSION:
+            return Existing(fields["source"], fields["fingerprint"], fields.get("version"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise PipelineError(
+        f"{directory} holds a {MANIFEST} that this pipeline.ingest did not write; "
+        f"choose another ingest directory, or delete {directory} yourself"
+    )

@@ -24,6 +24,7 @@ import time
 from alexnet_keras import alexnet
 from pipeline import config as config_lib
 from pipeline import evaluate
+from pipeline import image_formats
 from pipeline import ingest
 from pipeline import predict
 from pipeline import run
@@ -74,6 +75,10 @@ def _add_data_flags(parser, ingest_dir_flag="--ingest-dir"):
     parser.add_argument("--strict", action="store_true",
                         help="stop at the first corrupt or non-image file instead of "
                              "skipping it")
+    parser.add_argument("--max-pixels", type=int, default=config_lib.DataConfig.max_pixels,
+                        help="skip images with more pixels than this, read from their "
+                             "headers before decoding; images over "
+                             f"{ingest.MAX_ASPECT_RATIO}:1 are skipped too")
     parser.add_argument("--label-offset", type=int, default=0,
                         help="tfrecord: subtract from every label (1 for 1-based sets "
                              "like ImageNet)")
@@ -200,7 +205,7 @@ def _predict_parser():
         description="Classify images with a served or exported AlexNet.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help="JPEG, PNG, BMP or GIF files")
+                        help=f"{image_formats.FORMATS_TEXT} files")
     place = parser.add_mutually_exclusive_group(required=True)
     place.add_argument("--server", help="TF Serving's REST address, e.g. http://localhost:8501")
     place.add_argument("--grpc", dest="grpc_target",
@@ -269,7 +274,7 @@ def _ingest(args):
     output_dir = args.ingest_dir or ingest.default_ingest_dir(args.dataset)
     ingested = ingest.ingest(data_config, output_dir)
     for skipped in ingested.skipped:
-        print(f"skipped {skipped.path}: {skipped.reason}")
+        print(_as_flags(f"skipped {skipped.path}: {skipped.reason}", "ingest"))
     counts = ", ".join(f"{name} {split.num_examples}" for name, split in ingested.splits.items())
     print(f"{counts} examples; {len(ingested.skipped)} skipped; in {output_dir}")
 

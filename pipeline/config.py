@@ -59,10 +59,19 @@ class DataConfig:
     data_dir: str | None = None
     ingest_dir: str | None = None
     strict: bool = False
+    # Passes a 45 MP camera photo (8256x5504, 130 MB decoded) and stops a
+    # 400 KB PNG that decodes to gigabytes.
+    max_pixels: int = 50_000_000
     label_offset: int = 0
     class_names: str | None = None
     cache: str | None = None
     pca_noise: bool = False
+
+    def __post_init__(self):
+        if self.max_pixels < 1:
+            raise ConfigError(
+                f"`max_pixels` must be positive. Received: max_pixels={self.max_pixels}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

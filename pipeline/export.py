@@ -8,9 +8,10 @@ what it wrote with
 Each export is `<export_dir>/<version>/` (1, 2, ...), the layout TF Serving polls,
 with two signatures:
 
-- `serving_default`: `image_bytes`, string [None], encoded JPEG/PNG/BMP/GIF images
-  of any size, decoded, resized and normalised in the graph by the same
-  `pipeline.preprocess_ops.preprocess_for_eval` that evaluation uses;
+- `serving_default`: `image_bytes`, string [None], encoded images of any size
+  in the formats of `pipeline.image_formats`, decoded, resized and normalised in
+  the graph by the same `pipeline.preprocess_ops.preprocess_for_eval` that
+  evaluation uses;
 - `serving_pixels`: `pixels`, float32 [None, height, width, channels] in 0-255,
   for clients that decode images themselves.
 

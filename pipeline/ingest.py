@@ -2,21 +2,26 @@
 
     python -m pipeline.ingest --dataset digits --output-dir data/digits
 
-Every image is decoded once here, so corrupt, truncated and non-image files are
-found before training: by default they are skipped, logged and listed in the
-manifest; with `--strict` the first one stops the run. The output directory
-holds `<split>-NNNNN.tfrecord` shards (features `image/encoded` with the
-original bytes, `image/format`, `image/height`, `image/width` and a 0-based
-`image/class/label`) and `manifest.json`, written last.
+Every image is decoded once here, so corrupt, truncated, oversized and
+non-image files are found before training: by default they are skipped, logged
+and listed in the manifest; with `--strict` the first one stops the run. Each
+version of the data is a sub-directory `v-<fingerprint[:12]>/` of the output
+directory holding `<split>-NNNNN.tfrecord` shards (features `image/encoded`
+with the original bytes, `image/format`, `image/height`, `image/width` and a
+0-based `image/class/label`) and its `manifest.json`; the output directory's
+own `manifest.json` names the current version (see `pipeline.artifact`).
 
 Splits: the source's own where it has them. A missing validation or test split
-is carved out of train, stratified by class and the same on every run:
-`VALIDATION_FRACTION` and `TEST_FRACTION` of it each, so a source without
-splits of its own becomes 80/10/10.
+is carved out of train by a stable hash of each example's identity (its path in
+the folder, its index in the set): `VALIDATION_FRACTION` and `TEST_FRACTION`
+of it each, so a source without splits of its own becomes about 80/10/10, and
+adding images never moves the others between splits.
 
-A directory is finished when its manifest is there: the shards are written into
-a temporary sibling directory that is renamed into place when complete, and a
-re-run on an unchanged source (same fingerprint) reuses what is there.
+Ingest never removes what it did not write. A new output directory appears
+complete in one rename; a re-run on an unchanged source (same fingerprint)
+reuses it; a changed source gets a new version beside the old one, which a run
+still reading it keeps. A directory holding anything else (another source's
+ingest, another program's manifest.json, other files) is refused.
 """
 
 if __name__ == "__main__":
@@ -44,6 +49,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import artifact
+from pipeline import image_formats
 from pipeline import sources
 from pipeline import temp_dirs
 from pipeline.config import DataConfig
@@ -63,12 +69,8 @@ SHARD_SIZE = 1024
 # Images decoded (and, for folders, read) by a thread pool at a time; TensorFlow
 # ops release the GIL.
 _CHUNK = 256
-_MAGIC = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG", "png"),
-    (b"GIF8", "gif"),
-    (b"BM", "bmp"),
-)
+# A 1x5000 strip is no photograph, and resizing it to a square makes noise.
+MAX_ASPECT_RATIO = 20
 
 
 def _slug(text):
@@ -90,23 +92,28 @@ def default_ingest_dir(spec):
     return os.path.join("data", f"{kind}-{_slug(name)}-{digest}")
 
 
-def _stratified_split(labels, fractions, seed):
+def _unit_hash(example_id):
+    """A stable number in [0, 1) for an example's identity."""
+    digest = hashlib.sha256(os.fsencode(f"{SPLIT_SEED}/{example_id}")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _hash_split(ids, fractions):
     """Indices per part: each `fractions` part, then "train" for the rest.
 
-    Examples are grouped by class (shuffled within it) and each part takes evenly
-    spaced positions of that order, so it gets every class in proportion (to
-    within one example) and exactly round(n * fraction) examples, even for tiny
-    classes.
+    Each example's part depends on its own identity only: the parts take
+    consecutive bands of the hash range, so adding or removing examples never
+    moves another one, and every class lands in each part in proportion, give
+    or take binomial noise: a standard deviation of sqrt(n * f * (1 - f)) per
+    class, 4 examples for a 180-example class at 10% (exact counts would need
+    a rank within the class, which an added example shifts).
     """
-    rng = np.random.default_rng(seed)
-    remaining = np.lexsort((rng.permutation(len(labels)), labels))
-    parts, left = {}, 1.0
+    hashes = np.array([_unit_hash(example_id) for example_id in ids], dtype=np.float64)
+    parts, low = {}, 0.0
     for name, fraction in fractions.items():
-        steps = np.floor(np.arange(len(remaining) + 1) * fraction / left + 0.5)
-        chosen = np.diff(steps) > 0
-        parts[name] = remaining[chosen]
-        remaining, left = remaining[~chosen], left - fraction
-    parts["train"] = remaining
+        parts[name] = np.flatnonzero((hashes >= low) & (hashes < low + fraction))
+        low += fraction
+    parts["train"] = np.flatnonzero(hashes >= low)
     return parts
 
 
@@ -127,9 +134,7 @@ def _plan(source_splits):
     plan = {}
     for name in set(source_splits) & set(artifact.SPLITS):
         plan[name] = np.full(len(source_splits[name].labels), name, dtype=object)
-    for part, indices in _stratified_split(
-        source_splits["train"].labels, carve, SPLIT_SEED
-    ).items():
+    for part, indices in _hash_split(source_splits["train"].ids, carve).items():
         plan["train"][indices] = part
         if part != "train":
             logger.info("%s: %d examples carved out of train", part, len(indices))
@@ -144,18 +149,35 @@ class _Checked(NamedTuple):
     problem: str | None = None
 
 
-def _check(split, index, image_bytes):
-    """Reads (if needed) and fully decodes one image: a truncated JPEG fails here."""
+def _size_problem(height, width, max_pixels):
+    """Why an image of this size is refused, or None."""
+    if height * width > max_pixels:
+        return (
+            f"too large: {width}x{height} pixels, over max_pixels={max_pixels}"
+        )
+    if max(height, width) > MAX_ASPECT_RATIO * max(1, min(height, width)):
+        return f"extreme aspect ratio: {width}x{height} pixels, over {MAX_ASPECT_RATIO}:1"
+    return None
+
+
+def _check(split, index, image_bytes, max_pixels):
+    """Reads (if needed) and fully decodes one image: a truncated JPEG fails here.
+    Its size is checked from its header first, so no huge image is decoded."""
     try:
         if image_bytes is None:
             image_bytes = split.read_one(index)
     except OSError as error:
         return _Checked(index, None, problem=f"unreadable: {error.strerror}")
-    image_format = next(
-        (name for magic, name in _MAGIC if image_bytes.startswith(magic)), None
-    )
+    image_format = image_formats.detect(image_bytes)
     if image_format is None:
-        return _Checked(index, None, problem="not a JPEG, PNG, BMP or GIF image")
+        return _Checked(index, None, problem=f"not a {image_formats.FORMATS_TEXT} image")
+    try:
+        height, width = image_formats.header_size(image_bytes, image_format)
+    except ValueError as error:
+        return _Checked(index, None, problem=f"corrupt {image_format}: {error}")
+    problem = _size_problem(height, width, max_pixels)
+    if problem:
+        return _Checked(index, None, problem=problem)
     try:
         image = tf.io.decode_image(image_bytes, expand_animations=False)
     except tf.errors.OpError as error:
@@ -165,7 +187,7 @@ def _check(split, index, image_bytes):
     return _Checked(index, image_bytes, image_format, tuple(image.shape))
 
 
-def _checked_records(split, seed):
+def _checked_records(split, seed, max_pixels):
     """Every example of `split`, checked. Seekable sources are read in a shuffled
     order so no shard is sorted by class (a folder is); streamed ones (TFDS,
     TFRecord) keep their stored order, shuffled when they were made."""
@@ -176,7 +198,7 @@ def _checked_records(split, seed):
         records = enumerate(split.read_all())
     with concurrent.futures.ThreadPoolExecutor() as pool:
         while chunk := list(itertools.islice(records, _CHUNK)):
-            yield from pool.map(lambda record: _check(split, *record), chunk)
+            yield from pool.map(lambda record: _check(split, *record, max_pixels), chunk)
 
 
 class _ShardWriter:
@@ -210,8 +232,9 @@ class _ShardWriter:
             self._writer = None
 
 
-def _write(source, fingerprint, directory, strict):
+def _write(source, fingerprint, directory, data_config):
     """Writes every split into `directory` and returns it as an `IngestedDataset`."""
+    os.makedirs(directory)
     class_names, source_splits = source.load()
     if len(class_names) < 2:
         raise PipelineError(
@@ -231,14 +254,15 @@ def _write(source, fingerprint, directory, strict):
             len(split.labels),
             source.spec,
         )
-        for done, checked in enumerate(_checked_records(split, SPLIT_SEED), start=1):
+        checked_records = _checked_records(split, SPLIT_SEED, data_config.max_pixels)
+        for done, checked in enumerate(checked_records, start=1):
             if done % 10000 == 0:
                 logger.info(
                     "%s: %d of %d examples done", source_split, done, len(split.labels)
                 )
             key = split.keys[checked.index]
             if checked.problem:
-                if strict:
+                if data_config.strict:
                     raise PipelineError(
                         f"{key}: {checked.problem} (`strict` stops at the first bad "
                         "image; without it, bad images are skipped and listed)"
@@ -283,43 +307,109 @@ def _temp_prefix(output_dir):
     return parent, f".{name}.ingest-"
 
 
-def _finished(output_dir, fingerprint):
-    """The ingest in `output_dir` if it is a finished ingest of `fingerprint`."""
-    if not os.path.isfile(os.path.join(output_dir, artifact.MANIFEST)):
-        return None
+def _make_temp_dir(parent, prefix):
     try:
-        dataset = artifact.IngestedDataset.load(output_dir)
-    except PipelineError:
-        logger.warning("%s has an unreadable manifest.json", output_dir)
-        return None
-    return dataset if dataset.fingerprint == fingerprint else None
+        os.makedirs(parent, exist_ok=True)
+        temp_dirs.remove_abandoned(parent, prefix)
+        temp_dir = tempfile.mkdtemp(prefix=f"{prefix}{temp_dirs.owner_tag()}-", dir=parent)
+        # mkdtemp makes it private (0700); the published data is for everyone.
+        os.chmod(temp_dir, 0o755)
+    except OSError as error:
+        raise PipelineError(
+            f"cannot write to {parent} ({error.strerror}); choose another ingest directory"
+        ) from None
+    return temp_dir
 
 
-def _publish(temp_dir, output_dir, fingerprint):
-    """Moves the finished `temp_dir` to `output_dir`, replacing an older ingest."""
+def _rename(source, destination):
+    """Renames; False if `destination` is there already (a complete copy, since
+    every output appears in one rename)."""
     try:
-        # Atomic; it also replaces an empty directory, but no other.
-        os.rename(temp_dir, output_dir)
-        return
+        os.rename(source, destination)
     except OSError as error:
         if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
             raise
-    # The workers of a multi-worker run all ingest: another one may have
-    # finished the same data meanwhile, and may be reading it already.
-    if _finished(output_dir, fingerprint):
-        return
-    # The old one goes under a temporary name first, so that if this process
-    # dies in between, the next run cleans it up like any other leftover.
-    old_dir = temp_dir + "-replaced"
-    os.rename(output_dir, old_dir)
-    os.rename(temp_dir, output_dir)
-    shutil.rmtree(old_dir)
+        return False
+    return True
 
 
-def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
+def _check_owner(output_dir, spec):
+    """What `output_dir` holds, if ingest may reuse or replace it: nothing, or an
+    ingest of the same source; anything else is refused."""
+    existing = artifact.existing(output_dir)
+    fix = f"choose another ingest directory, or delete {output_dir} yourself"
+    if existing is None:
+        if os.path.isdir(output_dir) and os.listdir(output_dir):
+            raise PipelineError(
+                f"{output_dir} exists but holds no manifest.json, so it is not an "
+                f"ingest; {fix}"
+            )
+    elif sources.canonical_spec(existing.source) != spec:
+        raise PipelineError(
+            f"{output_dir} holds an ingest of {existing.source}, not {spec}; {fix}"
+        )
+    return existing
+
+
+def _remove_old_versions(output_dir, keep):
+    """Removes the versions before the replaced one: a run started on that one
+    may still be reading it, older ones are no one's."""
+    for name in os.listdir(output_dir):
+        if artifact.is_version_name(name) and name not in keep:
+            logger.info("removing %s, an older version", os.path.join(output_dir, name))
+            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
+def _add_version(source, fingerprint, output_dir, data_config, previous):
+    """Writes a new version into the ingest `output_dir` and makes it current."""
+    version = artifact.version_name(fingerprint)
+    version_dir = os.path.join(output_dir, version)
+    if not os.path.isdir(version_dir):
+        temp_dir = _make_temp_dir(output_dir, ".ingest-")
+        try:
+            _write(source, fingerprint, os.path.join(temp_dir, version), data_config)
+            temp_dirs.sync_tree(temp_dir)
+            # Another worker may have written the same version meanwhile.
+            _rename(os.path.join(temp_dir, version), version_dir)
+            temp_dirs.sync(output_dir)
+        finally:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    dataset = artifact.IngestedDataset.load(version_dir)
+    dataset.publish(output_dir)
+    _remove_old_versions(output_dir, keep={version, previous})
+    return dataset
+
+
+def _ingest_new(source, fingerprint, output_dir, data_config):
+    """Ingests into a new `output_dir`, which appears complete in one rename."""
+    parent, prefix = _temp_prefix(output_dir)
+    temp_dir = _make_temp_dir(parent, prefix)
+    version = artifact.version_name(fingerprint)
+    try:
+        dataset = _write(source, fingerprint, os.path.join(temp_dir, version), data_config)
+        dataset.publish(temp_dir)
+        temp_dirs.sync_tree(temp_dir)
+        if _rename(temp_dir, output_dir):
+            temp_dirs.sync(parent)
+            return artifact.IngestedDataset.load(os.path.join(output_dir, version))
+        # The workers of a multi-worker run all ingest: another one got there
+        # first, with this data or (rarely) a later version of it.
+        existing = _check_owner(output_dir, source.spec)
+        if existing.fingerprint == fingerprint:
+            return artifact.IngestedDataset.load(output_dir)
+        _rename(os.path.join(temp_dir, version), os.path.join(output_dir, version))
+        return _add_version(source, fingerprint, output_dir, data_config, existing.version)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def ingest(data_config: DataConfig, output_dir: str | None = None) -> artifact.IngestedDataset:
     """Ingests `data_config.dataset`, or reuses an earlier ingest; returns it.
 
     `output_dir` defaults to `data_config.ingest_dir`, then `default_ingest_dir`.
+    It may hold nothing or an ingest of the same source, which a changed source
+    replaces by a new version beside it; anything else raises `PipelineError`
+    and is left as it is.
     """
     output_dir = (
         output_dir or data_config.ingest_dir or default_ingest_dir(data_config.dataset)
@@ -331,11 +421,16 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
         VALIDATION_FRACTION,
         TEST_FRACTION,
         SPLIT_SEED,
+        data_config.max_pixels,
+        MAX_ASPECT_RATIO,
     ]
     fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
-    dataset = _finished(output_dir, fingerprint)
-    if dataset:
+    existing = _check_owner(output_dir, source.spec)
+    if existing is None:
+        dataset = _ingest_new(source, fingerprint, output_dir, data_config)
+    elif existing.fingerprint == fingerprint:
         logger.info("reusing %s: %s is unchanged", output_dir, source.spec)
+        dataset = artifact.IngestedDataset.load(output_dir)
         if data_config.strict and dataset.skipped:
             first = dataset.skipped[0]
             raise PipelineError(
@@ -343,31 +438,17 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> dict:
                 f"into {output_dir}; `strict` allows no bad images)"
             )
         return dataset
-    if os.path.isfile(os.path.join(output_dir, artifact.MANIFEST)):
-        logger.info("%s changed since %s was ingested", source.spec, output_dir)
-    elif os.path.isdir(output_dir) and os.listdir(output_dir):
+    elif existing.version is None and artifact.is_version_name(os.path.basename(output_dir)):
+        parent = os.path.dirname(output_dir)
         raise PipelineError(
-            f"{output_dir} exists but holds no manifest.json, so it is not a finished "
-            "ingest; remove it or choose another `ingest_dir`"
+            f"{output_dir} is one version of the ingest in {parent}, made from other "
+            f"data; use {parent} as the ingest directory"
         )
-    parent, prefix = _temp_prefix(output_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        temp_dirs.remove_abandoned(parent, prefix)
-        temp_dir = tempfile.mkdtemp(prefix=f"{prefix}{temp_dirs.owner_tag()}-", dir=parent)
-        # mkdtemp makes it private (0700); the published data is for everyone.
-        os.chmod(temp_dir, 0o755)
-    except OSError as error:
-        raise PipelineError(
-            f"cannot write to {parent} ({error.strerror}); choose another `ingest_dir`"
-        ) from None
-    try:
-        _write(source, fingerprint, temp_dir, data_config.strict)
-        _publish(temp_dir, output_dir, fingerprint)
-    finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    logger.info("ingested %s into %s", source.spec, output_dir)
-    return artifact.IngestedDataset.load(output_dir)
+    else:
+        logger.info("%s changed since %s was ingested", source.spec, output_dir)
+        dataset = _add_version(source, fingerprint, output_dir, data_config, existing.version)
+    logger.info("ingested %s into %s", source.spec, dataset.directory)
+    return dataset
 
 
 if __name__ == "__main__":

@@ -52,7 +52,8 @@ def to_channels(image, channels):
 
 
 def decode_image(image_bytes, channels):
-    """Decodes a JPEG, PNG, BMP or GIF (first frame) to uint8 [height, width, channels].
+    """Decodes an image of `pipeline.image_formats` (a GIF's first frame) to uint8
+    [height, width, channels].
 
     Grey images become RGB and colour ones grey (dropping any alpha) as
     `channels` (1 or 3) asks. Corrupt bytes raise `tf.errors.InvalidArgumentError`.

@@ -2,7 +2,8 @@
 
     digits            scikit-learn's 1,797 8x8 digits, installed with it (offline)
     tfds:<name>       a TFDS image-classification dataset, e.g. tfds:cifar10
-    folder:<path>     a sub-folder of JPEG/PNG/BMP/GIF files per class (ImageNet's)
+    folder:<path>     a sub-folder of images per class (ImageNet's), or split
+                      folders train/ and val/, validation/ or test/ of those
     tfrecord:<glob>   tf.train.Example records: image/encoded, image/class/label
 
 `open_source` is cheap (it lists and fingerprints, it reads no images), so the
@@ -11,6 +12,7 @@ work; `Source.load` reads the labels and hands out the image bytes.
 """
 
 import dataclasses
+import errno
 import functools
 import glob
 import hashlib
@@ -35,20 +37,30 @@ NO_FLIP_TFDS = frozenset(
     {"mnist", "emnist", "kmnist", "binarized_mnist", "svhn_cropped"}
 )
 
+# Split folders of a folder: source (PATH/train/<class>/, PATH/val/<class>/, ...).
+SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation",
+                 "test": "test"}
+
 # ImageNet's TFRecords are named train-00000-of-01024, validation-00000-of-00128.
 _SPLIT_FILE_NAME = re.compile(r"^(train|validation|test)[-_.]")
 
 
 @dataclasses.dataclass(frozen=True)
 class SourceSplit:
-    """One split of a source: its examples' names and labels, and their image bytes.
+    """One split of a source: its examples' names, identities and labels, and
+    their image bytes.
 
-    Exactly one of the readers is set: `read_one(index)` where the source can
-    seek (files, arrays), `read_all()` (every example, in stored order) where it
-    can only stream (TFDS, TFRecord).
+    `keys` name examples for people (a file's path); `ids` identify them for the
+    split assignment, and stay the same when other examples come or go and when
+    the source moves (a file's path relative to the folder, an index into a
+    fixed set, a record's position in its file). Exactly one of the readers is
+    set: `read_one(index)` where the source can seek (files, arrays),
+    `read_all()` (every example, in stored order) where it can only stream
+    (TFDS, TFRecord).
     """
 
     keys: list[str]
+    ids: list[str]
     labels: np.ndarray
     read_one: Callable[[int], bytes] | None = None
     read_all: Callable[[], Iterator[bytes]] | None = None
@@ -80,23 +92,32 @@ def parse_spec(spec):
     return kind, argument
 
 
+def canonical_spec(spec):
+    """The spec with a folder's or glob's path made absolute: "folder:images"
+    names another source in another working directory."""
+    kind, argument = parse_spec(spec)
+    if kind in ("folder", "tfrecord"):
+        return f"{kind}:{os.path.abspath(os.path.expanduser(argument))}"
+    return spec
+
+
 def open_source(data_config):
-    """Opens `data_config.dataset` without reading its images."""
+    """Opens `data_config.dataset` without reading its images; the `Source`'s
+    spec is the canonical one."""
     kind, argument = parse_spec(data_config.dataset)
+    spec = canonical_spec(data_config.dataset)
     if kind != "tfrecord" and (data_config.label_offset or data_config.class_names):
         raise PipelineError(
             "`label_offset` and `class_names` apply to tfrecord: datasets only; "
             f"{data_config.dataset!r} has its own labels and class names"
         )
     if kind == "digits":
-        return _digits(data_config.dataset)
+        return _digits(spec)
     if kind == "tfds":
-        return _tfds(data_config.dataset, argument, data_config.data_dir)
+        return _tfds(spec, argument, data_config.data_dir)
     if kind == "folder":
-        return _folder(data_config.dataset, argument)
-    return _tfrecord(
-        data_config.dataset, argument, data_config.label_offset, data_config.class_names
-    )
+        return _folder(spec, argument)
+    return _tfrecord(spec, argument, data_config.label_offset, data_config.class_names)
 
 
 def _fingerprint(values):
@@ -105,11 +126,17 @@ def _fingerprint(values):
 
 def _file_fingerprint(root, paths):
     """Names, sizes and modification times: reading every byte of a large set
-    again only to find it unchanged would cost as much as ingesting it."""
-    stats = [(os.path.relpath(path, root), os.stat(path)) for path in paths]
-    return _fingerprint(
-        [[name, stat.st_size, stat.st_mtime_ns] for name, stat in stats]
-    )
+    again only to find it unchanged would cost as much as ingesting it. A
+    dangling link counts by its name; ingest skips it."""
+
+    def stat(path):
+        try:
+            result = os.stat(path)
+        except OSError:
+            return None, None
+        return result.st_size, result.st_mtime_ns
+
+    return _fingerprint([[os.path.relpath(path, root), *stat(path)] for path in paths])
 
 
 def _digits(spec):
@@ -126,6 +153,7 @@ def _digits(spec):
         encoded = [tf.io.encode_png(image).numpy() for image in pixels]
         split = SourceSplit(
             keys=[f"digits[{index}]" for index in range(len(labels))],
+            ids=[str(index) for index in range(len(labels))],
             labels=labels,
             read_one=encoded.__getitem__,
         )
@@ -197,6 +225,8 @@ def _tfds(spec, name, data_dir):
             labels = np.concatenate(list(labels.batch(4096).as_numpy_iterator()))
             splits[split] = SourceSplit(
                 keys=[f"{name}:{split}[{index}]" for index in range(len(labels))],
+                # A TFDS version's content is fixed: a position names an example.
+                ids=[f"{split}[{index}]" for index in range(len(labels))],
                 labels=labels,
                 read_all=functools.partial(images, split),
             )
@@ -217,6 +247,76 @@ def _visible(names):
     return sorted(name for name in names if not name.startswith("."))
 
 
+def _subfolders(directory):
+    return [
+        name
+        for name in _visible(os.listdir(directory))
+        if os.path.isdir(os.path.join(directory, name))
+    ]
+
+
+def _printable(path):
+    """A path as text even when it is not valid UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _files(directory, visited):
+    """The visible files under `directory`, links followed, each real directory
+    once: a link back up (`loop -> .`) ends the walk instead of recursing.
+    Dangling links are listed like files; reading them fails and ingest skips them."""
+    real = os.path.realpath(directory)
+    if real in visited:
+        return []
+    visited.add(real)
+    try:
+        names = _visible(os.listdir(directory))
+    except OSError:
+        return []
+    paths = []
+    for name in names:
+        path = os.path.join(directory, name)
+        paths += _files(path, visited) if os.path.isdir(path) else [path]
+    return paths
+
+
+def _split_folders(spec, root):
+    """{split: directory}: the split folders if `root` has train/ and another,
+    else {"train": root}."""
+    folders = _subfolders(root)
+    splits = [name for name in folders if name in SPLIT_FOLDERS]
+    if "train" not in splits or len(splits) < 2:
+        return {"train": root}
+    others = sorted(set(folders) - set(splits))
+    if others:
+        raise PipelineError(
+            f"{spec}: {root} has split folders {', '.join(splits)} and also "
+            f"{', '.join(others)}; put every class folder inside a split folder"
+        )
+    if "val" in splits and "validation" in splits:
+        raise PipelineError(
+            f"{spec}: {root} has both val/ and validation/; keep one of them"
+        )
+    return {SPLIT_FOLDERS[name]: os.path.join(root, name) for name in splits}
+
+
+def _class_folders(spec, directory):
+    class_names = _subfolders(directory)
+    for name in class_names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PipelineError(
+                f"{spec}: the class folder name {_printable(os.path.join(directory, name))} "
+                "is not valid UTF-8; rename it"
+            ) from None
+    if len(class_names) < 2:
+        raise PipelineError(
+            f"{spec}: {directory} has {len(class_names)} class folder(s); a classifier "
+            "needs at least two sub-folders, one per class, holding its images"
+        )
+    return class_names
+
+
 def _folder(spec, path):
     root = os.path.abspath(os.path.expanduser(path))
     if not os.path.isdir(root):
@@ -224,44 +324,53 @@ def _folder(spec, path):
             f"{spec}: {root} is not a directory; "
             "give a folder with one sub-folder per class"
         )
-    class_names = [
-        name
-        for name in _visible(os.listdir(root))
-        if os.path.isdir(os.path.join(root, name))
-    ]
-    if len(class_names) < 2:
-        raise PipelineError(
-            f"{spec}: {root} has {len(class_names)} class folder(s); a classifier "
-            "needs at least two sub-folders, one per class, holding its images"
-        )
-    paths, labels = [], []
-    for label, class_name in enumerate(class_names):
-        class_paths = []
-        for directory, subdirectories, files in os.walk(
-            os.path.join(root, class_name), followlinks=True
-        ):
-            subdirectories[:] = _visible(subdirectories)
-            class_paths += [os.path.join(directory, name) for name in _visible(files)]
-        if not class_paths:
+    split_dirs = _split_folders(spec, root)
+    class_names = _class_folders(spec, split_dirs["train"])
+    split_paths, all_paths = {}, []
+    for split, split_dir in split_dirs.items():
+        names = _class_folders(spec, split_dir)
+        if names != class_names:
+            missing = sorted(set(class_names) - set(names))
+            extra = sorted(set(names) - set(class_names))
             raise PipelineError(
-                f"{spec}: class folder {os.path.join(root, class_name)} has no files; "
-                "add its images or remove it"
+                f"{spec}: the class folders of {split_dir} differ from train's "
+                f"(missing: {', '.join(missing) or 'none'}; "
+                f"not in train: {', '.join(extra) or 'none'}); every split needs the same"
             )
-        paths += class_paths
-        labels += [label] * len(class_paths)
+        paths, labels = [], []
+        for label, class_name in enumerate(class_names):
+            class_paths = _files(os.path.join(split_dir, class_name), set())
+            if not class_paths:
+                raise PipelineError(
+                    f"{spec}: class folder {os.path.join(split_dir, class_name)} has no "
+                    "files; add its images or remove it"
+                )
+            paths += class_paths
+            labels += [label] * len(class_paths)
+        split_paths[split] = paths, np.array(labels, np.int64)
+        all_paths += paths
 
-    def read_one(index):
-        with open(paths[index], "rb") as file:
+    def read_one(paths, index):
+        path = paths[index]
+        if os.path.islink(path) and not os.path.exists(path):
+            raise OSError(errno.ENOENT, "dangling symbolic link")
+        with open(path, "rb") as file:
             return file.read()
 
     def load():
-        split = SourceSplit(
-            keys=paths, labels=np.array(labels, np.int64), read_one=read_one
-        )
-        return class_names, {"train": split}
+        splits = {
+            split: SourceSplit(
+                keys=paths,
+                ids=[os.path.relpath(path, root) for path in paths],
+                labels=labels,
+                read_one=functools.partial(read_one, paths),
+            )
+            for split, (paths, labels) in split_paths.items()
+        }
+        return class_names, splits
 
     return Source(
-        spec, _file_fingerprint(root, paths), channels=None, flip=True, load=load
+        spec, _file_fingerprint(root, all_paths), channels=None, flip=True, load=load
     )
 
 
@@ -326,10 +435,13 @@ def _tfrecord(spec, pattern, label_offset, class_names_option):
     def load():
         splits = {}
         for split, files in split_paths.items():
-            keys, labels = [], []
+            keys, ids, labels = [], [], []
             for path in files:
                 file_labels = _read_labels(path) - label_offset
                 keys += [f"{path}#{index}" for index in range(len(file_labels))]
+                # By file name: adding a file moves none of the others' records.
+                name = os.path.basename(path)
+                ids += [f"{name}#{index}" for index in range(len(file_labels))]
                 labels.append(file_labels)
                 if len(file_labels) and file_labels.min() < 0:
                     raise PipelineError(
@@ -339,6 +451,7 @@ def _tfrecord(spec, pattern, label_offset, class_names_option):
                     )
             splits[split] = SourceSplit(
                 keys=keys,
+                ids=ids,
                 labels=np.concatenate(labels),
                 read_all=functools.partial(images, files),
             )

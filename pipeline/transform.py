@@ -43,13 +43,18 @@ def _records(files, training, seed, input_context):
     )
 
 
-def _cache_path(data_config, split, channels, ingested, input_context):
-    """One cache file per split, channel count, ingest content and pipeline: a
-    cache made for other data must never be read back."""
+def _cache_path(data_config, split, channels, ingested, training, input_context):
+    """One cache file per everything that changes what is cached: the split, the
+    channel count, the ingest's content, the order (training shuffles the
+    files) and the input pipeline, counted among how many (pipeline 0 of 2
+    holds half of what a single pipeline holds). A cache made for other data
+    must never be read back."""
     pipeline = input_context.input_pipeline_id if input_context else 0
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    mode = "train" if training else "eval"
     return (
-        f"{data_config.cache}-{split}-{channels}ch-"
-        f"{ingested.fingerprint[:12]}-{pipeline}"
+        f"{data_config.cache}-{split}-{mode}-{channels}ch-"
+        f"{ingested.fingerprint[:12]}-{pipeline}of{pipelines}"
     )
 
 
@@ -118,7 +123,8 @@ def make_dataset(
         )
         path = ""
         if data_config.cache != "memory":
-            path = _cache_path(data_config, split, channels, ingested, input_context)
+            path = _cache_path(data_config, split, channels, ingested, training,
+                               input_context)
             _check_cache_unlocked(path, data_config.cache)
         dataset = dataset.cache(path)
     if training:

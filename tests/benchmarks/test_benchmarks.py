@@ -121,3 +121,12 @@ def test_input_pipeline_benchmark_prints_its_ratios():
     ratio = float(re.search(r"pipeline / pipeline-fed training\s+(\d+\.\d)x", output).group(1))
     assert pipeline > 0 and fed > 0
     assert ratio == pytest.approx(pipeline / fed, rel=0.02, abs=0.06)
+
+
+@pytest.mark.slow
+def test_ingest_benchmark_prints_its_rates():
+    output = _run("benchmarks.ingest", "--images", "20")
+    assert re.search(r"^CPU: .+, \d+ cores$", output, re.M)
+    match = re.search(r"^20 JPEGs of 500x375, \d+ KB each: \d+\.\d+ s, (\d+\.\d) images/s, "
+                      r"(\d+\.\d) MB/s$", output, re.M)
+    assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, output

@@ -87,15 +87,15 @@ def test_evaluation_batches_keep_every_example_with_its_label(colours):
     batches = _batches(
         _make(ingested, "train", 8, False)
     )
-    assert [len(labels) for _, labels in batches] == [8, 8, 8, 4]
+    assert [len(labels) for _, labels in batches] == [8, 8, 8, 5]
     images = np.concatenate([images for images, _ in batches])
     labels = np.concatenate([labels for _, labels in batches])
     assert (
-        images.shape == (28, 16, 16, 3)
+        images.shape == (29, 16, 16, 3)
         and images.dtype == np.float32
         and labels.dtype == np.int32
     )
-    assert ingested.num_examples("train") == 28
+    assert ingested.num_examples("train") == 29
     _assert_colours_match_labels(images, labels)
 
     grey = _batches(
@@ -188,6 +188,33 @@ def test_cache_gives_the_same_examples(colours, tmp_path, cache):
     )
     assert len(training) == 3
     _assert_colours_match_labels(*training[0])
+
+
+def test_cache_files_are_keyed_by_pipeline_count_and_mode(colours, tmp_path):
+    # A single pipeline, pipeline 0 of 2, and evaluation-mode reads of the same
+    # split each cache their own examples in their own file.
+    ingested = colours
+    cache = str(tmp_path / "cache")
+    half = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=0)
+    runs = [(False, None), (False, half), (True, None)]
+    for _ in range(2):  # written, then read back
+        counts = [
+            sum(len(labels) for _, labels in _batches(
+                _make(ingested, "train", 1, training, cache=cache, input_context=context)
+            ))
+            for training, context in runs
+        ]
+        total = ingested.num_examples("train")
+        # Pipeline 0 of 2 reads every other shard.
+        first_half = sum(1 for _ in tf.data.TFRecordDataset(ingested.files("train")[::2]))
+        assert counts == [total, first_half, total] and first_half < total
+    names = {path.name.split(".")[0] for path in tmp_path.glob("cache*.index")}
+    fingerprint = ingested.fingerprint[:12]
+    assert names == {
+        f"cache-train-eval-3ch-{fingerprint}-0of1",
+        f"cache-train-eval-3ch-{fingerprint}-0of2",
+        f"cache-train-train-3ch-{fingerprint}-0of1",
+    }
 
 
 def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_factory, tmp_path):
