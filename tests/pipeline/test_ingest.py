@@ -5,11 +5,9 @@ import collections
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -17,14 +15,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn import datasets
 
-import serving_testlib
+import testlib
 from pipeline import artifact
 from pipeline import ingest
 from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
 CLI = [sys.executable, "-m", "pipeline.ingest"]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _error_lines(result):
@@ -53,7 +50,7 @@ def _image_folder(root, per_class=6):
     for label, class_name in enumerate(("cat", "dog")):
         for index in range(per_class):
             image_format = formats[index % len(formats)]
-            data = serving_testlib.encode(_pixels(10 * label + index, 18 + index, 22), image_format)
+            data = testlib.encode(_pixels(10 * label + index, 18 + index, 22), image_format)
             path = _write(
                 os.path.join(root, class_name, f"{index}.{image_format}"), data
             )
@@ -79,12 +76,6 @@ def _mtimes(directory):
         name: os.stat(os.path.join(directory, name)).st_mtime_ns
         for name in os.listdir(directory)
     }
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    output_dir = str(tmp_path_factory.mktemp("digits") / "out")
-    return ingest.ingest(DataConfig(dataset="digits"), output_dir)
 
 
 def test_digits_manifest_and_exact_pixels(digits):
@@ -212,7 +203,7 @@ def test_cli_strict_exits_2_naming_the_file(tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=testlib.REPO,
     )
     assert result.returncode == 2
     errors = _error_lines(result)
@@ -238,14 +229,14 @@ def test_reuse_then_reingest_after_a_change(tmp_path, caplog):
     assert f"reusing {output_dir}" in caplog.text
     assert _mtimes(output_dir) == before
 
-    _write(str(tmp_path / "images" / "dog" / "new.png"), serving_testlib.encode(_pixels(99), "png"))
+    _write(str(tmp_path / "images" / "dog" / "new.png"), testlib.encode(_pixels(99), "png"))
     added = ingest.ingest(config, output_dir)
     assert added.fingerprint != first.fingerprint
     assert sum(info.num_examples for info in added.splits.values()) == 13
 
     _write(
         str(tmp_path / "images" / "dog" / "new.png"),
-        serving_testlib.encode(_pixels(100, 30, 30), "png"),
+        testlib.encode(_pixels(100, 30, 30), "png"),
     )
     changed = ingest.ingest(config, output_dir)
     assert changed.fingerprint != added.fingerprint
@@ -286,7 +277,7 @@ def _tfrecords(directory, names, per_file=10):
     for file_index, name in enumerate(names):
         with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
             for index in range(per_file):
-                data = serving_testlib.encode(_pixels(100 * file_index + index), "jpeg")
+                data = testlib.encode(_pixels(100 * file_index + index), "jpeg")
                 label = 1 + index % 3
                 writer.write(_example(data, label))
                 written.append((label, data))
@@ -418,10 +409,10 @@ def test_tfds_errors_are_one_line(monkeypatch, tmp_path):
 
 def _bad_sources(root):
     os.makedirs(root / "one" / "only")
-    _write(str(root / "one" / "only" / "a.png"), serving_testlib.encode(_pixels(0), "png"))
+    _write(str(root / "one" / "only" / "a.png"), testlib.encode(_pixels(0), "png"))
     os.makedirs(root / "empty" / "a")
     os.makedirs(root / "empty" / "b")
-    _write(str(root / "empty" / "a" / "a.png"), serving_testlib.encode(_pixels(0), "png"))
+    _write(str(root / "empty" / "a" / "a.png"), testlib.encode(_pixels(0), "png"))
     return {
         "imagenet": "unknown dataset 'imagenet'",
         "csv:/tmp/x": "unknown dataset 'csv:/tmp/x'",
@@ -447,9 +438,8 @@ def test_bad_sources_raise_one_line_errors(tmp_path):
 def test_leftovers_of_a_killed_ingest_are_not_trusted(tmp_path):
     _image_folder(tmp_path / "images")
     config = DataConfig(dataset=f"folder:{tmp_path / 'images'}")
-    # A process that no longer exists (PIDs never get this large) left its
-    # temporary directory behind.
-    leftover = tmp_path / f".out.ingest-{socket.gethostname()}-{2**30}-x1y2"
+    # A process that cannot exist left its temporary directory behind.
+    leftover = tmp_path / f".out.ingest-{socket.gethostname()}-{testlib.UNUSED_PID}-x1y2"
     _write(str(leftover / "train-00000.tfrecord"), b"partial")
     ingest.ingest(config, str(tmp_path / "out"))
     assert not leftover.exists()
@@ -483,21 +473,21 @@ def test_a_copy_finished_meanwhile_by_another_worker_is_kept(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_killed_cli_leaves_no_output_dir(tmp_path):
+def test_killed_cli_leaves_no_output_dir(tmp_path, tmp_path_factory):
+    # Killed once every record is written to the temporary directory but before
+    # it is renamed into place: the last moment a kill can leave a half output.
     output_dir = tmp_path / "digits"
-    process = subprocess.Popen(
-        [*CLI, "--output-dir", str(output_dir)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not any(name.startswith(".digits.ingest-") for name in os.listdir(tmp_path)):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not output_dir.exists()
+    logs = tmp_path_factory.mktemp("logs")
+    marker = str(logs / "paused")
+    with testlib.Children(logs) as children:
+        children.start("ingest", testlib.paused_command(
+            "pipeline.ingest", "pipeline.ingest:_write", 1, marker,
+            "--output-dir", str(output_dir),
+        ), cwd=testlib.REPO, env=testlib.child_env())
+        children.wait_for_file(marker, timeout=120)
+        leftovers = [name for name in os.listdir(tmp_path) if name.startswith(".digits.ingest-")]
+        assert len(leftovers) == 1
+        assert not output_dir.exists()
     ingested = ingest.ingest(DataConfig(dataset="digits"), str(output_dir))
     assert ingested.num_examples("train") == 1437
     assert os.listdir(tmp_path) == ["digits"]
@@ -522,7 +512,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, argv, message):
         [*CLI, "--output-dir", str(tmp_path / "out"), *argv],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=testlib.REPO,
     )
     assert result.returncode == 2
     errors = _error_lines(result)
