@@ -9,7 +9,7 @@ import tensorflow as tf
 from matplotlib import image as matplotlib_image
 from sklearn import metrics as sklearn_metrics
 
-import serving_testlib
+import testlib
 from alexnet_keras import AlexNet
 from pipeline import cli
 from pipeline import evaluate
@@ -18,17 +18,11 @@ from pipeline.config import PipelineError
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return serving_testlib.digits(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def trained_metrics(tmp_path_factory, digits):
+def trained_metrics(tmp_path_factory, digits, fitted_weights):
     """evaluate() of the trained Keras model, and the run directory it wrote."""
-    ingested, _ = digits
     run_dir = str(tmp_path_factory.mktemp("run"))
-    model = serving_testlib.trained_model(tmp_path_factory)
-    return evaluate.evaluate(model, ingested, run_dir), run_dir
+    model = testlib.digits_model(fitted_weights)
+    return evaluate.evaluate(model, digits, run_dir), run_dir
 
 
 def assert_png(path):
@@ -79,7 +73,7 @@ def test_metrics_on_a_known_case():
 
 
 def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
-    ingested, _ = digits
+    ingested = digits
 
     def scores(image_bytes):
         # Arbitrary but fixed per image: a hash of its bytes.
@@ -90,7 +84,7 @@ def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
         rows = np.stack([scores(image) for image in image_bytes.numpy()])
         return rows / rows.sum(axis=1, keepdims=True)
 
-    encoded, labels = serving_testlib.encoded_split(ingested, "test")
+    encoded, labels = testlib.encoded_split(ingested, "test")
     probabilities = predict_fn(tf.constant(encoded))
     predictions = probabilities.argmax(axis=1)
 
@@ -130,7 +124,7 @@ def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
 
 def test_evaluate_a_keras_model(trained_metrics, digits):
     metrics, run_dir = trained_metrics
-    ingested, _ = digits
+    ingested = digits
     assert metrics["test_accuracy"] > 0.9
     assert metrics["test_top5_accuracy"] >= metrics["test_accuracy"]
     matrix = np.array(metrics["confusion_matrix"])
@@ -149,13 +143,13 @@ def test_evaluate_a_keras_model(trained_metrics, digits):
 
 
 def test_cli_measures_the_export_through_its_own_signature(
-    tmp_path, tmp_path_factory, monkeypatch, trained_metrics
+    tmp_path, monkeypatch, trained_metrics, trained_export
 ):
     monkeypatch.chdir(tmp_path)  # the dataset is ingested into ./data/digits
     exit_code = cli.main(
         "evaluate", [
             "--saved-model",
-            os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
+            os.path.dirname(trained_export),
             "--dataset",
             "digits",
             "--output-dir",
@@ -177,12 +171,12 @@ def test_cli_measures_the_export_through_its_own_signature(
 
 
 def test_cli_reuses_the_ingest_dir_it_is_given(
-    tmp_path, tmp_path_factory, monkeypatch, digits, trained_metrics
+    tmp_path, monkeypatch, digits, trained_metrics, trained_export
 ):
     monkeypatch.chdir(tmp_path)
-    ingested, _ = digits
+    ingested = digits
     exit_code = cli.main("evaluate", [
-        "--saved-model", os.path.dirname(serving_testlib.trained_export(tmp_path_factory)),
+        "--saved-model", os.path.dirname(trained_export),
         "--ingest-dir", ingested.directory, "--output-dir", "out",
     ])
     assert exit_code == 0
@@ -202,15 +196,15 @@ def test_cli_names_a_missing_export(tmp_path, capsys):
     assert str(tmp_path / "nothing") in error and error.count("\n") == 1
 
 
-def copy_of_the_export(tmp_path_factory, tmp_path):
+def copy_of_the_export(trained_export, tmp_path):
     """A base directory whose newest version (1) is the trained model."""
     base = tmp_path / "alexnet"
-    shutil.copytree(serving_testlib.trained_export(tmp_path_factory), base / "1")
+    shutil.copytree(trained_export, base / "1")
     return str(base)
 
 
 def test_the_first_model_is_always_blessed(tmp_path, digits):
-    ingested, _ = digits
+    ingested = digits
     result = evaluate.bless(
         0.1, str(tmp_path / "alexnet"), ingested, 0.01, False
     )
@@ -219,11 +213,11 @@ def test_the_first_model_is_always_blessed(tmp_path, digits):
 
 
 def test_a_worse_model_is_not_pushed_unless_forced(
-    tmp_path, tmp_path_factory, digits, trained_metrics
+    tmp_path, digits, trained_metrics, trained_export, fitted_weights
 ):
-    ingested, _ = digits
-    export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
-    worse = serving_testlib.worse_model(tmp_path_factory)
+    ingested = digits
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    worse = testlib.worse_model(fitted_weights)
     candidate = evaluate.evaluate(worse, ingested, str(tmp_path / "run"))
     assert candidate["test_accuracy"] < 0.2
 
@@ -254,10 +248,10 @@ def test_a_worse_model_is_not_pushed_unless_forced(
 
 
 def test_tolerance_decides_near_ties(
-    tmp_path, tmp_path_factory, digits, trained_metrics
+    tmp_path, digits, trained_metrics, trained_export
 ):
-    ingested, _ = digits
-    export_dir = copy_of_the_export(tmp_path_factory, tmp_path)
+    ingested = digits
+    export_dir = copy_of_the_export(trained_export, tmp_path)
     baseline = trained_metrics[0]["test_accuracy"]
     equal = evaluate.bless(baseline, export_dir, ingested, 0.0, False)
     assert equal.blessed is True
@@ -276,7 +270,7 @@ def test_tolerance_decides_near_ties(
 def test_an_export_for_other_classes_is_not_compared(
     tmp_path, digits, capsys, monkeypatch
 ):
-    ingested, _ = digits
+    ingested = digits
     monkeypatch.chdir(tmp_path)  # the command line ingests into ./data/digits
     export_dir = str(tmp_path / "alexnet")
     other = AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))

@@ -1,7 +1,5 @@
 import os
 import socket
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -9,7 +7,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-import serving_testlib
+import testlib
 from alexnet_keras import AlexNet
 from alexnet_keras import ImageSpec
 from pipeline import export
@@ -20,16 +18,9 @@ CLASS_NAMES = ["cat", "dog", "fox"]
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    return serving_testlib.digits(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(trained_export):
     """The trained digits export, loaded like TF Serving loads it."""
-    session = serving_testlib.ServingSession(
-        serving_testlib.trained_export(tmp_path_factory)
-    )
+    session = testlib.ServingSession(trained_export)
     yield session
     session.close()
 
@@ -38,8 +29,8 @@ def tiny_model():
     return AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))
 
 
-def test_layout_and_signatures(tmp_path_factory, served):
-    version_dir = serving_testlib.trained_export(tmp_path_factory)
+def test_layout_and_signatures(trained_export, served):
+    version_dir = trained_export
     assert os.path.basename(version_dir) == "1"
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
     assert os.path.isdir(os.path.join(version_dir, "variables"))
@@ -64,8 +55,8 @@ def test_layout_and_signatures(tmp_path_factory, served):
         assert [d.size for d in outputs["top_k_class_name"].tensor_shape.dim] == [-1, 5]
 
 
-def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, served):
-    ingested, _ = digits
+def test_serving_default_matches_the_keras_model(trained_model, digits, served):
+    ingested = digits
     class_names = ingested.class_names
     images, labels = [], []
     # Real digits at sizes and in formats the model never saw, grey and colour.
@@ -75,14 +66,12 @@ def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, serve
         (2, (67, 67), 1, "jpeg"),
         (3, (200, 160), 3, "png"),
     ):
-        image, label = serving_testlib.digit_image(ingested, index, size, channels)
-        images.append(serving_testlib.encode(image, image_format))
+        image, label = testlib.digit_image(ingested, index, size, channels)
+        images.append(testlib.encode(image, image_format))
         labels.append(label)
 
     outputs = served.run({"image_bytes": images})
-    expected = serving_testlib.keras_probabilities(
-        serving_testlib.trained_model(tmp_path_factory), images
-    )
+    expected = testlib.keras_probabilities(trained_model, images)
     probabilities = outputs["probabilities"]
     assert probabilities.shape == (4, 10)
     np.testing.assert_allclose(probabilities, expected, atol=1e-4)
@@ -102,9 +91,9 @@ def test_serving_default_matches_the_keras_model(tmp_path_factory, digits, serve
 
 
 def test_serving_pixels_agrees_with_serving_default(digits, served):
-    ingested, _ = digits
-    image, _ = serving_testlib.digit_image(ingested, 5, (67, 67), 1)
-    from_bytes = served.run({"image_bytes": [serving_testlib.encode(image, "png")]})
+    ingested = digits
+    image, _ = testlib.digit_image(ingested, 5, (67, 67), 1)
+    from_bytes = served.run({"image_bytes": [testlib.encode(image, "png")]})
     from_pixels = served.run(
         {"pixels": image[np.newaxis].astype(np.float32)},
         signature_name="serving_pixels",
@@ -116,9 +105,9 @@ def test_serving_pixels_agrees_with_serving_default(digits, served):
 
 
 def test_corrupt_bytes_fail_that_request_only(digits, served):
-    ingested, _ = digits
-    image, _ = serving_testlib.digit_image(ingested, 0, (30, 30), 1)
-    png = serving_testlib.encode(image, "png")
+    ingested = digits
+    image, _ = testlib.digit_image(ingested, 0, (30, 30), 1)
+    png = testlib.encode(image, "png")
     with pytest.raises(tf.errors.InvalidArgumentError):
         served.run({"image_bytes": [png, b"this is not an image"]})
     with pytest.raises(tf.errors.InvalidArgumentError):
@@ -128,9 +117,9 @@ def test_corrupt_bytes_fail_that_request_only(digits, served):
 
 
 def test_warmup_requests_replay_in_the_serving_session(
-    tmp_path_factory, digits, served
+    trained_export, digits, served
 ):
-    version_dir = serving_testlib.trained_export(tmp_path_factory)
+    version_dir = trained_export
     path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
     logs = [
         prediction_log_pb2.PredictionLog.FromString(record.numpy())
@@ -140,7 +129,7 @@ def test_warmup_requests_replay_in_the_serving_session(
     assert [
         len(log.predict_log.request.inputs["image_bytes"].string_val) for log in logs
     ] == [1, 1, 1, 3]
-    given = serving_testlib.encoded_split(digits[0], "test")[0][:3]
+    given = testlib.encoded_split(digits, "test")[0][:3]
     assert list(logs[-1].predict_log.request.inputs["image_bytes"].string_val) == given
     for log in logs:
         request = log.predict_log.request
@@ -157,7 +146,7 @@ def test_generated_warmup_exercises_png_and_jpeg(tmp_path):
         tiny_model(), CLASS_NAMES, tmp_path
     )
     path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
-    session = serving_testlib.ServingSession(version_dir)
+    session = testlib.ServingSession(version_dir)
     try:
         images = []
         for record in tf.data.TFRecordDataset(path):
@@ -211,16 +200,14 @@ def test_a_failed_export_leaves_no_version_behind(tmp_path, monkeypatch):
 
 
 def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
     host = socket.gethostname()
-    abandoned = tmp_path / f".tmp-{host}-{dead.pid}-v1"
+    abandoned = tmp_path / f".tmp-{host}-{testlib.UNUSED_PID}-v1"
     (abandoned / "variables").mkdir(parents=True)
     (abandoned / "saved_model.pb").write_bytes(b"half written")
     live = tmp_path / f".tmp-{host}-{os.getpid()}-v5"  # another export still writing
     live.mkdir()
     # Another machine's export on shared storage: its process cannot be checked here.
-    elsewhere = tmp_path / f".tmp-other-host-{dead.pid}-v6"
+    elsewhere = tmp_path / f".tmp-other-host-{testlib.UNUSED_PID}-v6"
     elsewhere.mkdir()
     assert export.versions(tmp_path) == []
 

@@ -6,12 +6,10 @@ import dataclasses
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -20,7 +18,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from sklearn import datasets
 
-import serving_testlib
+import testlib
 from pipeline import cli
 from pipeline import artifact
 from pipeline import image_formats
@@ -30,7 +28,6 @@ from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 
 CLI = [sys.executable, "-m", "pipeline.ingest"]
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _error_lines(result):
@@ -59,7 +56,7 @@ def _image_folder(root, per_class=6):
     for label, class_name in enumerate(("cat", "dog")):
         for index in range(per_class):
             image_format = formats[index % len(formats)]
-            data = serving_testlib.encode(_pixels(10 * label + index, 18 + index, 22), image_format)
+            data = testlib.encode(_pixels(10 * label + index, 18 + index, 22), image_format)
             path = _write(
                 os.path.join(root, class_name, f"{index}.{image_format}"), data
             )
@@ -85,12 +82,6 @@ def _mtimes(directory):
         name: os.stat(os.path.join(directory, name)).st_mtime_ns
         for name in os.listdir(directory)
     }
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    output_dir = str(tmp_path_factory.mktemp("digits") / "out")
-    return ingest.ingest(DataConfig(dataset="digits"), output_dir)
 
 
 def test_digits_manifest_and_exact_pixels(digits):
@@ -225,7 +216,7 @@ def test_cli_strict_exits_2_naming_the_file(tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=testlib.REPO,
     )
     assert result.returncode == 2
     errors = _error_lines(result)
@@ -251,14 +242,14 @@ def test_reuse_then_reingest_after_a_change(tmp_path, caplog):
     assert f"reusing {output_dir}" in caplog.text
     assert _mtimes(output_dir) == before
 
-    _write(str(tmp_path / "images" / "dog" / "new.png"), serving_testlib.encode(_pixels(99), "png"))
+    _write(str(tmp_path / "images" / "dog" / "new.png"), testlib.encode(_pixels(99), "png"))
     added = ingest.ingest(config, output_dir)
     assert added.fingerprint != first.fingerprint
     assert sum(info.num_examples for info in added.splits.values()) == 13
 
     _write(
         str(tmp_path / "images" / "dog" / "new.png"),
-        serving_testlib.encode(_pixels(100, 30, 30), "png"),
+        testlib.encode(_pixels(100, 30, 30), "png"),
     )
     changed = ingest.ingest(config, output_dir)
     assert changed.fingerprint != added.fingerprint
@@ -299,7 +290,7 @@ def _tfrecords(directory, names, per_file=10):
     for file_index, name in enumerate(names):
         with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
             for index in range(per_file):
-                data = serving_testlib.encode(_pixels(100 * file_index + index), "jpeg")
+                data = testlib.encode(_pixels(100 * file_index + index), "jpeg")
                 label = 1 + index % 3
                 writer.write(_example(data, label))
                 written.append((label, data))
@@ -431,10 +422,10 @@ def test_tfds_errors_are_one_line(monkeypatch, tmp_path):
 
 def _bad_sources(root):
     os.makedirs(root / "one" / "only")
-    _write(str(root / "one" / "only" / "a.png"), serving_testlib.encode(_pixels(0), "png"))
+    _write(str(root / "one" / "only" / "a.png"), testlib.encode(_pixels(0), "png"))
     os.makedirs(root / "empty" / "a")
     os.makedirs(root / "empty" / "b")
-    _write(str(root / "empty" / "a" / "a.png"), serving_testlib.encode(_pixels(0), "png"))
+    _write(str(root / "empty" / "a" / "a.png"), testlib.encode(_pixels(0), "png"))
     return {
         "imagenet": "unknown dataset 'imagenet'",
         "csv:/tmp/x": "unknown dataset 'csv:/tmp/x'",
@@ -460,9 +451,8 @@ def test_bad_sources_raise_one_line_errors(tmp_path):
 def test_leftovers_of_a_killed_ingest_are_not_trusted(tmp_path):
     _image_folder(tmp_path / "images")
     config = DataConfig(dataset=f"folder:{tmp_path / 'images'}")
-    # A process that no longer exists (PIDs never get this large) left its
-    # temporary directory behind.
-    leftover = tmp_path / f".out.ingest-{socket.gethostname()}-{2**30}-x1y2"
+    # A process that cannot exist left its temporary directory behind.
+    leftover = tmp_path / f".out.ingest-{socket.gethostname()}-{testlib.UNUSED_PID}-x1y2"
     _write(str(leftover / "train-00000.tfrecord"), b"partial")
     ingest.ingest(config, str(tmp_path / "out"))
     assert not leftover.exists()
@@ -498,21 +488,21 @@ def test_a_copy_finished_meanwhile_by_another_worker_is_kept(tmp_path, monkeypat
 
 
 @pytest.mark.slow
-def test_killed_cli_leaves_no_output_dir(tmp_path):
+def test_killed_cli_leaves_no_output_dir(tmp_path, tmp_path_factory):
+    # Killed once every record is written to the temporary directory but before
+    # it is renamed into place: the last moment a kill can leave a half output.
     output_dir = tmp_path / "digits"
-    process = subprocess.Popen(
-        [*CLI, "--output-dir", str(output_dir)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not any(name.startswith(".digits.ingest-") for name in os.listdir(tmp_path)):
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not output_dir.exists()
+    logs = tmp_path_factory.mktemp("logs")
+    marker = str(logs / "paused")
+    with testlib.Children(logs) as children:
+        children.start("ingest", testlib.paused_command(
+            "ingest", "pipeline.ingest:_write", 1, marker,
+            "--output-dir", str(output_dir),
+        ), cwd=testlib.REPO, env=testlib.child_env())
+        children.wait_for_file(marker, timeout=120)
+        leftovers = [name for name in os.listdir(tmp_path) if name.startswith(".digits.ingest-")]
+        assert len(leftovers) == 1
+        assert not output_dir.exists()
     ingested = ingest.ingest(DataConfig(dataset="digits"), str(output_dir))
     assert ingested.num_examples("train") == 1426
     assert os.listdir(tmp_path) == ["digits"]
@@ -537,7 +527,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, argv, message):
         [*CLI, "--output-dir", str(tmp_path / "out"), *argv],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=testlib.REPO,
     )
     assert result.returncode == 2
     errors = _error_lines(result)
@@ -629,7 +619,7 @@ def test_a_changed_source_leaves_the_version_a_run_is_reading(tmp_path):
     reading = first.records("train").as_numpy_iterator()
     next(reading)  # a run mid-epoch on the first version
 
-    _write(str(tmp_path / "images" / "dog" / "new.png"), serving_testlib.encode(_pixels(99), "png"))
+    _write(str(tmp_path / "images" / "dog" / "new.png"), testlib.encode(_pixels(99), "png"))
     second = ingest.ingest(config, output_dir)
     assert second.directory != first.directory
     assert os.path.dirname(second.directory) == output_dir
@@ -641,7 +631,7 @@ def test_a_changed_source_leaves_the_version_a_run_is_reading(tmp_path):
 
     # The next change removes the first version, never the one it replaces.
     os.remove(tmp_path / "images" / "dog" / "new.png")
-    _write(str(tmp_path / "images" / "cat" / "new.png"), serving_testlib.encode(_pixels(98), "png"))
+    _write(str(tmp_path / "images" / "cat" / "new.png"), testlib.encode(_pixels(98), "png"))
     third = ingest.ingest(config, output_dir)
     versions = {name for name in os.listdir(output_dir) if name.startswith("v-")}
     assert versions == {os.path.basename(second.directory), os.path.basename(third.directory)}
@@ -670,7 +660,7 @@ def test_shards_and_manifests_reach_the_disk_before_their_rename(tmp_path, monke
     # A new directory (renamed into place), then a new version inside it.
     for change, parent in enumerate([tmp_path, tmp_path / "out"]):
         _write(str(tmp_path / "images" / "cat" / f"{change}.png"),
-               serving_testlib.encode(_pixels(50 + change), "png"))
+               testlib.encode(_pixels(50 + change), "png"))
         events.clear()
         ingest.ingest(config, str(tmp_path / "out"))
         moves = [(index, source, destination)
@@ -694,7 +684,7 @@ def _folder_of_tiny_pngs(root, classes, names, seed=0):
     images = {}
     for class_index, class_name in enumerate(classes):
         for index, name in enumerate(names):
-            data = serving_testlib.encode(_pixels((seed, class_index, index), 6, 6), "png")
+            data = testlib.encode(_pixels((seed, class_index, index), 6, 6), "png")
             _write(os.path.join(root, class_name, name), data)
             images[data] = os.path.join(class_name, name)
     return images
@@ -768,7 +758,7 @@ def test_a_class_folder_name_that_is_not_utf8_is_refused(tmp_path):
     root = tmp_path / "images"
     _folder_of_tiny_pngs(root, ["cat"], ["0.png"])
     os.makedirs(os.fsencode(root) + b"/caf\xe9")
-    _write(os.fsencode(root) + b"/caf\xe9/0.png", serving_testlib.encode(_pixels(1), "png"))
+    _write(os.fsencode(root) + b"/caf\xe9/0.png", testlib.encode(_pixels(1), "png"))
     with pytest.raises(PipelineError) as error:
         ingest.ingest(DataConfig(dataset=f"folder:{root}"), str(tmp_path / "out"))
     assert str(error.value) == (
@@ -781,7 +771,7 @@ def test_links_are_followed_without_looping_and_dangling_ones_skipped(tmp_path):
     root = tmp_path / "images"
     images = _folder_of_tiny_pngs(root, ["cat", "dog"], ["0.png", "1.png"])
     outside = _write(str(tmp_path / "elsewhere" / "far.png"),
-                     serving_testlib.encode(_pixels(7, 6, 6), "png"))
+                     testlib.encode(_pixels(7, 6, 6), "png"))
     os.symlink(outside, root / "cat" / "far.png")
     os.symlink(".", root / "cat" / "loop")
     os.symlink(root / "dog", root / "cat" / "dogs")
@@ -819,7 +809,7 @@ def test_huge_and_extreme_images_are_skipped_from_their_headers(tmp_path, capsys
     huge = _write(str(tmp_path / "images" / "cat" / "huge.png"), _huge_png(20000, 20000))
     assert os.path.getsize(huge) < 400_000
     strip = _write(str(tmp_path / "images" / "dog" / "strip.png"),
-                   serving_testlib.encode(_pixels(3, 2, 60), "png"))
+                   testlib.encode(_pixels(3, 2, 60), "png"))
     argv = ["--dataset", f"folder:{tmp_path / 'images'}", "--output-dir", str(tmp_path / "out")]
     assert cli.main("ingest", argv) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -839,7 +829,7 @@ def test_huge_and_extreme_images_are_skipped_from_their_headers(tmp_path, capsys
 @pytest.mark.parametrize("image_format", image_formats.FORMATS)
 def test_every_accepted_format_is_sized_and_decoded_like_training_and_serving(image_format):
     pixels = _pixels(5, 9, 31)
-    data = serving_testlib.encode(pixels, image_format)
+    data = testlib.encode(pixels, image_format)
     assert image_formats.detect(data) == image_format
     assert image_formats.header_size(data, image_format) == (9, 31)
     # The decoder of training, evaluation and the serving signature.

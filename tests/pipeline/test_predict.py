@@ -4,7 +4,6 @@ import http.server
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +15,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-import serving_testlib
+import testlib
 from pipeline import cli
 from pipeline import predict
 
@@ -24,24 +23,24 @@ MODEL_NAME = "alexnet"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(trained_export):
     """The trained digits export loaded like TF Serving, and its path."""
-    version_dir = serving_testlib.trained_export(tmp_path_factory)
-    session = serving_testlib.ServingSession(version_dir)
+    version_dir = trained_export
+    session = testlib.ServingSession(version_dir)
     yield session, version_dir
     session.close()
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
+def images(tmp_path_factory, digits):
     """A PNG and a JPEG digit on disk, and what TF Serving answers for each."""
-    ingested, _ = serving_testlib.digits(tmp_path_factory)
+    ingested = digits
     folder = tmp_path_factory.mktemp("images")
     paths = []
     for index, size, image_format in ((0, (40, 32), "png"), (1, (90, 90), "jpeg")):
-        image, _ = serving_testlib.digit_image(ingested, index, size, 1)
+        image, _ = testlib.digit_image(ingested, index, size, 1)
         path = folder / f"digit{index}.{'png' if image_format == 'png' else 'jpg'}"
-        path.write_bytes(serving_testlib.encode(image, image_format))
+        path.write_bytes(testlib.encode(image, image_format))
         paths.append(str(path))
     not_an_image = folder / "notes.txt"
     not_an_image.write_text("not an image")
@@ -189,12 +188,6 @@ def grpc_server(served):
     server.stop(grace=None)
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def one_line_error(capsys):
     captured = capsys.readouterr()
     assert captured.err.startswith("python -m pipeline.predict: error: ")
@@ -277,7 +270,7 @@ def test_grpc_invalid_argument_names_the_file(grpc_server, images, capsys):
     assert "Unknown image file format" in error
 
 
-def test_unreachable_servers_are_named(images, capsys):
+def test_unreachable_servers_are_named(images, capsys, free_port):
     paths, _ = images
     port = free_port()
     assert cli.main("predict", [paths[0], "--grpc", f"127.0.0.1:{port}"]) == 2
@@ -286,7 +279,7 @@ def test_unreachable_servers_are_named(images, capsys):
 
 
 @pytest.mark.slow
-def test_the_command_line_exits_without_a_traceback(images):
+def test_the_command_line_exits_without_a_traceback(images, free_port):
     paths, _ = images
     url = f"http://127.0.0.1:{free_port()}"
     completed = subprocess.run(
@@ -294,8 +287,8 @@ def test_the_command_line_exits_without_a_traceback(images):
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=os.path.dirname(os.path.dirname(predict.__file__)),
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        cwd=testlib.REPO,
+        env=testlib.child_env(TF_CPP_MIN_LOG_LEVEL="3"),
     )
     assert completed.returncode == 2
     assert "Traceback" not in completed.stderr

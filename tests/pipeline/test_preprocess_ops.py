@@ -4,22 +4,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import serving_testlib
+import testlib
 from alexnet_keras import ImageSpec
 from pipeline import preprocess_ops
-
-
-def _coloured(rng, channel, height, width):
-    pixels = rng.integers(20, 60, (height, width, 3), np.uint8)
-    pixels[..., channel] += 160
-    return pixels
 
 
 @pytest.mark.parametrize("image_format", ["jpeg", "png", "bmp", "gif"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_decode_image_formats_and_channels(image_format, channels):
-    pixels = _coloured(np.random.default_rng(1), 0, 10, 14)
-    image = preprocess_ops.decode_image(serving_testlib.encode(pixels, image_format), channels)
+    pixels = testlib.coloured(np.random.default_rng(1), 0, 10, 14)
+    image = preprocess_ops.decode_image(testlib.encode(pixels, image_format), channels)
     assert image.shape == (10, 14, channels) and image.dtype == tf.uint8
     if image_format in ("png", "bmp") and channels == 3:
         np.testing.assert_array_equal(image, pixels)
@@ -29,16 +23,16 @@ def test_decode_image_formats_and_channels(image_format, channels):
 def test_decode_image_grey(image_format):
     pixels = np.random.default_rng(2).integers(0, 256, (6, 5, 1), np.uint8)
     np.testing.assert_array_equal(
-        preprocess_ops.decode_image(serving_testlib.encode(pixels, image_format), 1), pixels
+        preprocess_ops.decode_image(testlib.encode(pixels, image_format), 1), pixels
     )
     np.testing.assert_array_equal(
-        preprocess_ops.decode_image(serving_testlib.encode(pixels, image_format), 3),
+        preprocess_ops.decode_image(testlib.encode(pixels, image_format), 3),
         np.repeat(pixels, 3, axis=-1),
     )
 
 
 def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
-    jpeg = serving_testlib.encode(_coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
+    jpeg = testlib.encode(testlib.coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
     for corrupt in (jpeg[: len(jpeg) // 2], b"plain text"):
         with pytest.raises(tf.errors.InvalidArgumentError):
             preprocess_ops.decode_image(corrupt, 3)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import serving_testlib
+import testlib
 from pipeline import artifact
 from pipeline import ingest
 from pipeline import transform
@@ -23,19 +23,13 @@ DOMINANT_CHANNEL = {"blue": 2, "green": 1, "red": 0}
 FORMATS = ("jpeg", "png", "jpeg", "bmp", "gif", "jpeg")
 
 
-def _coloured(rng, channel, height, width):
-    pixels = rng.integers(20, 60, (height, width, 3), np.uint8)
-    pixels[..., channel] += 160
-    return pixels
-
-
 def _write_folder(root, make_pixels, class_names, per_class):
     rng = np.random.default_rng(0)
     for class_name in class_names:
         os.makedirs(os.path.join(root, class_name))
         for index in range(per_class):
             image_format = FORMATS[index % len(FORMATS)]
-            data = serving_testlib.encode(make_pixels(rng, class_name), image_format)
+            data = testlib.encode(make_pixels(rng, class_name), image_format)
             with open(
                 os.path.join(root, class_name, f"{index}.{image_format}"), "wb"
             ) as file:
@@ -49,7 +43,7 @@ def colours(tmp_path_factory):
 
     def make_pixels(rng, class_name):
         height, width = rng.integers(24, 48, 2)
-        return _coloured(rng, DOMINANT_CHANNEL[class_name], height, width)
+        return testlib.coloured(rng, DOMINANT_CHANNEL[class_name], height, width)
 
     _write_folder(
         str(root / "images"), make_pixels, sorted(DOMINANT_CHANNEL), per_class=12
@@ -217,11 +211,11 @@ def test_cache_files_are_keyed_by_pipeline_count_and_mode(colours, tmp_path):
     }
 
 
-def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_factory, tmp_path):
+def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(digits, tmp_path):
     # digits' 1,437 training images: far more than one batch and the prefetch
     # buffers hold, so the run killed below stops mid-cache. (Its iterator must
     # stay referenced: a destroyed iterator removes its lock file.)
-    ingested, _ = serving_testlib.digits(tmp_path_factory)
+    ingested = digits
     cache = str(tmp_path / "cache")
     script = (
         "import os, sys\n"
@@ -236,7 +230,7 @@ def test_a_cache_left_locked_by_a_killed_run_is_named_with_the_fix(tmp_path_fact
         "os._exit(0)  # killed while it writes the cache: TensorFlow's lock file stays\n"
     )
     subprocess.run([sys.executable, "-c", script, ingested.directory, cache],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, env=testlib.child_env())
     lockfiles = list(tmp_path.glob("cache*.lockfile"))
     assert len(lockfiles) == 1
     with pytest.raises(PipelineError, match="delete that file") as error:

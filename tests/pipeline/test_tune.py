@@ -3,7 +3,6 @@
 import glob
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,13 +12,12 @@ import keras_tuner
 import pytest
 import tensorflow as tf
 
+import testlib
 from pipeline import cli
 from pipeline import artifact
-from pipeline import ingest
 from pipeline import model_factory
 from pipeline import tune
 from pipeline.config import ConfigError
-from pipeline.config import DataConfig
 from pipeline.config import ModelConfig
 from pipeline.config import RunConfig
 from pipeline.config import TrainConfig
@@ -33,13 +31,6 @@ SMALL_SPACE = {
 }
 TINY = ["--image-size", "67", "--steps-per-epoch", "3", "--epochs", "1",
         "--batch-size", "16"]
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("data") / "digits")
-    ingest.ingest(DataConfig(dataset="digits"), path)
-    return path
 
 
 @pytest.fixture()
@@ -138,35 +129,43 @@ def test_bad_tuning_input_is_a_clear_error(tmp_path):
     assert config.train.learning_rate == 0.01 and config.model.normalization == "none"
 
 
+def _flags(tmp_path, digits_dir, space_file, *flags):
+    return ["--ingest-dir", digits_dir, "--tune-space", space_file,
+            "--export-dir", str(tmp_path / "models"), "--tune-dir", str(tmp_path / "search"),
+            *TINY, *flags]
+
+
 def _command(tmp_path, digits_dir, space_file, *flags):
-    return [sys.executable, "-m", "pipeline.run", "--ingest-dir", digits_dir,
-            "--tune-space", space_file, "--export-dir", str(tmp_path / "models"),
-            "--tune-dir", str(tmp_path / "search"), *TINY, *flags]
+    return [sys.executable, "-m", "pipeline.run",
+            *_flags(tmp_path, digits_dir, space_file, *flags)]
 
 
 @pytest.mark.slow
 def test_an_interrupted_search_resumes_instead_of_starting_over(
-    tmp_path, digits_dir, space_file
+    tmp_path, tmp_path_factory, digits_dir, space_file
 ):
-    command = _command(tmp_path, digits_dir, space_file, "--tune", "random",
-                       "--max-trials", "3", "--tune-epochs", "2")
-    process = subprocess.Popen(command + ["--output-dir", str(tmp_path / "first")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd=tmp_path)
-    deadline = time.monotonic() + 600
-    while "COMPLETED" not in trial_states(tmp_path / "search").values():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    flags = _flags(tmp_path, digits_dir, space_file, "--tune", "random",
+                   "--max-trials", "3", "--tune-epochs", "2")
+    # Killed once the second trial has begun: the first is finished, the second
+    # is running.
+    logs = tmp_path_factory.mktemp("logs")
+    marker = str(logs / "paused")
+    with testlib.Children(logs) as children:
+        children.start("first", testlib.paused_command(
+            "run", "keras_tuner.src.engine.base_tuner:BaseTuner.on_trial_begin", 2,
+            marker, *flags, "--output-dir", str(tmp_path / "first"),
+        ), cwd=tmp_path, env=testlib.child_env())
+        children.wait_for_file(marker, timeout=600)
     finished = {trial_id for trial_id, state in trial_states(tmp_path / "search").items()
                 if state == "COMPLETED"}
-    assert 1 <= len(finished) < 3
+    assert len(finished) == 1
     first_trial = tmp_path / "search" / f"trial_{sorted(finished)[0]}" / "trial.json"
     before = first_trial.read_text()
 
+    command = [sys.executable, "-m", "pipeline.run", *flags]
     result = subprocess.run(command + ["--output-dir", str(tmp_path / "second")],
-                            capture_output=True, text=True, timeout=900, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                            env=testlib.child_env())
     assert result.returncode == 0, result.stderr[-3000:]
     states = trial_states(tmp_path / "search")
     assert len(states) == 3 and set(states.values()) == {"COMPLETED"}
@@ -175,32 +174,37 @@ def test_an_interrupted_search_resumes_instead_of_starting_over(
     assert json.loads((tmp_path / "second" / "best_hparams.json").read_text())["trials"] == 3
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
+def _wait_until_listening(port, process, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None, "the chief ended before its oracle listened"
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.2)
 
 
 @pytest.mark.slow
-def test_a_chief_and_two_workers_run_each_trial_once(tmp_path, digits_dir, space_file):
-    port = str(_free_port())
-    processes = {}
-    for tuner_id in ("chief", "tuner0", "tuner1"):
-        env = dict(os.environ, KERASTUNER_TUNER_ID=tuner_id,
-                   KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=port)
-        command = _command(tmp_path, digits_dir, space_file, "--tune", "random",
-                           "--max-trials", "3", "--tune-epochs", "1",
-                           "--output-dir", str(tmp_path / tuner_id))
-        processes[tuner_id] = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            env=env, cwd=tmp_path,
-        )
-        if tuner_id == "chief":
-            time.sleep(3)  # Let the oracle start listening first.
-    outputs = {name: process.communicate(timeout=900)[0]
-               for name, process in processes.items()}
-    for name, process in processes.items():
-        assert process.returncode == 0, f"{name}:\n{outputs[name][-3000:]}"
+def test_a_chief_and_two_workers_run_each_trial_once(
+    tmp_path, tmp_path_factory, digits_dir, space_file, free_port
+):
+    port = free_port()
+    logs = tmp_path_factory.mktemp("logs")
+    with testlib.Children(logs) as children:
+        for tuner_id in ("chief", "tuner0", "tuner1"):
+            env = testlib.child_env(KERASTUNER_TUNER_ID=tuner_id,
+                                    KERASTUNER_ORACLE_IP="127.0.0.1",
+                                    KERASTUNER_ORACLE_PORT=str(port))
+            command = _command(tmp_path, digits_dir, space_file, "--tune", "random",
+                               "--max-trials", "3", "--tune-epochs", "1",
+                               "--output-dir", str(tmp_path / tuner_id))
+            process = children.start(tuner_id, command, env=env, cwd=tmp_path)
+            if tuner_id == "chief":
+                _wait_until_listening(port, process, timeout=300)
+        children.wait(timeout=900)
+        outputs = {name: children.output(name) for name in ("chief", "tuner0", "tuner1")}
     states = trial_states(tmp_path / "search")
     assert len(states) == 3 and set(states.values()) == {"COMPLETED"}
     # The workers trained the trials, one epoch each, each trial once ...
@@ -221,7 +225,7 @@ def test_trials_train_under_a_two_replica_mirrored_strategy(tmp_path, digits_dir
                        "--cpu-replicas", "2", "--tune", "random", "--max-trials", "1",
                        "--tune-epochs", "1", "--output-dir", str(run_dir))
     result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            cwd=tmp_path)
+                            cwd=tmp_path, env=testlib.child_env())
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert set(trial_states(tmp_path / "search").values()) == {"COMPLETED"}
     assert json.loads((run_dir / "best_hparams.json").read_text())["trials"] == 1

@@ -1,0 +1,262 @@
+"""Helpers shared by the pipeline tests: plain functions, no state.
+
+Image files (`encode`, `coloured`), the digits splits as arrays, the fc8 fit
+that gives a d2l AlexNet a clear accuracy in seconds, `ServingSession`, which
+loads an export the way TF Serving does, and `Children`, which runs the
+command line in subprocesses and always kills them. The objects made once per
+session (the digits ingest, the fitted weights, the export) are fixtures in
+conftest.py.
+"""
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from sklearn.linear_model import LogisticRegression
+
+from alexnet_keras import AlexNet
+from pipeline import preprocess_ops
+from pipeline import transform
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+IMAGE_SIZE = (67, 67)
+CHANNELS = 1
+# Linux never hands out a pid at or above PID_MAX_LIMIT (2**22 on 64-bit
+# kernels; /proc/sys/kernel/pid_max is at most that), so no process has this one.
+UNUSED_PID = 2**30
+
+
+def coloured(rng, channel, height, width):
+    """Random dark pixels with `channel` raised by 160: an image of one colour."""
+    pixels = rng.integers(20, 60, (height, width, 3), np.uint8)
+    pixels[..., channel] += 160
+    return pixels
+
+
+def split_arrays(ingested, split, image_spec):
+    """Images preprocessed for `image_spec` and labels of a split, in file order."""
+    images, labels = [], []
+    for batch_images, batch_labels in transform.make_dataset(
+        ingested, split, image_spec, 256, training=False
+    ):
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def encoded_split(ingested, split):
+    """The ingested encoded images and labels of a split, in file order."""
+    batches = list(ingested.encoded_batches(split, batch_size=1024))
+    return (
+        [image for images, _ in batches for image in images],
+        np.concatenate([labels for _, labels in batches]),
+    )
+
+
+def digits_model(weights=None):
+    """A fresh d2l AlexNet for digits at 67x67x1, with `weights` if given."""
+    model = AlexNet(variant="d2l", num_classes=10, input_shape=(*IMAGE_SIZE, CHANNELS))
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+def fit_weights(ingested):
+    """Weights of a digits AlexNet whose fc8 is fitted to the ingested train split.
+
+    Training the whole network to a clear accuracy takes minutes on two cores;
+    fitting fc8 to the fc7 features of a random initialisation by logistic
+    regression takes seconds and gives ~98% on digits. The d2l variant, because
+    the paper's initialisation (biases 1, weights N(0, 0.01)) makes fc7 a
+    constant plus a 1e-5 signal: a head fitted to that amplifies float32
+    rounding into 1e-3 differences between batched and single predictions.
+    """
+    keras.utils.set_random_seed(0)
+    model = digits_model()
+    features = keras.Model(model.inputs, model.get_layer("fc7").output)
+    images, labels = split_arrays(ingested, "train", model.image_spec)
+    train_features = features.predict(images, batch_size=128, verbose=0)
+    mean, std = train_features.mean(axis=0), train_features.std(axis=0) + 1e-6
+    classifier = LogisticRegression(max_iter=300).fit((train_features - mean) / std, labels)
+    kernel = classifier.coef_.T / std[:, np.newaxis]
+    bias = classifier.intercept_ - mean @ kernel
+    model.get_layer("fc8").set_weights([kernel.astype("float32"), bias.astype("float32")])
+    return model.get_weights()
+
+
+def worse_model(weights):
+    """The trained model with fc8's classes rotated by one: nearly always wrong."""
+    model = digits_model(weights)
+    kernel, bias = model.get_layer("fc8").get_weights()
+    model.get_layer("fc8").set_weights([np.roll(kernel, 1, axis=1), np.roll(bias, 1)])
+    return model
+
+
+def encode(image, image_format):
+    """`image` (HxWxC uint8) as the bytes of a `image_format` file: JPEG and PNG
+    through TensorFlow, the others ("bmp", "gif", ...) through Pillow."""
+    image = np.asarray(image, dtype=np.uint8)
+    if image_format == "png":
+        return tf.io.encode_png(image).numpy()
+    if image_format == "jpeg":
+        return tf.io.encode_jpeg(image, quality=95).numpy()
+    buffer = io.BytesIO()
+    pixels = image[..., 0] if image.shape[-1] == 1 else image
+    Image.fromarray(pixels).save(buffer, format=image_format.upper())
+    return buffer.getvalue()
+
+
+def digit_image(ingested, index, size, channels):
+    """Test image `index` of digits, resized to `size` with `channels`: real content
+    at a size and colour layout the model was not given."""
+    encoded, labels = encoded_split(ingested, "test")
+    image = tf.cast(preprocess_ops.decode_image(encoded[index], channels), tf.float32)
+    image = tf.image.resize(image, size, method="nearest")
+    return tf.cast(image, tf.uint8).numpy(), int(labels[index])
+
+
+def keras_probabilities(model, encoded_images):
+    """What the export must answer: decode, preprocess_for_eval, model, softmax."""
+    spec = model.image_spec
+    images = tf.stack(
+        [
+            preprocess_ops.preprocess_for_eval(
+                preprocess_ops.decode_image(image, spec.channels), spec
+            )
+            for image in encoded_images
+        ]
+    )
+    return tf.nn.softmax(model(images, training=False)).numpy()
+
+
+class ServingSession:
+    """An export loaded the way TF Serving loads it.
+
+    TF Serving runs TensorFlow's SavedModel loader with the tag "serve" into a
+    graph and a session, then feeds and fetches the tensor names a SignatureDef
+    lists: no Python `tf.function` is involved, so the export must stand alone.
+    """
+
+    def __init__(self, path):
+        self.graph = tf.Graph()
+        self.session = tf.compat.v1.Session(graph=self.graph)
+        with self.graph.as_default():
+            meta_graph = tf.compat.v1.saved_model.loader.load(
+                self.session, ["serve"], path
+            )
+        self.signatures = meta_graph.signature_def
+
+    def run(self, inputs, signature_name="serving_default"):
+        signature = self.signatures[signature_name]
+        feed = {signature.inputs[name].name: value for name, value in inputs.items()}
+        fetches = {name: info.name for name, info in signature.outputs.items()}
+        return self.session.run(fetches, feed)
+
+    def close(self):
+        self.session.close()
+
+
+def child_env(**variables):
+    """os.environ plus `variables`, with this checkout first on PYTHONPATH: a child
+    started in a temporary directory must import the code under test, not
+    whatever copy the virtualenv's editable install points at."""
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, **variables}
+
+
+# Runs `cli.main(<command>, <args>)`, as `python -m pipeline.<command> <args>`
+# does, with <target> ("module:Class.method") replaced by a wrapper that, on its
+# <calls>-th call, returns from the original, creates <marker> and then waits for
+# good: the test kills the child at a known point. (`cli.main`, not runpy: runpy would run a
+# second copy of the module, which the patch would not reach.)
+_PAUSED_MAIN = """
+import importlib, sys, threading
+from pipeline import environment
+environment.prepare()
+command, target, calls, marker, *args = sys.argv[1:]
+owner_name, _, path = target.partition(":")
+*parents, name = path.split(".")
+owner = importlib.import_module(owner_name)
+for parent in parents:
+    owner = getattr(owner, parent)
+original = getattr(owner, name)
+done = []
+
+def paused(*call_args, **call_kwargs):
+    result = original(*call_args, **call_kwargs)
+    done.append(None)
+    if len(done) == int(calls):
+        open(marker, "w").close()
+        threading.Event().wait()
+    return result
+
+setattr(owner, name, paused)
+from pipeline import cli
+sys.exit(cli.main(command, args))
+"""
+
+
+def paused_command(command, target, calls, marker, *args):
+    """A command line that runs `python -m pipeline.<command> *args` but stops for
+    good right after `target` ("package.module:Class.method") has returned for the
+    `calls`-th time, and says so by creating the file `marker`."""
+    return [sys.executable, "-c", _PAUSED_MAIN, command, target, str(calls), marker, *args]
+
+
+class Children(contextlib.AbstractContextManager):
+    """Child processes that are killed and reaped on the way out, whatever happens.
+
+    Each child's output goes to a file, not a pipe: a child never blocks on a
+    full pipe while the test waits on another one.
+    """
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self.processes = {}
+
+    def start(self, name, command, **kwargs):
+        log = open(os.path.join(self.log_dir, f"{name}.log"), "w")
+        with log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        self.processes[name] = process
+        return process
+
+    def output(self, name):
+        with open(os.path.join(self.log_dir, f"{name}.log")) as file:
+            return file.read()
+
+    def wait(self, timeout):
+        """Waits until every child has ended, `timeout` seconds in all, or until one
+        fails (its peers may then wait for it forever); asserts they all exit 0."""
+        deadline = time.monotonic() + timeout
+        while any(process.poll() is None for process in self.processes.values()):
+            if any(process.poll() for process in self.processes.values()):
+                break
+            assert time.monotonic() < deadline, f"still running after {timeout} s"
+            time.sleep(0.2)
+        for name, process in self.processes.items():
+            assert process.poll() == 0, f"{name} ({process.poll()}):\n{self.output(name)[-3000:]}"
+
+    def wait_for_file(self, path, timeout):
+        """Waits until `path` exists, while every child is still running."""
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(path):
+            for name, process in self.processes.items():
+                assert process.poll() is None, f"{name} ended:\n{self.output(name)[-3000:]}"
+            assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+            time.sleep(0.1)
+
+    def __exit__(self, *exc_info):
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+        for process in self.processes.values():
+            process.wait()
+        return None
