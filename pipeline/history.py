@@ -36,14 +36,11 @@ def write(path, rows):
     os.replace(temporary, path)
 
 
-def keep_epochs_up_to(path, last_epoch):
-    """Drops rows after `last_epoch`: epochs that ran but were never checkpointed.
+def epochs_up_to(path, last_epoch):
+    """The rows up to `last_epoch`: without epochs that ran but were never
+    checkpointed, which a resumed run repeats.
 
-    A run killed after writing an epoch's row but before saving its checkpoint
-    repeats that epoch when resumed; this keeps each epoch in the file once.
+    The file itself is left as it is until the resumed run writes its next
+    epoch: a run that fails before then has destroyed nothing.
     """
-    rows = read(path)
-    kept = [row for row in rows if row["epoch"] <= last_epoch]
-    if len(kept) < len(rows):
-        write(path, kept)
-    return kept
+    return [row for row in read(path) if row["epoch"] <= last_epoch]

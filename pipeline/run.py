@@ -20,12 +20,14 @@ import os
 import sys
 import time
 
-from pipeline import config as config_lib
+import tensorflow as tf
+
 from pipeline import distribute
 from pipeline import evaluate
 from pipeline import export
 from pipeline import ingest
 from pipeline import model_factory
+from pipeline import run_dir as run_dir_lib
 from pipeline import train
 from pipeline import tune
 
@@ -35,8 +37,12 @@ log = logging.getLogger("pipeline.run")
 def run(config):
     """Runs every stage in order; returns the metrics written to `metrics.json`
     (None on a keras-tuner worker, which stops after the search)."""
+    with run_dir_lib.claimed(config.train.output_dir) as run_dir:
+        return _run(config, run_dir)
+
+
+def _run(config, run_dir):
     start = time.perf_counter()
-    run_dir = _make_run_dir(config.train.output_dir)
     # The strategy comes first: splitting the CPU into logical devices must
     # happen before any TensorFlow op runs.
     strategy = distribute.make_strategy(config.train.strategy, config.train.cpu_replicas)
@@ -54,12 +60,20 @@ def run(config):
     if config is None:
         log.info("This tuning worker is done; the chief trains and exports the final model")
         return None
-    with open(os.path.join(run_dir, "config.json"), "w") as file:
-        file.write(config.to_json())
+    run_dir_lib.check_resumable(run_dir, config, ingested)
 
     # Trainer: the custom distributed loop, resumable from the run directory.
     trained = train.train(strategy, chief, config.model, config.train, config.data,
                           ingested, run_dir)
+    metrics_path = os.path.join(run_dir, "metrics.json")
+    if trained.initial_epoch == config.train.epochs and tf.io.gfile.exists(metrics_path):
+        # Trained, evaluated and pushed already: nothing to do again.
+        with tf.io.gfile.GFile(metrics_path) as file:
+            metrics = json.load(file)
+        log.info("%s is a complete run of %d epochs (exported as %s); a larger `epochs` "
+                 "extends it, a new `output_dir` starts another", run_dir,
+                 config.train.epochs, metrics.get("export_path"))
+        return metrics
 
     # Evaluator: test-split metrics and pictures on every worker (the same
     # weights, so the same metrics); the chief, which exports, also compares
@@ -76,20 +90,9 @@ def run(config):
 
     metrics.update(dataclasses.asdict(blessing), **dataclasses.asdict(pushed),
                    **trained.summary(), wall_time_seconds=time.perf_counter() - start)
-    with open(os.path.join(run_dir, "metrics.json"), "w") as file:
+    with tf.io.gfile.GFile(metrics_path, "w") as file:
         json.dump(metrics, file, indent=2, sort_keys=True)
     return metrics
-
-
-def _make_run_dir(run_dir):
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as error:
-        raise config_lib.ConfigError(
-            f"cannot create the run directory {run_dir} ({error.strerror}); choose "
-            "another `output_dir`"
-        ) from None
-    return run_dir
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 import keras
@@ -25,7 +24,7 @@ from pipeline import model_factory
 from pipeline import plots
 from pipeline import train_steps
 from pipeline import transform
-from pipeline.config import ConfigError
+from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +81,15 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     global_batch_size = train_config.batch_size
     steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
 
-    train_iterator = iter(transform.distribute_dataset(
-        strategy, ingested, "train", model.image_spec, global_batch_size, training=True,
-        data_config=data_config, seed=train_config.seed,
-        repeat=True,
-    ))
+    def train_batches(epoch):
+        # Each epoch's own dataset, seeded by the run's seed and the epoch: a
+        # resumed run sees the batches the uninterrupted one saw.
+        return iter(transform.distribute_dataset(
+            strategy, ingested, "train", model.image_spec, global_batch_size,
+            training=True, data_config=data_config,
+            seed=transform.epoch_seed(train_config.seed, epoch), repeat=True,
+        ))
+
     validation = transform.make_dataset(
         ingested, "validation", model.image_spec, global_batch_size, training=False
     )
@@ -107,6 +110,7 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
             stateful_metrics=_SHOWN_METRICS,
         )
         learning_rate = _current_learning_rate(optimizer)
+        train_iterator = train_batches(epoch)
         loss_sum = correct = count = 0.0
         warm_start = time.perf_counter()
         for step in range(steps):
@@ -197,6 +201,15 @@ class _Checkpointer(keras.callbacks.Callback):
         self.manager.save(checkpoint_number=epoch + 1)
 
 
+def _random_states(model):
+    """The model's random-number state (its dropout layers' seed generators):
+    Keras keeps it apart from the weights, and a checkpoint without it would
+    resume with other dropout masks than the uninterrupted run."""
+    weights = {id(variable) for variable in model.non_trainable_weights}
+    return [variable for variable in model.non_trainable_variables
+            if id(variable) not in weights]
+
+
 @dataclasses.dataclass
 class TrainResult:
     """The trained model, every epoch's `history.csv` row, and where this run began."""
@@ -213,11 +226,49 @@ class TrainResult:
                 "resumed_from_epoch": self.initial_epoch}
 
 
+# Checkpoints kept per worker: the last two epochs, so that workers killed
+# between one epoch's saves still share one of them.
+_CHECKPOINTS_KEPT = 2
+
+
+def _saved_epochs(manager):
+    """The epochs whose checkpoint `manager` holds (checkpoint k is epoch k's end)."""
+    return [int(path.rsplit("-", 1)[1]) for path in manager.checkpoints]
+
+
+def newest_common_epoch(saved_epochs_per_replica):
+    """The newest epoch that every replica has a checkpoint of, 0 (the start)
+    if there is none; each replica's list may be padded with zeros."""
+    common = set.intersection(*(set(epochs) for epochs in saved_epochs_per_replica))
+    return max(common | {0})
+
+
+def _agreed_epoch(strategy, manager):
+    """The epoch to resume from, the same in every replica of `strategy`.
+
+    Every worker keeps its own checkpoints, in its own run directory, so no
+    file system needs to be shared; a worker killed before saving its last
+    epoch holds one epoch less than the others, and all of them resume from
+    the newest epoch every one of them holds.
+    """
+    saved = _saved_epochs(manager)[-_CHECKPOINTS_KEPT:]
+    padded = tf.constant(saved + [0] * (_CHECKPOINTS_KEPT - len(saved)), tf.int64)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda context: padded
+        )
+        padded = strategy.gather(per_replica, axis=0)
+    return newest_common_epoch(tf.reshape(padded, [-1, _CHECKPOINTS_KEPT]).numpy().tolist())
+
+
 def train(strategy, chief, model_config, train_config, data_config, ingested, run_dir):
     """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
 
     `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
-    under `logs/` and checkpoints under `checkpoints/` (the chief's only).
+    under `logs/` and checkpoints under `checkpoints/`. Every worker of a
+    multi-worker run checkpoints into its own run directory, and all resume
+    from the newest epoch that each of them holds; a worker other than the
+    chief removes its checkpoints once training is done.
     Returns the trained model, the whole history and the epoch it started from.
     """
     steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
@@ -227,34 +278,24 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
         epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         plateau = _Plateau()
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch_counter, **plateau.trackables()
+        model=model, optimizer=optimizer, epoch=epoch_counter,
+        random_states=_random_states(model), **plateau.trackables()
     )
-    # Every worker takes part in saving (it may involve collectives); only the
-    # chief's copy is kept.
-    checkpoint_dir = (
-        os.path.join(run_dir, "checkpoints") if chief else tempfile.mkdtemp(prefix="ckpt-")
-    )
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    if manager.latest_checkpoint and isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ):
-        # Only the chief keeps checkpoints: were it to resume alone, the workers
-        # would run other steps than it and the collectives would hang.
-        log.warning("Multi-worker runs start from epoch 1; %s is not resumed",
-                    manager.latest_checkpoint)
-    elif manager.latest_checkpoint:
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                         max_to_keep=_CHECKPOINTS_KEPT)
+    initial_epoch = _agreed_epoch(strategy, manager)
+    if initial_epoch:
+        path = os.path.join(checkpoint_dir, f"ckpt-{initial_epoch}")
         try:
-            checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            checkpoint.restore(path).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError):
-            raise ConfigError(
-                f"the checkpoint in {checkpoint_dir} is of another model or optimizer "
-                "(a different `variant`, `normalization`, `image_size`, `channels` or "
-                "`optimizer`?); resume with the same flags or use a new `output_dir`"
+            raise PipelineError(
+                f"the checkpoint {path} is of another model or optimizer, or unreadable; "
+                "resume with the same flags or use a new `output_dir`"
             ) from None
-        log.info("Resuming from %s (epoch %d finished)", manager.latest_checkpoint,
-                 int(epoch_counter.numpy()))
-    initial_epoch = int(epoch_counter.numpy())
-    rows = history.keep_epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
+        log.info("Resuming from %s (epoch %d finished)", path, initial_epoch)
+    rows = history.epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
     callbacks = [_HistoryRecorder(run_dir, rows)]
     if train_config.lr_schedule == "plateau":
         callbacks.append(_PlateauSchedule(plateau, optimizer))
@@ -262,6 +303,8 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     fit(model, optimizer, strategy, train_config, data_config, ingested,
         initial_epoch, callbacks)
     if not chief:
+        # Only the chief's checkpoints outlive the run; a killed worker's are
+        # what its next run resumes from, and that run removes them.
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))

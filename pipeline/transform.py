@@ -9,6 +9,7 @@ with the ops of `pipeline.preprocess_ops`, batches and prefetches.
 
 import glob
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline import artifact
@@ -18,6 +19,15 @@ from pipeline.config import PipelineError
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000
+
+
+def epoch_seed(seed, epoch):
+    """The seed of epoch `epoch`'s order and augmentation in a run seeded with
+    `seed` (None stays None): a function of the two alone, so that a run
+    resumed at epoch k draws what the uninterrupted run drew there."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
 def _parse(record):
@@ -45,10 +55,9 @@ def _records(files, training, seed, input_context):
 
 def _cache_path(data_config, split, channels, ingested, training, input_context):
     """One cache file per everything that changes what is cached: the split, the
-    channel count, the ingest's content, the order (training shuffles the
-    files) and the input pipeline, counted among how many (pipeline 0 of 2
-    holds half of what a single pipeline holds). A cache made for other data
-    must never be read back."""
+    channel count, the ingest's content, the mode and the input pipeline,
+    counted among how many (pipeline 0 of 2 holds half of what a single
+    pipeline holds). A cache made for other data must never be read back."""
     pipeline = input_context.input_pipeline_id if input_context else 0
     pipelines = input_context.num_input_pipelines if input_context else 1
     mode = "train" if training else "eval"
@@ -111,7 +120,11 @@ def make_dataset(
         raise PipelineError("`pca_noise` needs colour input: use channels=3")
     files = ingested.files(split)
 
-    dataset = _records(files, training, seed, input_context).map(
+    # A cache keeps the order it was written in: its files are read in their
+    # own order, so that what a cache holds never depends on which epoch (and
+    # so which seed) wrote it. The shuffle after it still mixes every epoch.
+    shuffle_files = training and not data_config.cache
+    dataset = _records(files, shuffle_files, seed, input_context).map(
         _parse, num_parallel_calls=AUTOTUNE
     )
     if data_config.cache:

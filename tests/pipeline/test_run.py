@@ -114,10 +114,10 @@ def test_mirrored_run_writes_everything_a_user_expects(tmp_path, digits_dir):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, digits_dir):
+def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     run_dir = tmp_path / "run"
     flags = ["--ingest-dir", digits_dir, "--export-dir", str(tmp_path / "models"),
-             "--output-dir", str(run_dir), "--epochs", "3", *TINY]
+             "--output-dir", str(run_dir), "--epochs", "3", "--seed", "7", *TINY]
     # Killed in epoch 2 after its history row is written but before its
     # checkpoint: the one moment that leaves the history ahead of the checkpoint.
     marker = str(tmp_path / "paused")
@@ -131,23 +131,51 @@ def test_killed_run_resumes_from_its_last_finished_epoch(tmp_path, digits_dir):
     assert os.path.basename(checkpoint) == "ckpt-1"
 
     command = [sys.executable, "-m", "pipeline.run", *flags]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900,
-                            cwd=tmp_path, env=testlib.child_env())
+
+    def rerun(*more_flags):
+        return subprocess.run(command + list(more_flags), capture_output=True, text=True,
+                              timeout=900, cwd=tmp_path, env=testlib.child_env())
+
+    result = rerun()
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Epoch 1/3" not in result.stdout
     assert "Epoch 2/3" in result.stdout and "Epoch 3/3" in result.stdout
     # Epoch 2 ran again and is in the history once.
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] == 1
+    # The same data order, augmentation and dropout as a run never killed: the
+    # same weights and optimizer state, to the bit.
+    run_pipeline(tmp_path, digits_dir, "--output-dir", str(tmp_path / "unbroken"),
+                 "--epochs", "3", "--seed", "7", *TINY)
+    resumed, unbroken = checkpoint_values(run_dir), checkpoint_values(tmp_path / "unbroken")
+    assert resumed.keys() == unbroken.keys() and len(resumed) >= 48
+    for name, value in resumed.items():
+        np.testing.assert_array_equal(value, unbroken[name], err_msg=name)
 
-    # Resuming with another model is a one-line error, and the run is kept.
-    other = subprocess.run(command + ["--normalization", "batchnorm", "--epochs", "4"],
-                           capture_output=True, text=True, timeout=900, cwd=tmp_path,
-                           env=testlib.child_env())
+    # Run again, the run is complete: nothing is trained or pushed again.
+    versions = sorted(os.listdir(tmp_path / "models"))
+    again = rerun()
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Epoch" not in again.stdout and "is a complete run of 3 epochs" in again.stderr
+    assert sorted(os.listdir(tmp_path / "models")) == versions
+
+    # Other settings are refused, each named, and the run is kept as it was.
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    other = rerun("--normalization", "batchnorm", "--learning-rate", "0.01", "--epochs", "2")
     assert other.returncode == 2
-    assert "is of another model or optimizer" in other.stderr
+    error = other.stderr.splitlines()[-1]
+    assert error.startswith("python -m pipeline.run: error: ")
     assert "Traceback" not in other.stderr
-    assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
+    for change in ("--normalization None -> \"batchnorm\"", "--learning-rate 0.0001 -> 0.01",
+                   "--epochs 3 -> 2", "new --output-dir"):
+        assert change in error
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+    # A larger --epochs extends the run by the epochs it adds.
+    longer = rerun("--epochs", "4")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "Epoch 3/4" not in longer.stdout and "Epoch 4/4" in longer.stdout
+    assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3, 4]
 
 
 @pytest.mark.slow
@@ -197,3 +225,64 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path, digits_di
     assert not (tmp_path / "worker1" / "checkpoints").exists()
     assert sorted(os.listdir(tmp_path / "models")) == ["1"]
     assert other_metrics["export_path"] is None
+
+
+def _worker_commands(tmp_path, digits_dir, free_port, *flags):
+    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
+    for index in range(2):
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        flags_of_worker = [
+            "--strategy", "multiworker", "--ingest-dir", digits_dir,
+            "--export-dir", str(tmp_path / "models"),
+            "--output-dir", str(tmp_path / f"worker{index}"), *flags,
+        ]
+        yield index, flags_of_worker, testlib.child_env(TF_CONFIG=tf_config)
+
+
+@pytest.mark.slow
+def test_a_killed_multi_worker_run_resumes_on_every_worker(tmp_path, digits_dir, free_port):
+    flags = ["--epochs", "4", "--seed", "5", *TINY]
+    # Both workers stop once epoch 2 is checkpointed; worker 1 is killed, then
+    # worker 0 (a peer's death leaves it waiting in a collective).
+    with testlib.Children(tmp_path) as children:
+        markers = []
+        for index, command, env in _worker_commands(tmp_path, digits_dir, free_port, *flags):
+            markers.append(str(tmp_path / f"paused{index}"))
+            children.start(f"killed{index}", testlib.paused_command(
+                "run", "pipeline.train:_Checkpointer.on_epoch_end", 2, markers[-1], *command,
+            ), cwd=tmp_path, env=env)
+        for marker in markers:
+            children.wait_for_file(marker, timeout=600)
+        for name in ("killed1", "killed0"):
+            children.processes[name].kill()
+            children.processes[name].wait()
+    for index in range(2):
+        assert [row["epoch"] for row in read_history(tmp_path / f"worker{index}")] == ["1", "2"]
+        assert tf.train.latest_checkpoint(str(tmp_path / f"worker{index}" / "checkpoints"))
+
+    # Started again with new ports (a cluster's restarted job gets new ones).
+    with testlib.Children(tmp_path) as children:
+        for index, command, env in _worker_commands(tmp_path, digits_dir, free_port, *flags):
+            children.start(f"worker{index}", [sys.executable, "-m", "pipeline.run", *command],
+                           cwd=tmp_path, env=env)
+        children.wait(timeout=900)
+        outputs = [children.output(f"worker{index}") for index in range(2)]
+    histories = [read_history(tmp_path / f"worker{index}") for index in range(2)]
+    for output, rows in zip(outputs, histories):
+        assert "Epoch 1/4" not in output and "Epoch 2/4" not in output
+        assert "Epoch 3/4" in output and "Epoch 4/4" in output
+        assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
+    # Each worker validates its own weights on the whole validation split: the
+    # same losses mean the same weights.
+    for mine, theirs in zip(*histories):
+        assert float(mine["val_loss"]) == pytest.approx(float(theirs["val_loss"]), rel=1e-6)
+    metrics = [json.loads((tmp_path / f"worker{index}" / "metrics.json").read_text())
+               for index in range(2)]
+    assert metrics[0]["resumed_from_epoch"] == metrics[1]["resumed_from_epoch"] == 2
+    assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
+    # The worker's checkpoints were its own to resume from; the finished run
+    # removed them.
+    assert not (tmp_path / "worker1" / "checkpoints").exists()
+    assert sorted(os.listdir(tmp_path / "models")) == ["1"]
