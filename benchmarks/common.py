@@ -23,6 +23,18 @@ def prepare_process():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def cpu_model():
+    """The CPU's name from /proc/cpuinfo, and the cores this process may use."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as file:
+            name = next(line.split(":", 1)[1].strip() for line in file
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
 def input_shapes():
     """{variant: (height, width, channels)} of every AlexNet variant at its own
     input size."""

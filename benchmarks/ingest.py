@@ -21,6 +21,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from benchmarks import common
 from pipeline import ingest
 from pipeline.config import DataConfig
 
@@ -46,18 +47,6 @@ def write_jpegs(directory, count, seed=0):
     return total
 
 
-def cpu_model():
-    """The CPU's name from /proc/cpuinfo, and the cores this process may use."""
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as file:
-            name = next(line.split(":", 1)[1].strip() for line in file
-                        if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} cores"
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.ingest", description=__doc__.split("\n")[0]
@@ -73,7 +62,7 @@ def main(argv=None):
                                  os.path.join(directory, "out"))
         seconds = time.perf_counter() - start
     done = sum(ingested.num_examples(split) for split in ingested.splits)
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {common.cpu_model()}")
     print(f"{done} JPEGs of 500x375, {size / args.images / 1e3:.0f} KB each: "
           f"{seconds:.2f} s, {done / seconds:.1f} images/s, {size / 1e6 / seconds:.1f} MB/s")
     return 0

@@ -162,7 +162,7 @@ class IngestedDataset:
             raise ValueError(f"{self.directory} is not a version directory of {ingest_dir}")
         temp_path = os.path.join(ingest_dir, f".ingest-{temp_dirs.owner_tag()}-{MANIFEST}")
         _write_json(temp_path, self._manifest(version=version))
-        os.replace(temp_path, os.path.join(ingest_dir, MANIFEST))
+        tf.io.gfile.rename(temp_path, os.path.join(ingest_dir, MANIFEST), overwrite=True)
         temp_dirs.sync(ingest_dir)
 
     @classmethod
@@ -170,9 +170,9 @@ class IngestedDataset:
         """The finished ingest in `directory`; anything else raises `PipelineError`."""
         path = os.path.join(directory, MANIFEST)
         try:
-            with open(path) as file:
+            with tf.io.gfile.GFile(path) as file:
                 fields = json.load(file)
-        except (OSError, ValueError):
+        except (OSError, ValueError, tf.errors.OpError):
             raise PipelineError(
                 f"{directory} holds no finished ingest ({path} is missing or unreadable); "
                 f"ingest a dataset into it first"
@@ -207,10 +207,9 @@ class IngestedDataset:
 
 
 def _write_json(path, fields):
-    with open(path, "w") as file:
+    with tf.io.gfile.GFile(path, "w") as file:
         json.dump(fields, file, indent=2)
-        file.flush()
-        os.fsync(file.fileno())
+    temp_dirs.sync(path)
 
 
 class Existing(NamedTuple):
@@ -227,10 +226,12 @@ def existing(directory):
     """The ingest `pipeline.ingest` wrote into `directory`; None if it holds no
     `manifest.json`; `PipelineError` if its manifest is anyone else's."""
     path = os.path.join(directory, MANIFEST)
-    if not os.path.lexists(path):
+    # A dangling link named like a manifest is not "no manifest".
+    there = os.path.lexists(path) if temp_dirs.is_local(path) else tf.io.gfile.exists(path)
+    if not there:
         return None
     try:
-        with open(path) as file:
+        with tf.io.gfile.GFile(path) as file:
             fields = json.load(file)
         format_version = fields["format_version"]
         # Format 1 predates `written_by`; its shape is its signature.
@@ -238,7 +239,7 @@ def existing(directory):
             return Existing(fields["source"], fields["fingerprint"], None)
         if fields["written_by"] == WRITER and format_version == FORMAT_VERSION:
             return Existing(fields["source"], fields["fingerprint"], fields.get("version"))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError):
         pass
     raise PipelineError(
         f"{directory} holds a {MANIFEST} that this pipeline.ingest did not write; "

@@ -29,6 +29,7 @@ from pipeline import ingest
 from pipeline import predict
 from pipeline import run
 from pipeline import sources
+from pipeline import temp_dirs
 
 # Settings whose flag is not their name with dashes, per command.
 _FLAG_OF = {
@@ -120,6 +121,14 @@ def _run_parser():
     train.add_argument("--cpu-replicas", type=int, default=None,
                        help="split the CPU into N logical devices for --strategy mirrored "
                             "(without GPUs)")
+    train.add_argument("--all-reduce", metavar=_choices(config_lib.ALL_REDUCES),
+                       default=defaults.train.all_reduce,
+                       help="--strategy multiworker's collective implementation (auto: "
+                            "NCCL on GPUs, ring otherwise)")
+    train.add_argument("--all-reduce-pack-mb", type=float,
+                       default=defaults.train.all_reduce_pack_mb,
+                       help="all-reduce gradients in packs of this many MB (0: "
+                            "TensorFlow's choice)")
     train.add_argument("--epochs", type=int, default=defaults.train.epochs)
     train.add_argument("--steps-per-epoch", type=int, default=None,
                        help="cap on training steps per epoch")
@@ -284,8 +293,8 @@ def _evaluate(args):
     metrics = evaluate.evaluate_export(
         args.saved_model, data_config, args.split, args.output_dir
     )
-    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as file:
-        json.dump(metrics, file, indent=2)
+    temp_dirs.replace_file(os.path.join(args.output_dir, "evaluation.json"),
+                           json.dumps(metrics, indent=2))
     print(f"Metrics and pictures are in {args.output_dir}")
 
 

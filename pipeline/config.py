@@ -16,6 +16,7 @@ from alexnet_keras import alexnet
 STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
+ALL_REDUCES = ("auto", "ring", "nccl")
 EXPORT_FORMATS = ("saved_model", "keras")
 TUNERS = ("random", "hyperband", "bayesian")
 
@@ -121,6 +122,10 @@ class TrainConfig:
 
     strategy: str = "default"
     cpu_replicas: int | None = None
+    # MultiWorkerMirroredStrategy's collectives: the implementation, and the
+    # size of the packs gradients are all-reduced in (0: TensorFlow chooses).
+    all_reduce: str = "auto"
+    all_reduce_pack_mb: float = 0
     epochs: int = 10
     steps_per_epoch: int | None = None
     batch_size: int = 32
@@ -147,12 +152,22 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.cpu_replicas is None or self.cpu_replicas >= 1, "cpu_replicas",
              "must be at least 1"),
+            (self.all_reduce in ALL_REDUCES, "all_reduce",
+             f"must be one of {', '.join(ALL_REDUCES)}"),
+            (self.all_reduce_pack_mb >= 0, "all_reduce_pack_mb", "must be >= 0"),
         )
         for ok, name, requirement in checks:
             if not ok:
                 raise ConfigError(
                     f"`{name}` {requirement}. Received: {name}={getattr(self, name)!r}"
                 )
+        if self.strategy != "multiworker" and (
+            self.all_reduce != "auto" or self.all_reduce_pack_mb
+        ):
+            raise ConfigError(
+                "`all_reduce` and `all_reduce_pack_mb` set the collectives of "
+                f"strategy='multiworker', not {self.strategy!r}"
+            )
         if self.jit_compile and (self.cpu_replicas or 1) > 1:
             raise ConfigError(
                 "`jit_compile` fails with `cpu_replicas` above 1 (XLA cannot place a "

@@ -55,8 +55,9 @@ def is_chief(strategy):
     )
 
 
-def make_strategy(name, cpu_replicas=None):
-    """Returns the strategy `strategy=name` means on this machine."""
+def make_strategy(name, cpu_replicas=None, all_reduce="auto", all_reduce_pack_mb=0):
+    """Returns the strategy `strategy=name` means on this machine; the last two
+    set a multi-worker strategy's collectives."""
     gpus = tf.config.list_physical_devices("GPU")
     if cpu_replicas is not None and gpus:
         raise ConfigError(
@@ -77,7 +78,7 @@ def make_strategy(name, cpu_replicas=None):
             return tf.distribute.MirroredStrategy()
         return tf.distribute.MirroredStrategy(_split_cpu(cpu_replicas or 1))
     if name == "multiworker":
-        return _multi_worker_strategy()
+        return _multi_worker_strategy(all_reduce, all_reduce_pack_mb)
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
@@ -94,7 +95,18 @@ def make_strategy(name, cpu_replicas=None):
     raise ValueError(f"`strategy` must be one of {', '.join(STRATEGIES)}. Received: {name!r}")
 
 
-def _multi_worker_strategy():
+def communication_options(all_reduce="auto", all_reduce_pack_mb=0):
+    """`CommunicationOptions` for `all_reduce` ("auto", "ring" or "nccl") and a
+    pack size in MB (0: TensorFlow's own choice)."""
+    implementations = tf.distribute.experimental.CommunicationImplementation
+    return tf.distribute.experimental.CommunicationOptions(
+        bytes_per_pack=int(all_reduce_pack_mb * 2**20),
+        implementation={"auto": implementations.AUTO, "ring": implementations.RING,
+                        "nccl": implementations.NCCL}[all_reduce],
+    )
+
+
+def _multi_worker_strategy(all_reduce, all_reduce_pack_mb):
     raw = os.environ.get("TF_CONFIG")
     if not raw:
         raise ConfigError(
@@ -110,10 +122,10 @@ def _multi_worker_strategy():
         raise ConfigError(
             f"TF_CONFIG is not valid JSON with 'cluster.worker' and 'task.type': {raw!r}"
         ) from None
-    # Collective ops over gRPC ("RING") work on CPUs and GPUs alike; NCCL is
-    # picked automatically by AUTO on GPU clusters.
+    # Collective ops over gRPC ("ring") work on CPUs and GPUs alike; "auto"
+    # picks NCCL on GPU clusters.
+    if all_reduce == "nccl" and not tf.config.list_physical_devices("GPU"):
+        raise ConfigError("all_reduce='nccl' needs GPUs; use 'ring' or 'auto' on CPUs")
     return tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            implementation=tf.distribute.experimental.CommunicationImplementation.AUTO
-        )
+        communication_options=communication_options(all_reduce, all_reduce_pack_mb)
     )

@@ -178,7 +178,7 @@ def evaluate(model, ingested, run_dir, split="test"):
         )
     metrics = _metrics(split, labels, probabilities, class_names)
 
-    os.makedirs(run_dir, exist_ok=True)
+    tf.io.gfile.makedirs(run_dir)
     plots.confusion_matrix(
         metrics["confusion_matrix"],
         class_names,

@@ -23,10 +23,8 @@ replays before it serves the version.
 """
 
 import dataclasses
-import errno
 import logging
 import os
-import shutil
 
 import keras
 import numpy as np
@@ -64,18 +62,19 @@ logger = logging.getLogger(__name__)
 
 def versions(export_dir):
     """The integer version numbers present in `export_dir`, ascending."""
-    if not os.path.isdir(export_dir):
+    if not tf.io.gfile.isdir(export_dir):
         return []
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(export_dir)]
     return sorted(
         int(name)
-        for name in os.listdir(export_dir)
-        if name.isdigit() and os.path.isdir(os.path.join(export_dir, name))
+        for name in names
+        if name.isdigit() and tf.io.gfile.isdir(os.path.join(export_dir, name))
     )
 
 
 def resolve_saved_model(path):
     """A version directory as given, or the newest version of a base directory."""
-    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
     found = versions(path)
     if not found:
@@ -163,7 +162,7 @@ def _generated_images(image_spec):
 
 def _write_warmup(version_dir, model_name, encoded_images):
     path = os.path.join(version_dir, WARMUP_FILE)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.dirname(path))
     batches = [[image] for image in encoded_images]
     if len(encoded_images) > 1:
         batches.append(list(encoded_images))
@@ -203,19 +202,17 @@ def export_saved_model(
             f"the model has {num_logits} outputs but {len(class_names)} class names "
             "were given; pass one class name per output"
         )
-    export_dir = os.path.abspath(export_dir)
+    export_dir = temp_dirs.absolute(export_dir)
     try:
-        os.makedirs(export_dir, exist_ok=True)
-    except OSError as error:
+        # TF Serving ignores a killed export's temporary directory; it goes here.
+        temp_dir = temp_dirs.make(export_dir, _TEMP_PREFIX)
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", error)
         raise PipelineError(
-            f"cannot write to {export_dir} ({error.strerror}); choose another "
-            "`export_dir`"
+            f"cannot write to {export_dir} ({reason}); choose another `export_dir`"
         ) from None
-    # TF Serving ignores a killed export's temporary directory; it goes here.
-    temp_dirs.remove_abandoned(export_dir, _TEMP_PREFIX)
     version = max(versions(export_dir), default=0) + 1
     version_dir = os.path.join(export_dir, str(version))
-    temp_dir = os.path.join(export_dir, f"{_TEMP_PREFIX}{temp_dirs.owner_tag()}-v{version}")
     if warmup_images:
         encoded = [_encode(image) for image in list(warmup_images)[:_MAX_WARMUP_IMAGES]]
     else:
@@ -245,22 +242,15 @@ def export_saved_model(
         )
         archive.write_out(temp_dir, verbose=False)
         _write_warmup(temp_dir, os.path.basename(export_dir), encoded)
-        # One rename, so TF Serving never sees a half-written version; an existing
-        # version (another export won the race) is never replaced.
-        if os.path.exists(version_dir):
+        # One rename, so TF Serving never sees a half-written version (on an
+        # object store, saved_model.pb is copied last); an existing version
+        # (another export won the race) is never replaced.
+        if not temp_dirs.publish(temp_dir, version_dir, last=["saved_model.pb"]):
             raise PipelineError(
                 f"{version_dir} appeared while exporting; run the export again"
             )
-        try:
-            os.rename(temp_dir, version_dir)
-        except OSError as error:
-            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise PipelineError(
-                    f"{version_dir} appeared while exporting; run the export again"
-                ) from error
-            raise
     except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        temp_dirs.remove(temp_dir)
         raise
     logger.info("Exported version %d to %s", version, version_dir)
     return version_dir
@@ -294,7 +284,7 @@ def export_keras(model, path):
     """Save `model` as a `.keras` file at `path` (for retraining or Keras tools)."""
     if not str(path).endswith(".keras"):
         raise PipelineError(f"a Keras model file must end in .keras. Received: {path}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tf.io.gfile.makedirs(os.path.dirname(temp_dirs.absolute(path)))
     model.save(path)
     logger.info("Saved the Keras model to %s", path)
     return str(path)

@@ -1,7 +1,11 @@
 """The run's per-epoch record, `history.csv`, kept with each epoch exactly once."""
 
 import csv
-import os
+import io
+
+import tensorflow as tf
+
+from pipeline import temp_dirs
 
 COLUMNS = (
     "epoch",
@@ -16,9 +20,9 @@ COLUMNS = (
 
 def read(path):
     """The rows of a history file as dicts of numbers (epoch as int)."""
-    if not os.path.exists(path):
+    if not tf.io.gfile.exists(path):
         return []
-    with open(path, newline="") as file:
+    with tf.io.gfile.GFile(path) as file:
         return [
             {key: int(value) if key == "epoch" else float(value) for key, value in row.items()}
             for row in csv.DictReader(file)
@@ -27,13 +31,12 @@ def read(path):
 
 def write(path, rows):
     """Writes `rows` (dicts with `COLUMNS`) as the whole history, atomically."""
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: row[key] for key in COLUMNS})
-    os.replace(temporary, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row[key] for key in COLUMNS})
+    temp_dirs.replace_file(path, text.getvalue())
 
 
 def epochs_up_to(path, last_epoch):

@@ -32,7 +32,6 @@ if __name__ == "__main__":
 
 import collections
 import concurrent.futures
-import errno
 import hashlib
 import itertools
 import json
@@ -40,9 +39,7 @@ import logging
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -234,7 +231,7 @@ class _ShardWriter:
 
 def _write(source, fingerprint, directory, data_config):
     """Writes every split into `directory` and returns it as an `IngestedDataset`."""
-    os.makedirs(directory)
+    tf.io.gfile.makedirs(directory)
     class_names, source_splits = source.load()
     if len(class_names) < 2:
         raise PipelineError(
@@ -303,34 +300,18 @@ def _write(source, fingerprint, directory, data_config):
 
 
 def _temp_prefix(output_dir):
-    parent, name = os.path.split(os.path.abspath(output_dir))
+    parent, name = os.path.split(temp_dirs.absolute(output_dir))
     return parent, f".{name}.ingest-"
 
 
 def _make_temp_dir(parent, prefix):
     try:
-        os.makedirs(parent, exist_ok=True)
-        temp_dirs.remove_abandoned(parent, prefix)
-        temp_dir = tempfile.mkdtemp(prefix=f"{prefix}{temp_dirs.owner_tag()}-", dir=parent)
-        # mkdtemp makes it private (0700); the published data is for everyone.
-        os.chmod(temp_dir, 0o755)
-    except OSError as error:
+        return temp_dirs.make(parent, prefix)
+    except (OSError, tf.errors.OpError) as error:
+        reason = getattr(error, "strerror", None) or getattr(error, "message", error)
         raise PipelineError(
-            f"cannot write to {parent} ({error.strerror}); choose another ingest directory"
+            f"cannot write to {parent} ({reason}); choose another ingest directory"
         ) from None
-    return temp_dir
-
-
-def _rename(source, destination):
-    """Renames; False if `destination` is there already (a complete copy, since
-    every output appears in one rename)."""
-    try:
-        os.rename(source, destination)
-    except OSError as error:
-        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-            raise
-        return False
-    return True
 
 
 def _check_owner(output_dir, spec):
@@ -339,7 +320,7 @@ def _check_owner(output_dir, spec):
     existing = artifact.existing(output_dir)
     fix = f"choose another ingest directory, or delete {output_dir} yourself"
     if existing is None:
-        if os.path.isdir(output_dir) and os.listdir(output_dir):
+        if tf.io.gfile.isdir(output_dir) and tf.io.gfile.listdir(output_dir):
             raise PipelineError(
                 f"{output_dir} exists but holds no manifest.json, so it is not an "
                 f"ingest; {fix}"
@@ -354,26 +335,26 @@ def _check_owner(output_dir, spec):
 def _remove_old_versions(output_dir, keep):
     """Removes the versions before the replaced one: a run started on that one
     may still be reading it, older ones are no one's."""
-    for name in os.listdir(output_dir):
+    for name in tf.io.gfile.listdir(output_dir):
+        name = name.rstrip("/")
         if artifact.is_version_name(name) and name not in keep:
             logger.info("removing %s, an older version", os.path.join(output_dir, name))
-            shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+            temp_dirs.remove(os.path.join(output_dir, name))
 
 
 def _add_version(source, fingerprint, output_dir, data_config, previous):
     """Writes a new version into the ingest `output_dir` and makes it current."""
     version = artifact.version_name(fingerprint)
     version_dir = os.path.join(output_dir, version)
-    if not os.path.isdir(version_dir):
+    if not tf.io.gfile.isdir(version_dir):
         temp_dir = _make_temp_dir(output_dir, ".ingest-")
         try:
             _write(source, fingerprint, os.path.join(temp_dir, version), data_config)
-            temp_dirs.sync_tree(temp_dir)
             # Another worker may have written the same version meanwhile.
-            _rename(os.path.join(temp_dir, version), version_dir)
-            temp_dirs.sync(output_dir)
+            temp_dirs.publish(os.path.join(temp_dir, version), version_dir,
+                              last=[artifact.MANIFEST])
         finally:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            temp_dirs.remove(temp_dir)
     dataset = artifact.IngestedDataset.load(version_dir)
     dataset.publish(output_dir)
     _remove_old_versions(output_dir, keep={version, previous})
@@ -388,19 +369,18 @@ def _ingest_new(source, fingerprint, output_dir, data_config):
     try:
         dataset = _write(source, fingerprint, os.path.join(temp_dir, version), data_config)
         dataset.publish(temp_dir)
-        temp_dirs.sync_tree(temp_dir)
-        if _rename(temp_dir, output_dir):
-            temp_dirs.sync(parent)
+        if temp_dirs.publish(temp_dir, output_dir, last=[artifact.MANIFEST]):
             return artifact.IngestedDataset.load(os.path.join(output_dir, version))
         # The workers of a multi-worker run all ingest: another one got there
         # first, with this data or (rarely) a later version of it.
         existing = _check_owner(output_dir, source.spec)
         if existing.fingerprint == fingerprint:
             return artifact.IngestedDataset.load(output_dir)
-        _rename(os.path.join(temp_dir, version), os.path.join(output_dir, version))
+        temp_dirs.publish(os.path.join(temp_dir, version), os.path.join(output_dir, version),
+                          last=[artifact.MANIFEST])
         return _add_version(source, fingerprint, output_dir, data_config, existing.version)
     finally:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        temp_dirs.remove(temp_dir)
 
 
 def ingest(data_config: DataConfig, output_dir: str | None = None) -> artifact.IngestedDataset:

@@ -5,6 +5,7 @@ no GUI backend is ever needed and nothing global is left open.
 """
 
 import numpy as np
+import tensorflow as tf
 from matplotlib.figure import Figure
 from sklearn import metrics as sklearn_metrics
 
@@ -12,6 +13,12 @@ from sklearn import metrics as sklearn_metrics
 # numbers in its cells, or with names on its axes.
 _MAX_CLASSES_WITH_VALUES = 20
 _MAX_CLASSES_WITH_NAMES = 100
+
+
+def _save(figure, path, dpi):
+    """Writes `figure` as a PNG to `path`, on any file system TensorFlow has."""
+    with tf.io.gfile.GFile(path, "wb") as file:
+        figure.savefig(file, format="png", dpi=dpi)
 
 
 def training_curves(rows, path):
@@ -27,7 +34,7 @@ def training_curves(rows, path):
         axes.set_title(metric.capitalize())
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.savefig(path, dpi=100)
+    _save(figure, path, dpi=100)
 
 
 def search_scores(trial_ids, scores, objective, path):
@@ -44,7 +51,7 @@ def search_scores(trial_ids, scores, objective, path):
     axes.set_ylim(0, max(1.0, *scores))
     axes.legend()
     axes.set_title("Hyperparameter search")
-    figure.savefig(path, dpi=100)
+    _save(figure, path, dpi=100)
 
 
 def confusion_matrix(matrix, class_names, path):
@@ -64,7 +71,7 @@ def confusion_matrix(matrix, class_names, path):
         colorbar=False,
     )
     axes.set_title("Confusion matrix")
-    figure.savefig(path, dpi=100)
+    _save(figure, path, dpi=100)
 
 
 def _displayable(image):
@@ -91,7 +98,7 @@ def conv1_kernels(kernel, path):
     figure.suptitle(
         f"conv1 kernels ({kernel.shape[0]}x{kernel.shape[1]}x{kernel.shape[2]})"
     )
-    figure.savefig(path, dpi=80)
+    _save(figure, path, dpi=80)
 
 
 def misclassified(images, true_names, predicted_names, path):
@@ -109,4 +116,4 @@ def misclassified(images, true_names, predicted_names, path):
             f"true: {true_names[index]}\npredicted: {predicted_names[index]}", fontsize=9
         )
         axes.axis("off")
-    figure.savefig(path, dpi=80)
+    _save(figure, path, dpi=80)

@@ -28,6 +28,7 @@ from pipeline import export
 from pipeline import ingest
 from pipeline import model_factory
 from pipeline import run_dir as run_dir_lib
+from pipeline import temp_dirs
 from pipeline import train
 from pipeline import tune
 
@@ -45,7 +46,10 @@ def _run(config, run_dir):
     start = time.perf_counter()
     # The strategy comes first: splitting the CPU into logical devices must
     # happen before any TensorFlow op runs.
-    strategy = distribute.make_strategy(config.train.strategy, config.train.cpu_replicas)
+    strategy = distribute.make_strategy(
+        config.train.strategy, config.train.cpu_replicas, config.train.all_reduce,
+        config.train.all_reduce_pack_mb,
+    )
     chief = distribute.is_chief(strategy)
     model_factory.set_global_options(config.train, strategy)
 
@@ -90,8 +94,7 @@ def _run(config, run_dir):
 
     metrics.update(dataclasses.asdict(blessing), **dataclasses.asdict(pushed),
                    **trained.summary(), wall_time_seconds=time.perf_counter() - start)
-    with tf.io.gfile.GFile(metrics_path, "w") as file:
-        json.dump(metrics, file, indent=2, sort_keys=True)
+    temp_dirs.replace_file(metrics_path, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
 

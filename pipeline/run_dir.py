@@ -18,6 +18,7 @@ import os
 
 import tensorflow as tf
 
+from pipeline import temp_dirs
 from pipeline.config import PipelineError
 
 CONFIG_FILE = "config.json"
@@ -44,7 +45,7 @@ def claimed(run_dir):
     and are not.
     """
     _make(run_dir)
-    if "://" in run_dir:
+    if not temp_dirs.is_local(run_dir):
         yield run_dir
         return
     path = os.path.join(run_dir, _LOCK_FILE)
@@ -131,6 +132,5 @@ def check_resumable(run_dir, config, ingested):
                 f"{run_dir} holds a run with other settings ({'; '.join(changes)}): "
                 "resume it with its own settings, or start a new run in a new `output_dir`"
             )
-    with tf.io.gfile.GFile(path, "w") as file:
-        file.write(record(config, ingested))
+    temp_dirs.replace_file(path, record(config, ingested))
     return resuming

@@ -7,13 +7,22 @@ owner is gone. Names carry the host and the process id: on storage shared by
 several machines, a directory is only judged by a process on its own host.
 Before the rename, everything is flushed to disk (`sync_tree`), so that a power
 loss cannot leave a published name over partial files.
+
+Paths go through `tf.io.gfile`, so outputs may live on any file system
+TensorFlow has (`gs://`, `s3://`, `hdfs://`, `ram://`). Only a local file
+system renames a directory in one step: elsewhere (object stores have no
+directories to rename) `publish` copies file by file, the files that make an
+output loadable last.
 """
 
+import errno
 import logging
 import os
 import re
-import shutil
+import secrets
 import socket
+
+import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +42,100 @@ def _is_alive(pid):
     return True
 
 
+def is_local(path):
+    """Whether `path` is on the local file system (no `scheme://`)."""
+    return "://" not in os.fspath(path)
+
+
+def absolute(path):
+    """`path` (a string or `os.PathLike`) made absolute if local; a URL as it is."""
+    path = os.fspath(path)
+    return os.path.abspath(path) if is_local(path) else path
+
+
+def remove(path):
+    """Removes a file or a directory tree, if it is there."""
+    try:
+        if tf.io.gfile.isdir(path) and not os.path.islink(path):
+            tf.io.gfile.rmtree(path)
+        else:
+            tf.io.gfile.remove(path)
+    except tf.errors.NotFoundError:
+        pass
+
+
+def replace_file(path, text):
+    """Writes `text` as the whole of `path`, through a file beside it renamed
+    over it: a reader sees the old content or the new one. (It also keeps
+    `ram://` right, whose write mode appends to an existing file.)"""
+    temporary = f"{path}.{owner_tag()}.tmp"
+    with tf.io.gfile.GFile(temporary, "w") as file:
+        file.write(text)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def make(parent, prefix):
+    """A new temporary directory `parent/<prefix><host>-<pid>-<random>`, after
+    removing the ones that earlier writers on this host abandoned."""
+    tf.io.gfile.makedirs(parent)
+    remove_abandoned(parent, prefix)
+    path = os.path.join(parent, f"{prefix}{owner_tag()}-{secrets.token_hex(4)}")
+    tf.io.gfile.makedirs(path)
+    return path
+
+
+def publish(temp_dir, destination, last=()):
+    """Moves the finished `temp_dir` to `destination`; False, and nothing
+    moved, if `destination` exists already.
+
+    Local: flushed to disk, then one rename, so that readers see the whole
+    output or none of it. Other file systems: copied file by file, the files
+    named in `last` (those a reader loads the output by) after all others,
+    then `temp_dir` removed; a reader polling meanwhile may see a part.
+    """
+    if is_local(destination):
+        sync_tree(temp_dir)
+        try:
+            os.rename(temp_dir, destination)
+        except OSError as error:
+            if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            return False
+        sync(os.path.dirname(destination))
+        return True
+    if tf.io.gfile.exists(destination):
+        return False
+    files = _files_under(temp_dir)
+    for name in sorted(files, key=lambda name: os.path.basename(name) in last):
+        target = os.path.join(destination, name)
+        tf.io.gfile.makedirs(os.path.dirname(target))
+        tf.io.gfile.copy(os.path.join(temp_dir, name), target)
+    remove(temp_dir)
+    return True
+
+
+def _files_under(directory):
+    """Paths of the files under `directory`, relative to it.
+
+    Found level by level with `glob` rather than `gfile.walk`: TensorFlow's
+    `ram://` file system lists `assets.extra/x` as a child `.extra/x` of a
+    sibling `assets`, and its walk follows that.
+    """
+    files, pattern = [], directory
+    while True:
+        pattern = os.path.join(pattern, "*")
+        paths = tf.io.gfile.glob(pattern)
+        if not paths:
+            return files
+        files += [path[len(directory):].lstrip("/") for path in paths
+                  if not tf.io.gfile.isdir(path)]
+
+
 def sync(path):
-    """Flushes a file, or a directory's entries, to disk."""
+    """Flushes a file, or a directory's entries, to disk (local paths only;
+    other file systems have flushed when their file was closed)."""
+    if not is_local(path):
+        return
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -44,6 +145,8 @@ def sync(path):
 
 def sync_tree(directory):
     """Flushes every file under `directory`, and the directories, to disk."""
+    if not is_local(directory):
+        return
     for parent, _, files in os.walk(directory):
         for name in files:
             sync(os.path.join(parent, name))
@@ -53,15 +156,13 @@ def sync_tree(directory):
 def remove_abandoned(parent, prefix):
     """Removes `parent/<prefix><host>-<pid>...` directories (or files) of this
     host whose process is gone; other hosts' and live writers' are left alone."""
-    if not os.path.isdir(parent):
+    if not tf.io.gfile.isdir(parent):
         return
     pattern = re.compile(re.escape(f"{prefix}{socket.gethostname()}-") + r"(\d+)(?:-|$)")
-    for name in os.listdir(parent):
+    for name in tf.io.gfile.listdir(parent):
+        name = name.rstrip("/")
         match = pattern.match(name)
         if match and not _is_alive(int(match.group(1))):
             path = os.path.join(parent, name)
             log.info("Removing %s, left by an interrupted writer", path)
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
+            remove(path)

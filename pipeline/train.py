@@ -12,7 +12,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import sys
 import time
 
@@ -22,6 +21,7 @@ import tensorflow as tf
 from pipeline import history
 from pipeline import model_factory
 from pipeline import plots
+from pipeline import temp_dirs
 from pipeline import train_steps
 from pipeline import transform
 from pipeline.config import PipelineError
@@ -305,7 +305,7 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     if not chief:
         # Only the chief's checkpoints outlive the run; a killed worker's are
         # what its next run resumes from, and that run removes them.
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        temp_dirs.remove(checkpoint_dir)
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
     return TrainResult(model, rows, initial_epoch, train_config.epochs)

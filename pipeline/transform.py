@@ -70,7 +70,7 @@ def _cache_path(data_config, split, channels, ingested, training, input_context)
 def _check_cache_unlocked(path, flag_value):
     """A cache file that a run was killed while writing stays locked, and
     TensorFlow would fail mid-training; say so before anything starts."""
-    lockfiles = sorted(glob.glob(glob.escape(path) + "_*.lockfile"))
+    lockfiles = sorted(tf.io.gfile.glob(glob.escape(path) + "_*.lockfile"))
     if lockfiles:
         lockfile = lockfiles[0]
         raise PipelineError(

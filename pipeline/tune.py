@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from pipeline import model_factory
 from pipeline import plots
+from pipeline import temp_dirs
 from pipeline import train
 from pipeline.config import ConfigError
 from pipeline.config import PipelineError
@@ -56,9 +57,9 @@ def load_space(path=None):
     if path is None:
         return space
     try:
-        with open(path) as file:
+        with tf.io.gfile.GFile(path) as file:
             overrides = json.load(file)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, tf.errors.OpError) as error:
         raise ConfigError(f"cannot read tune_space={path}: {error}") from None
     unknown = set(overrides) - set(DEFAULT_SPACE)
     if unknown:
@@ -103,9 +104,9 @@ def apply_hparams(config, hparams):
 def load_hparams(path):
     """The hyperparameters of a `best_hparams.json`."""
     try:
-        with open(path) as file:
+        with tf.io.gfile.GFile(path) as file:
             return json.load(file)["hyperparameters"]
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError) as error:
         raise ConfigError(
             f"cannot read hparams={path} ({error}); pass a best_hparams.json "
             "written by `tuner`"
@@ -166,8 +167,8 @@ def make_tuner(kind, hypermodel, strategy, tune_dir, max_trials, tune_epochs, se
     distribution = None if strategy is tf.distribute.get_strategy() else strategy
     common = {
         "objective": keras_tuner.Objective(OBJECTIVE, direction="max"),
-        "directory": os.path.dirname(os.path.abspath(tune_dir)),
-        "project_name": os.path.basename(os.path.abspath(tune_dir)),
+        "directory": os.path.dirname(temp_dirs.absolute(tune_dir)),
+        "project_name": os.path.basename(temp_dirs.absolute(tune_dir)),
         "overwrite": False,
         "seed": seed,
         "distribution_strategy": distribution,
@@ -263,12 +264,11 @@ def _report(tuner, run_dir):
         name: value for name, value in best.hyperparameters.values.items()
         if not name.startswith("tuner/")
     }
-    with open(os.path.join(run_dir, "best_hparams.json"), "w") as file:
-        json.dump(
-            {"hyperparameters": hparams, "objective": OBJECTIVE, "score": best.score,
-             "trial_id": best.trial_id, "trials": len(trials)},
-            file, indent=2, sort_keys=True,
-        )
+    temp_dirs.replace_file(os.path.join(run_dir, "best_hparams.json"), json.dumps(
+        {"hyperparameters": hparams, "objective": OBJECTIVE, "score": best.score,
+         "trial_id": best.trial_id, "trials": len(trials)},
+        indent=2, sort_keys=True,
+    ))
     in_order = sorted(trials, key=lambda trial: int(trial.trial_id))
     plots.search_scores(
         [trial.trial_id for trial in in_order], [trial.score for trial in in_order],

@@ -130,3 +130,21 @@ def test_ingest_benchmark_prints_its_rates():
     match = re.search(r"^20 JPEGs of 500x375, \d+ KB each: \d+\.\d+ s, (\d+\.\d) images/s, "
                       r"(\d+\.\d) MB/s$", output, re.M)
     assert match and float(match.group(1)) > 0 and float(match.group(2)) > 0, output
+
+
+@pytest.mark.slow
+def test_scaling_benchmark_compares_two_workers_with_one():
+    output = _run("benchmarks.scaling", "--image-size", "67", "--batch-size", "4",
+                  "--steps", "2", "--warmup-steps", "1", "--all-reduce", "ring")
+    # The paper model at 67x67: 21.6 million weights (its first dense layer
+    # shrinks with the input).
+    assert re.search(r"^gradients all-reduced per step: 21,622,154 float32 = 86 MB$",
+                     output, re.M), output
+    rows = {int(line.split()[0]): [float(value) for value in line.split()[1:]]
+            for line in output.splitlines() if re.match(r"^\s+[12]\s", line)}
+    # Step seconds and images/s for both; a cluster of one all-reduces nothing.
+    assert set(rows) == {1, 2} and all(row[0] > 0 and row[1] > 0 for row in rows.values())
+    assert rows[2][2] > 0 and rows[2][3] > 0
+    efficiency = float(re.search(r"2 workers against 1: (\d+\.\d+)$", output, re.M).group(1))
+    assert efficiency == pytest.approx(
+        (rows[2][1] / 2) / rows[1][1], rel=0.05, abs=0.01)
