@@ -214,7 +214,7 @@ def _predict_parser():
         description="Classify images with a served or exported AlexNet.",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE",
-                        help=f"{image_formats.FORMATS_TEXT} files")
+                        help=f"{image_formats.FORMATS_TEXT} files, or directories of them")
     place = parser.add_mutually_exclusive_group(required=True)
     place.add_argument("--server", help="TF Serving's REST address, e.g. http://localhost:8501")
     place.add_argument("--grpc", dest="grpc_target",
@@ -227,6 +227,9 @@ def _predict_parser():
                         help="a served version (the server's choice, the newest, when "
                              "not given)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per request")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON list of {path, valid, error, top_k} instead")
     return parser
 
 
@@ -304,12 +307,18 @@ def _predict(args):
     results = predict.predict(
         args.images, server=args.server, grpc_target=args.grpc_target,
         saved_model=args.saved_model, model_name=args.model_name, version=args.version,
-        top_k=args.top_k,
+        top_k=args.top_k, batch_size=args.batch_size,
     )
-    for path, classes in results:
-        print(path)
-        for rank, (name, probability) in enumerate(classes, start=1):
+    if args.json:
+        print(json.dumps([result.as_json() for result in results], indent=2))
+    for result in results if not args.json else ():
+        print(result.path)
+        if not result.valid:
+            print(f"  error: {result.error}")
+        for rank, (name, probability) in enumerate(result.classes, start=1):
             print(f"  {rank}. {name:<24} {probability:.4f}")
+    # Like grep: 1 when some image could not be classified.
+    return 0 if all(result.valid for result in results) else 1
 
 
 _COMMANDS = {
@@ -349,7 +358,9 @@ def main(command, argv=None):
     """Runs `command` ("run", "ingest", "evaluate" or "predict") on `argv`.
 
     Errors a user can cause print one line, `<prog>: error: <what and the fix>`,
-    and return 2; anything else is a bug and keeps its traceback.
+    and return 2; anything else is a bug and keeps its traceback. Otherwise it
+    returns the command's own status (predict: 1 if an image was not
+    classified), else 0.
     """
     make_parser, execute = _COMMANDS[command]
     parser = make_parser()
@@ -359,8 +370,8 @@ def main(command, argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("pipeline").setLevel(logging.INFO)
     try:
-        execute(args)
+        status = execute(args)
     except config_lib.PipelineError as error:
         print(f"{parser.prog}: error: {_as_flags(str(error), command)}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

@@ -18,7 +18,10 @@ with two signatures:
 Both answer `probabilities` (float32 [None, classes], softmax of the logits),
 `class_id` (int64 [None]), `class_name` (string [None]), `top_k_class_name`
 (string [None, k]) and `top_k_probabilities` (float32 [None, k]), k = min(5,
-classes). `assets.extra/tf_serving_warmup_requests` holds a few requests TF Serving
+classes), `valid` (bool [None]) and `error` (string [None]): an image that
+cannot be read (format, header, size limits, corrupt data) is answered as
+invalid on its own, with class_id -1, empty names and zero probabilities.
+`assets.extra/tf_serving_warmup_requests` holds a few requests TF Serving
 replays before it serves the version.
 """
 
@@ -32,8 +35,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
-from pipeline import temp_dirs
+from pipeline import image_formats
 from pipeline import preprocess_ops
+from pipeline import temp_dirs
+from pipeline.config import DataConfig
 from pipeline.config import PipelineError
 from pipeline.config import first_line
 
@@ -47,7 +52,16 @@ OUTPUTS = (
     "class_name",
     "top_k_class_name",
     "top_k_probabilities",
+    "valid",
+    "error",
 )
+# What the signature answers for an image it cannot read (`valid` false and its
+# `error` say why).
+_INVALID = {"probabilities": 0.0, "class_id": -1, "class_name": "",
+            "top_k_class_name": "", "top_k_probabilities": 0.0}
+# Images one request may carry; a larger request is malformed as a whole
+# (INVALID_ARGUMENT).
+MAX_IMAGES_PER_REQUEST = 1024
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 TOP_K = 5
 # TF Serving only loads directories named by an integer, so a version is written
@@ -103,15 +117,81 @@ def load_serving_signature(version_dir):
     return loaded, loaded.signatures[BYTES_SIGNATURE]
 
 
-def _serving_functions(model, class_names):
+def _scatter(values, indices, count, fill):
+    """A batch of `count` holding `values` at `indices` and `fill` elsewhere."""
+    shape = tf.concat([[count], tf.shape(values, out_type=tf.int64)[1:]], 0)
+    base = tf.fill(shape, tf.constant(fill, values.dtype))
+    return tf.tensor_scatter_nd_update(base, indices[:, tf.newaxis], values)
+
+
+def _collect(dataset, empty):
+    """The elements of `dataset` (at most `MAX_IMAGES_PER_REQUEST`) as one batch;
+    `empty`, a batch of none, when there are none."""
+    return dataset.batch(MAX_IMAGES_PER_REQUEST).reduce(empty, lambda _, batch: batch)
+
+
+def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio):
+    """Decodes and preprocesses each image on its own, so that a bad one costs
+    only itself: returns the indices of the readable images, their model inputs
+    in that order, and an error per image ("" for the readable ones).
+
+    Inside the graph TF Serving runs, with no Python: `tf.data` maps over
+    (index, bytes) pairs and `ignore_errors()` drops the images whose ops
+    failed. The size is read from the header first, so an image over the
+    limits is turned away before it is decoded.
+    """
+    count = tf.size(image_bytes, out_type=tf.int64)
+    numbered = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes))
+    headers = numbered.map(lambda index, encoded: (
+        index, image_formats.is_supported_op(encoded), *image_formats.header_size_op(encoded)
+    )).ignore_errors()
+    empty = tf.zeros([0], tf.int64)
+    found, supported, heights, widths = _collect(
+        headers, (empty, tf.zeros([0], tf.bool), empty, empty)
+    )
+    # A JPEG whose header raised is missing: supported, size unknown.
+    supported = _scatter(supported, found, count, True)
+    height = _scatter(heights, found, count, -1)
+    width = _scatter(widths, found, count, -1)
+    errors = tf.where(
+        ~supported, f"not a {image_formats.FORMATS_TEXT} image", tf.where(
+            height < 0, "truncated or malformed image header", tf.where(
+                height * width > max_pixels, f"over {max_pixels:,} pixels", tf.where(
+                    tf.maximum(height, width) > max_aspect_ratio * tf.maximum(
+                        tf.minimum(height, width), 1
+                    ), f"sides more than {max_aspect_ratio}:1", ""))))
+
+    def decode(index, encoded):
+        image = preprocess_ops.decode_image(encoded, image_spec.channels)
+        return index, tf.ensure_shape(
+            preprocess_ops.preprocess_for_eval(image, image_spec), image_spec.shape
+        )
+
+    candidates = tf.where(tf.equal(errors, ""))[:, 0]
+    decoded = tf.data.Dataset.from_tensor_slices(
+        (candidates, tf.gather(image_bytes, candidates))
+    ).map(decode).ignore_errors()
+    indices, images = _collect(decoded, (empty, tf.zeros([0, *image_spec.shape])))
+    readable = _scatter(tf.ones_like(indices, tf.bool), indices, count, False)
+    errors = tf.where(tf.equal(errors, "") & ~readable, "corrupt or truncated image data",
+                      errors)
+    return indices, images, errors
+
+
+def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
     names = tf.constant(list(class_names))
     top_k = min(TOP_K, len(class_names))
     image_spec = model.image_spec
-    input_spec = tf.TensorSpec(image_spec.shape, tf.float32)
 
     def classify(images):
+        # oneDNN's convolutions fail on a batch of none (TF 2.21), which a
+        # request of only unreadable images makes: the model then sees one
+        # blank image, and its answer is dropped.
+        count = tf.shape(images)[0]
+        images = tf.concat([images, tf.zeros([1, *image_spec.shape])], 0)
+        logits = model(images[:tf.maximum(count, 1)], training=False)[:count]
         # float32 whatever the model's compute dtype, so clients always get the same.
-        logits = tf.cast(model(images, training=False), tf.float32)
+        logits = tf.cast(logits, tf.float32)
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         best = tf.math.top_k(probabilities, k=top_k)
@@ -123,20 +203,26 @@ def _serving_functions(model, class_names):
             "top_k_probabilities": best.values,
         }
 
-    def decode_one(encoded):
-        image = preprocess_ops.decode_image(encoded, image_spec.channels)
-        return tf.ensure_shape(
-            preprocess_ops.preprocess_for_eval(image, image_spec), input_spec.shape
-        )
-
     def serve_image_bytes(image_bytes):
-        # Images differ in size, so each is decoded and resized on its own
-        # before they form one batch.
-        images = tf.map_fn(decode_one, image_bytes, fn_output_signature=input_spec)
-        return classify(images)
+        count = tf.size(image_bytes, out_type=tf.int64)
+        tf.debugging.assert_less_equal(
+            count, tf.constant(MAX_IMAGES_PER_REQUEST, tf.int64),
+            message=f"a request takes at most {MAX_IMAGES_PER_REQUEST} images",
+        )
+        indices, images, errors = _decode_each(
+            image_bytes, image_spec, max_pixels, max_aspect_ratio
+        )
+        valid = tf.equal(errors, "")
+        answers = {
+            name: _scatter(value, indices, count, _INVALID[name])
+            for name, value in classify(images).items()
+        }
+        return {**answers, "valid": valid, "error": errors}
 
     def serve_pixels(pixels):
-        return classify(preprocess_ops.preprocess_for_eval(pixels, image_spec))
+        answers = classify(preprocess_ops.preprocess_for_eval(pixels, image_spec))
+        count = tf.shape(pixels)[0]
+        return {**answers, "valid": tf.fill([count], True), "error": tf.fill([count], "")}
 
     return serve_image_bytes, serve_pixels
 
@@ -181,7 +267,8 @@ def _write_warmup(version_dir, model_name, encoded_images):
 
 
 def export_saved_model(
-    model, class_names, export_dir, warmup_images=None,
+    model, class_names, export_dir, warmup_images=None, *,
+    max_pixels=DataConfig.max_pixels, max_aspect_ratio=image_formats.MAX_ASPECT_RATIO,
 ):
     """Write `model` as the next version under `export_dir` and return its path.
 
@@ -195,6 +282,10 @@ def export_saved_model(
         warmup_images: optional encoded images (bytes) or uint8 arrays
             `[height, width, channels]` to replay at load time, e.g. a few test
             images; a generated image is used when not given.
+        max_pixels, max_aspect_ratio: images with more pixels, or a long side
+            more than this many times the short one, are answered as invalid
+            (read from the header, never decoded); by default the limits of
+            ingest.
     """
     num_logits = model.outputs[0].shape[-1] if model.outputs else None
     if num_logits is not None and num_logits != len(class_names):
@@ -219,7 +310,7 @@ def export_saved_model(
         encoded = _generated_images(model.image_spec)
 
     serve_image_bytes, serve_pixels = _serving_functions(
-        model, class_names
+        model, class_names, max_pixels, max_aspect_ratio
     )
     try:
         archive = keras.export.ExportArchive()

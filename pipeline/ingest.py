@@ -66,8 +66,7 @@ SHARD_SIZE = 1024
 # Images decoded (and, for folders, read) by a thread pool at a time; TensorFlow
 # ops release the GIL.
 _CHUNK = 256
-# A 1x5000 strip is no photograph, and resizing it to a square makes noise.
-MAX_ASPECT_RATIO = 20
+MAX_ASPECT_RATIO = image_formats.MAX_ASPECT_RATIO
 
 
 def _slug(text):

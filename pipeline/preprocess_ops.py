@@ -72,17 +72,40 @@ def preprocess_for_eval(images, image_spec):
 
     Returns:
         float32 `[..., height, width, C]`, normalised as `image_spec` says: the
-        images scaled (aspect ratio kept, bilinear) until the crop of
-        `EVAL_CROP_FRACTION` of each side covers the model's input, then that
-        central crop.
+        central `EVAL_CROP_FRACTION` of each side of the image scaled (aspect
+        ratio kept) to cover the model's input, bilinearly sampled straight
+        from the input pixels. No tensor larger than the output is made,
+        whatever the input's size or shape: a 1x20000 strip is not first
+        scaled to 259x5 million pixels, nor a large image cast to float whole.
     """
-    images = tf.cast(images, tf.float32)
+    images = tf.convert_to_tensor(images)
+    batched = images.shape.rank == 4
+    if not batched:
+        images = images[tf.newaxis]
     height, width = image_spec.image_size
-    shape = tf.cast(tf.shape(images), tf.float32)
-    scale = tf.maximum(height / shape[-3], width / shape[-2]) / EVAL_CROP_FRACTION
-    resized = tf.cast(tf.math.ceil(shape[-3:-1] * scale), tf.int32)
-    images = tf.image.resize(images, resized)
-    return image_spec.normalize(tf.image.resize_with_crop_or_pad(images, height, width))
+    size = tf.cast(tf.shape(images)[1:3], tf.float32)
+    # Input pixels per output pixel, the same on both axes.
+    step = tf.minimum(size[0] / height, size[1] / width) * EVAL_CROP_FRACTION
+    # Enlarging samples up to half a pixel beyond the edges, where resize
+    # repeats the edge pixels: a one-pixel frame of them does the same (the
+    # image is then smaller than the model's input, so the copy is cheap).
+    frame = tf.cast(step < 1, tf.int32)
+    images = tf.pad(images, [[0, 0], [frame, frame], [frame, frame], [0, 0]], "SYMMETRIC")
+    frame = tf.cast(frame, tf.float32)
+    box = []
+    for extent, output in ((size[0], height), (size[1], width)):
+        # Half-pixel centres, as tf.image.resize samples, in the normalised
+        # corner-aligned coordinates that crop_and_resize takes.
+        first = frame + (extent - output * step) / 2 + step / 2 - 0.5
+        last = first + step * (output - 1)
+        scale = tf.maximum(extent + 2 * frame - 1, 1.0)
+        box.append((first / scale, last / scale))
+    (top, bottom), (left, right) = box
+    count = tf.shape(images)[0]
+    boxes = tf.tile(tf.stack([top, left, bottom, right])[tf.newaxis], [count, 1])
+    crops = tf.image.crop_and_resize(images, boxes, tf.range(count), [height, width])
+    crops = image_spec.normalize(crops)
+    return crops if batched else crops[0]
 
 
 def crop_window(image_shape, seed):

@@ -1,5 +1,9 @@
 import os
 import socket
+import struct
+import subprocess
+import sys
+import zlib
 
 import keras
 import numpy as np
@@ -11,6 +15,7 @@ import testlib
 from alexnet_keras import AlexNet
 from alexnet_keras import ImageSpec
 from pipeline import export
+from pipeline import image_formats
 from pipeline import preprocess_ops
 from pipeline.config import PipelineError
 
@@ -104,16 +109,111 @@ def test_serving_pixels_agrees_with_serving_default(digits, served):
     assert from_pixels["class_name"].tolist() == from_bytes["class_name"].tolist()
 
 
-def test_corrupt_bytes_fail_that_request_only(digits, served):
-    ingested = digits
-    image, _ = testlib.digit_image(ingested, 0, (30, 30), 1)
+def _blank_png(height, width):
+    """A valid grey PNG of zeros, `height` x `width`: a 20000x20000 one is a few
+    hundred KB that decode to 400 MB."""
+
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+
+    compressor = zlib.compressobj(9)
+    row = bytes(width + 1)  # filter byte 0, then the pixels
+    pixels = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def test_each_image_is_answered_on_its_own(digits, served):
+    image, _ = testlib.digit_image(digits, 0, (30, 30), 1)
+    png, jpeg = testlib.encode(image, "png"), testlib.encode(np.tile(image, 3), "jpeg")
+    batch = [png, b"this is not an image", jpeg, jpeg[:40], png[:len(png) - 20],
+             _blank_png(20000, 20000), _blank_png(1, 20000), png]
+    outputs = served.run({"image_bytes": batch})
+    alone = served.run({"image_bytes": [png, jpeg]})
+    assert outputs["valid"].tolist() == [True, False, True, False, False, False, False, True]
+    assert [error.decode() for error in outputs["error"]] == [
+        "", "not a JPEG, PNG, GIF, BMP or WebP image", "",
+        "truncated or malformed image header", "corrupt or truncated image data",
+        "over 50,000,000 pixels", "sides more than 20:1", "",
+    ]
+    # The readable images get the answers they get alone; the others nothing.
+    for name in export.OUTPUTS:
+        np.testing.assert_array_equal(outputs[name][[0, 2, 7]],
+                                      alone[name][[0, 1, 0]], err_msg=name)
+    bad = [1, 3, 4, 5, 6]
+    assert np.all(outputs["probabilities"][bad] == 0)
+    assert np.all(outputs["top_k_probabilities"][bad] == 0)
+    assert outputs["class_id"][bad].tolist() == [-1] * 5
+    assert set(outputs["class_name"][bad].tolist()) == {b""}
+
+    # Only bad images, or none: an answer, not an error.
+    only_bad = served.run({"image_bytes": [b"junk", jpeg[:40]]})
+    assert only_bad["valid"].tolist() == [False, False]
+    assert only_bad["probabilities"].shape == (2, 10)
+    assert served.run({"image_bytes": np.array([], dtype=object)})["class_id"].shape == (0,)
+
+
+def test_a_request_over_the_maximum_fails_whole_and_the_next_succeeds(digits, served):
+    image, _ = testlib.digit_image(digits, 0, (8, 8), 1)
     png = testlib.encode(image, "png")
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        served.run({"image_bytes": [png, b"this is not an image"]})
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        served.run({"image_bytes": [png[: len(png) // 2]]})
-    outputs = served.run({"image_bytes": [png]})
-    assert outputs["probabilities"].shape == (1, 10)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="at most 1024 images"):
+        served.run({"image_bytes": [png] * (export.MAX_IMAGES_PER_REQUEST + 1)})
+    assert served.run({"image_bytes": [png]})["valid"].tolist() == [True]
+
+
+@pytest.mark.parametrize("image_format", ["jpeg", "png", "gif", "bmp", "webp"])
+@pytest.mark.parametrize("size", [(1, 1), (7, 300), (300, 7), (64, 48)])
+def test_the_graph_reads_sizes_from_headers_as_ingest_does(image_format, size):
+    channels = 1 if image_format in ("png", "jpeg") else 3
+    encoded = testlib.encode(np.zeros((*size, channels), np.uint8), image_format)
+    in_graph = tf.function(image_formats.header_size_op)
+    assert [int(side) for side in in_graph(encoded)] == list(
+        image_formats.header_size(encoded, image_format)) == list(size)
+    if image_format != "jpeg":  # a JPEG's header raises instead
+        assert [int(side) for side in in_graph(encoded[:9])] == [-1, -1]
+    assert bool(image_formats.is_supported_op(encoded))
+    assert not bool(image_formats.is_supported_op(b"BZ" + encoded[2:]))
+
+
+# The crafted images against an ordinary one, by the peak memory (RSS) of a
+# process that serves them. 40 MB covers TensorFlow's own allocations between
+# calls; the crafted images would take 1.2 GB (20000x20000 decoded) and 1.35 GB
+# (1x20000 resized so its short side covers the crop, in float32).
+_RSS_BOUND_MB = 40
+_PEAK_RSS = """
+import resource, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+import testlib
+session = testlib.ServingSession(sys.argv[1])
+images = [open(path, "rb").read() for path in sys.argv[3:]]
+for image in images[:1] * 3:
+    session.run({"image_bytes": [image]})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for image in images[1:]:
+    valid = session.run({"image_bytes": [image] * 4})["valid"]
+    assert not valid.any(), valid
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+@pytest.mark.slow
+def test_crafted_images_cost_bounded_memory(trained_export, digits, tmp_path):
+    image, _ = testlib.digit_image(digits, 0, (30, 30), 1)
+    paths = []
+    for name, data in (("ordinary.png", testlib.encode(image, "png")),
+                       ("huge.png", _blank_png(20000, 20000)),
+                       ("strip.png", _blank_png(1, 20000))):
+        paths.append(str(tmp_path / name))
+        (tmp_path / name).write_bytes(data)
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_RSS, trained_export, os.path.dirname(testlib.__file__),
+         *paths], capture_output=True, text=True, timeout=300, env=testlib.child_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    growth_mb = float(result.stdout.split()[-1])
+    assert growth_mb < _RSS_BOUND_MB, f"peak RSS grew by {growth_mb:.0f} MB"
 
 
 def test_warmup_requests_replay_in_the_serving_session(

@@ -12,6 +12,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -55,13 +57,22 @@ def expected_top_k(session, path, k=5):
 
 
 def assert_same_answers(results, session, paths, k=5):
-    assert [path for path, _ in results] == paths
-    for path, classes in results:
-        expected = expected_top_k(session, path, k)
-        assert [name for name, _ in classes] == [name for name, _ in expected]
+    assert [result.path for result in results] == paths
+    for result in results:
+        expected = expected_top_k(session, result.path, k)
+        assert result.valid and result.error == ""
+        assert [name for name, _ in result.classes] == [name for name, _ in expected]
         np.testing.assert_allclose(
-            [p for _, p in classes], [p for _, p in expected], atol=1e-6
+            [p for _, p in result.classes], [p for _, p in expected], atol=1e-6
         )
+
+
+def signature_map(session):
+    """The export's signatures as TF Serving's metadata carries them."""
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    for name, signature in session.signatures.items():
+        signatures.signature_def[name].CopyFrom(signature)
+    return signatures
 
 
 def json_value(value):
@@ -80,6 +91,21 @@ class RestServer:
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                owner.requests.append((self.path, None))
+                match = re.fullmatch(r"/v1/models/([^/:]+)(?:/versions/(\d+))?/metadata",
+                                     self.path)
+                if not match or match.group(1) != MODEL_NAME:
+                    return owner.reply(self, 404, {
+                        "error": f"Servable not found for request: "
+                                 f"Latest({match and match.group(1)})"})
+                owner.reply(self, 200, {
+                    "model_spec": {"name": MODEL_NAME, "signature_name": "",
+                                   "version": match.group(2) or "1"},
+                    "metadata": {"signature_def": json_format.MessageToDict(
+                        signature_map(owner.session), preserving_proto_field_name=True)},
+                })
+
             def do_POST(self):
                 try:
                     owner.handle(self)
@@ -146,6 +172,19 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.session = session
         self.requests = []
 
+    def GetModelMetadata(self, request, context):
+        self.requests.append(request)
+        if request.model_spec.name != MODEL_NAME:
+            context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"Servable not found for request: Latest({request.model_spec.name})",
+            )
+        assert list(request.metadata_field) == ["signature_def"]
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.CopyFrom(request.model_spec)
+        response.metadata["signature_def"].Pack(signature_map(self.session))
+        return response
+
     def Predict(self, request, context):
         self.requests.append(request)
         if request.model_spec.name != MODEL_NAME:
@@ -195,7 +234,7 @@ def one_line_error(capsys):
     return captured.err
 
 
-def test_rest_sends_the_documented_request_and_prints_top_k(
+def test_rest_sends_the_documented_requests_and_prints_top_k(
     rest_server, served, images, capsys
 ):
     session, _ = served
@@ -205,40 +244,113 @@ def test_rest_sends_the_documented_request_and_prints_top_k(
         cli.main("predict", [*paths, "--server", rest_server.url, "--model", MODEL_NAME]) == 0
     )
 
-    # One request per image, so a bad image can be named.
+    # The metadata first, then both images in one request.
     assert [path for path, _ in rest_server.requests] == [
-        "/v1/models/alexnet:predict"
-    ] * 2
-    with open(paths[1], "rb") as file:
-        assert rest_server.requests[1][1]["instances"] == [
-            {"image_bytes": {"b64": base64.b64encode(file.read()).decode()}}
-        ]
+        "/v1/models/alexnet/metadata", "/v1/models/alexnet:predict"]
+    instances = []
+    for path in paths:
+        with open(path, "rb") as file:
+            instances.append({"image_bytes": {"b64": base64.b64encode(file.read()).decode()}})
+    assert rest_server.requests[1][1]["instances"] == instances
     output = capsys.readouterr().out.splitlines()
     assert output[0] == paths[0] and output[6] == paths[1]
     best_name, best_probability = expected_top_k(session, paths[0])[0]
     assert output[1].split() == ["1.", best_name, f"{best_probability:.4f}"]
     assert len(output) == 12
 
-    results = predict.predict(paths, server=rest_server.url, version=1, top_k=3)
-    assert rest_server.requests[-1][0] == "/v1/models/alexnet/versions/1:predict"
+    results = predict.predict(paths, server=rest_server.url, version=1, top_k=3,
+                              batch_size=1)
+    assert [path for path, _ in rest_server.requests[-2:]] == [
+        "/v1/models/alexnet/versions/1:predict"] * 2
     assert_same_answers(results, session, paths, k=3)
 
 
-def test_rest_error_replies_name_the_file_and_the_server(rest_server, images, capsys):
+def test_an_image_the_model_cannot_read_costs_only_itself(rest_server, served, images,
+                                                          capsys):
+    session, _ = served
     paths, not_an_image = images
-    assert cli.main("predict", [paths[0], not_an_image, "--server", rest_server.url]) == 2
-    error = one_line_error(capsys)
-    assert not_an_image in error and rest_server.url in error and "400" in error
-    assert "Unknown image file format" in error
+    argv = [paths[0], not_an_image, paths[1], "--server", rest_server.url]
+    assert cli.main("predict", argv) == 1
+    output = capsys.readouterr().out.splitlines()
+    assert output[6:8] == [not_an_image, "  error: not a JPEG, PNG, GIF, BMP or WebP image"]
+    assert output[8] == paths[1] and len(output) == 14
 
+    assert cli.main("predict", [*argv, "--json", "--top-k", "1"]) == 1
+    answers = json.loads(capsys.readouterr().out)
+    assert [answer["path"] for answer in answers] == [paths[0], not_an_image, paths[1]]
+    assert [answer["valid"] for answer in answers] == [True, False, True]
+    assert answers[1] == {"path": not_an_image, "valid": False, "top_k": [],
+                          "error": "not a JPEG, PNG, GIF, BMP or WebP image"}
+    best_name, best_probability = expected_top_k(session, paths[1])[0]
+    assert answers[2]["top_k"] == [{"class_name": best_name,
+                                    "probability": pytest.approx(best_probability, abs=1e-6)}]
+
+
+def test_directories_are_searched_and_batches_agree(rest_server, served, images, tmp_path):
+    session, _ = served
+    paths, _ = images
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    (folder / ".hidden").write_bytes(b"never sent")
+    copies = []
+    for index in range(5):
+        copy = folder / ("more" if index % 2 else "") / f"{index}.img"
+        copy.write_bytes(open(paths[index % 2], "rb").read())
+        copies.append(str(copy))
+    rest_server.requests.clear()
+    batched = predict.predict([str(folder)], server=rest_server.url, batch_size=2)
+    assert sorted(result.path for result in batched) == sorted(copies)
+    assert [len(body["instances"]) for _, body in rest_server.requests[1:]] == [2, 2, 1]
+    single = predict.predict(sorted(copies), server=rest_server.url, batch_size=1)
+    by_path = {result.path: result for result in single}
+    for result in batched:
+        assert [name for name, _ in result.classes] == [
+            name for name, _ in by_path[result.path].classes]
+        np.testing.assert_allclose([p for _, p in result.classes],
+                                   [p for _, p in by_path[result.path].classes], atol=1e-5)
+
+
+def test_rest_error_replies_name_the_server(rest_server, images, capsys):
+    paths, _ = images
     assert (
         cli.main("predict", [paths[0], "--server", rest_server.url, "--model", "resnet"]) == 2
     )
     error = one_line_error(capsys)
-    assert "404" in error and "Servable not found" in error
+    assert "404" in error and "Servable not found" in error and rest_server.url in error
 
 
-def test_grpc_sends_a_predict_request_and_agrees_with_rest(
+@pytest.fixture(scope="module")
+def other_kind(tmp_path_factory):
+    """A served model of another kind: its serving_default takes float features."""
+    module = tf.Module()
+    module.scale = tf.Variable(2.0)
+    module.serve = tf.function(lambda x: {"y": x * module.scale},
+                               input_signature=[tf.TensorSpec([None, 4], tf.float32, "x")])
+    path = str(tmp_path_factory.mktemp("other") / "1")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    session = testlib.ServingSession(path)
+    server = RestServer(session)
+    yield server, path
+    server.close()
+    session.close()
+
+
+def test_a_model_of_another_kind_is_refused_before_any_image_is_sent(
+    other_kind, images, capsys
+):
+    server, path = other_kind
+    paths, _ = images
+    server.requests.clear()
+    assert cli.main("predict", [paths[0], "--server", server.url]) == 2
+    error = one_line_error(capsys)
+    assert f"the model at {server.url} is not one this client can ask" in error
+    assert "takes x (float32) and lacks probabilities" in error
+    assert [request for request, _ in server.requests] == ["/v1/models/alexnet/metadata"]
+    assert cli.main("predict", [paths[0], "--saved-model", path]) == 2
+    assert "is not one this client can ask" in one_line_error(capsys)
+
+
+def test_grpc_asks_the_metadata_then_predicts_and_agrees_with_rest(
     grpc_server, served, images, capsys
 ):
     service, target = grpc_server
@@ -248,26 +360,31 @@ def test_grpc_sends_a_predict_request_and_agrees_with_rest(
     assert (
         cli.main("predict", [*paths, "--grpc", target, "--version", "1", "--top-k", "2"]) == 0
     )
-    request = service.requests[0]
+    metadata, request = service.requests
+    assert metadata.model_spec.name == MODEL_NAME and metadata.model_spec.version.value == 1
     assert request.model_spec.name == MODEL_NAME
     assert request.model_spec.signature_name == "serving_default"
     assert request.model_spec.version.value == 1
     assert list(request.inputs) == ["image_bytes"]
-    with open(paths[0], "rb") as file:
-        assert list(request.inputs["image_bytes"].string_val) == [file.read()]
+    sent = []
+    for path in paths:
+        with open(path, "rb") as file:
+            sent.append(file.read())
+    assert list(request.inputs["image_bytes"].string_val) == sent
     assert len(capsys.readouterr().out.splitlines()) == 6
 
     results = predict.predict(paths, grpc_target=target)
     assert_same_answers(results, session, paths)
 
 
-def test_grpc_invalid_argument_names_the_file(grpc_server, images, capsys):
+def test_grpc_reports_each_image_and_names_a_missing_model(grpc_server, images, capsys):
     _, target = grpc_server
-    _, not_an_image = images
-    assert cli.main("predict", [not_an_image, "--grpc", target]) == 2
+    paths, not_an_image = images
+    assert cli.main("predict", [not_an_image, paths[0], "--grpc", target]) == 1
+    assert "  error: not a JPEG, PNG, GIF, BMP or WebP image" in capsys.readouterr().out
+    assert cli.main("predict", [paths[0], "--grpc", target, "--model", "resnet"]) == 2
     error = one_line_error(capsys)
-    assert not_an_image in error and "INVALID_ARGUMENT" in error
-    assert "Unknown image file format" in error
+    assert "NOT_FOUND" in error and "Servable not found" in error
 
 
 def test_unreachable_servers_are_named(images, capsys, free_port):
@@ -308,11 +425,13 @@ def test_saved_model_answers_locally_like_the_server(served, images, capsys):
     results = predict.predict(paths, saved_model=os.path.dirname(version_dir))
     assert_same_answers(results, session, paths)
 
-    assert cli.main("predict", [not_an_image, "--saved-model", version_dir]) == 2
-    error = one_line_error(capsys)
-    assert not_an_image in error and version_dir in error
-    assert "Unknown image file format" in error
+    assert cli.main("predict", [not_an_image, "--saved-model", version_dir]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        not_an_image, "  error: not a JPEG, PNG, GIF, BMP or WebP image"]
 
     missing = os.path.join(os.path.dirname(not_an_image), "missing.jpg")
     assert cli.main("predict", [missing, "--saved-model", version_dir]) == 2
-    assert f"cannot read {missing}" in one_line_error(capsys)
+    assert f"cannot read {missing}: no such file or directory" in one_line_error(capsys)
+    assert cli.main("predict", [paths[0], "--saved-model", version_dir,
+                                "--batch-size", "0"]) == 2
+    assert "--batch-size must be 1 to 1024" in one_line_error(capsys)
