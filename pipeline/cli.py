@@ -174,7 +174,10 @@ def _run_parser():
                         help="TF Serving base path; versions go in numbered subdirectories")
     export.add_argument("--bless-tolerance", type=float,
                         default=defaults.export.bless_tolerance,
-                        help="push if test accuracy >= the served version's minus this")
+                        help="push if test accuracy >= the served version's (and the best "
+                             "kept version's) minus this")
+    export.add_argument("--min-accuracy", type=float, default=defaults.export.min_accuracy,
+                        help="push only at or above this test accuracy (0: no floor)")
     export.add_argument("--force-push", action="store_true",
                         help="export even if the model is worse than the served one")
     export.add_argument("--export-format", dest="export_formats", action="append",
@@ -274,6 +277,8 @@ def _summary(metrics, run_dir):
     lines.append(f"Wall time: {metrics['wall_time_seconds']:.0f} s")
     lines.append(f"Run directory: {run_dir}")
     reason = _as_flags(metrics["reason"], "run")
+    for unscored in metrics.get("unscored", ()):
+        lines.append(f"Could not score {unscored}")
     if metrics["export_path"]:
         lines.append(f"Exported for TF Serving: {metrics['export_path']} ({reason})")
     else:

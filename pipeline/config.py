@@ -181,6 +181,7 @@ class ExportConfig:
 
     export_dir: str = "saved_models/alexnet"
     bless_tolerance: float = 0.01
+    min_accuracy: float = 0.0
     force_push: bool = False
     export_formats: tuple[str, ...] = ("saved_model",)
 
@@ -190,6 +191,10 @@ class ExportConfig:
             raise ConfigError(
                 f"`export_formats` must be among {', '.join(EXPORT_FORMATS)}. "
                 f"Received: {', '.join(sorted(unknown))}"
+            )
+        if not 0 <= self.min_accuracy <= 1:
+            raise ConfigError(
+                f"`min_accuracy` must be in [0, 1]. Received: min_accuracy={self.min_accuracy}"
             )
         if self.bless_tolerance < 0:
             raise ConfigError(

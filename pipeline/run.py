@@ -85,7 +85,7 @@ def _run(config, run_dir):
     metrics = evaluate.evaluate(trained.model, ingested, run_dir)
     blessing = evaluate.bless(
         metrics["test_accuracy"], config.export.export_dir, ingested,
-        config.export.bless_tolerance, config.export.force_push,
+        config.export.bless_tolerance, config.export.force_push, config.export.min_accuracy,
     ) if chief else evaluate.Blessing.not_chief()
 
     # Pusher: a new version directory for TF Serving, from the chief only.
