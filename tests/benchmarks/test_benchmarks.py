@@ -16,7 +16,7 @@ from benchmarks import profile
 
 _IMPORT_CHECK = """
 import os, sys
-import benchmarks.input_pipeline, benchmarks.profile, benchmarks.train
+import benchmarks.input_pipeline, benchmarks.profile, benchmarks.serving, benchmarks.train
 assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
 assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "importing set TF_CPP_MIN_LOG_LEVEL"
 heavy = sorted({"pipeline", "tensorflow", "keras"} & set(sys.modules))
@@ -148,3 +148,17 @@ def test_scaling_benchmark_compares_two_workers_with_one():
     efficiency = float(re.search(r"2 workers against 1: (\d+\.\d+)$", output, re.M).group(1))
     assert efficiency == pytest.approx(
         (rows[2][1] / 2) / rows[1][1], rel=0.05, abs=0.01)
+
+
+@pytest.mark.slow
+def test_serving_benchmark_prints_every_batch_and_the_rest_load():
+    output = _run("benchmarks.serving", "--image-size", "67", "--calls", "3", "--clients", "2")
+    assert re.search(r"^CPU: .+, \d+ cores; paper AlexNet at 67x67x3", output, re.M), output
+    for batch in (1, 8, 32, 64):
+        line = next(line for line in output.splitlines() if line.split()[:1] == [str(batch)])
+        served, median, p99, bare, ratio = (float(value) for value in line.split()[1:])
+        assert served > 0 and 0 < median <= p99 and bare > 0
+        assert ratio == pytest.approx(served / bare, rel=0.02, abs=0.01)
+    for clients in (1, 2):
+        assert re.search(rf"^REST, {clients} client\(s\), 8 images per request: \d+\.\d "
+                         r"images/s, median \d+ ms, p99 \d+ ms$", output, re.M), output
