@@ -162,7 +162,7 @@ class IngestedDataset:
             raise ValueError(f"{self.directory} is not a version directory of {ingest_dir}")
         temp_path = os.path.join(ingest_dir, f".ingest-{temp_dirs.owner_tag()}-{MANIFEST}")
         _write_json(temp_path, self._manifest(version=version))
-        tf.io.gfile.rename(temp_path, os.path.join(ingest_dir, MANIFEST), overwrite=True)
+        temp_dirs.rename(temp_path, os.path.join(ingest_dir, MANIFEST))
         temp_dirs.sync(ingest_dir)
 
     @classmethod
@@ -207,9 +207,7 @@ class IngestedDataset:
 
 
 def _write_json(path, fields):
-    with tf.io.gfile.GFile(path, "w") as file:
-        json.dump(fields, file, indent=2)
-    temp_dirs.sync(path)
+    temp_dirs.write_synced(path, json.dumps(fields, indent=2))
 
 
 class Existing(NamedTuple):

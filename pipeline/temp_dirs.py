@@ -68,10 +68,23 @@ def replace_file(path, text):
     """Writes `text` as the whole of `path`, through a file beside it renamed
     over it: a reader sees the old content or the new one. (It also keeps
     `ram://` right, whose write mode appends to an existing file.)"""
-    temporary = f"{path}.{owner_tag()}.tmp"
-    with tf.io.gfile.GFile(temporary, "w") as file:
+    rename(write_synced(f"{path}.{owner_tag()}.tmp", text), path)
+
+
+def write_synced(path, text):
+    """Writes `text` to `path`, flushed to disk (where that applies); returns `path`."""
+    with tf.io.gfile.GFile(path, "w") as file:
         file.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    sync(path)
+    return path
+
+
+def rename(source, destination):
+    """Renames a file over `destination`: `os.replace` (atomic) where local."""
+    if is_local(destination):
+        os.replace(source, destination)
+    else:
+        tf.io.gfile.rename(source, destination, overwrite=True)
 
 
 def make(parent, prefix):

@@ -16,7 +16,8 @@ from benchmarks import profile
 
 _IMPORT_CHECK = """
 import os, sys
-import benchmarks.input_pipeline, benchmarks.profile, benchmarks.serving, benchmarks.train
+import benchmarks.input_pipeline, benchmarks.profile, benchmarks.scaling, benchmarks.serving
+import benchmarks.train
 assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
 assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "importing set TF_CPP_MIN_LOG_LEVEL"
 heavy = sorted({"pipeline", "tensorflow", "keras"} & set(sys.modules))
