@@ -151,9 +151,11 @@ def main(argv=None):
     print(f"{'workers':>8} {'step s':>8} {'images/s':>9} {'all-reduce s':>13} {'GB/s':>6}")
     for figures in (one, two):
         rate = figures["global_batch"] / figures["step_seconds"]
-        bandwidth = megabytes / 1e3 / max(figures["all_reduce_seconds"], 1e-9)
+        # A cluster of one all-reduces nothing: no bandwidth to show.
+        bandwidth = (f"{megabytes / 1e3 / figures['all_reduce_seconds']:.2f}"
+                     if figures["workers"] > 1 else "-")
         print(f"{figures['workers']:>8} {figures['step_seconds']:>8.2f} {rate:>9.1f} "
-              f"{figures['all_reduce_seconds']:>13.3f} {bandwidth:>6.2f}")
+              f"{figures['all_reduce_seconds']:>13.3f} {bandwidth:>6}")
     efficiency = (two["global_batch"] / two["step_seconds"]) / (
         2 * one["global_batch"] / one["step_seconds"])
     print(f"scaling efficiency, 2 workers against 1: {efficiency:.2f}")

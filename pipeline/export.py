@@ -130,29 +130,30 @@ def _collect(dataset, empty):
     return dataset.batch(MAX_IMAGES_PER_REQUEST).reduce(empty, lambda _, batch: batch)
 
 
+# The decode pipeline runs once per request on at most a batch: tf.data's
+# graph rewrites and autotuning cost more there than they save.
+_ONE_REQUEST = tf.data.Options()
+_ONE_REQUEST.experimental_optimization.apply_default_optimizations = False
+_ONE_REQUEST.autotune.enabled = False
+# Images of one request decoded at a time: faster on several cores (the
+# answers are put back in order by index), and it bounds the memory a request
+# can take to this many decoded images under the pixel limit.
+_DECODE_PARALLELISM = 4
+
+
 def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio):
     """Decodes and preprocesses each image on its own, so that a bad one costs
     only itself: returns the indices of the readable images, their model inputs
     in that order, and an error per image ("" for the readable ones).
 
-    Inside the graph TF Serving runs, with no Python: `tf.data` maps over
-    (index, bytes) pairs and `ignore_errors()` drops the images whose ops
-    failed. The size is read from the header first, so an image over the
-    limits is turned away before it is decoded.
+    Inside the graph TF Serving runs, with no Python: the sizes are read from
+    the headers first (plain ops over the batch), so an image over the limits
+    is turned away before it is decoded; then `tf.data` maps the rest, as
+    (index, bytes) pairs, through decode and preprocessing, and
+    `ignore_errors()` drops the images whose ops failed.
     """
     count = tf.size(image_bytes, out_type=tf.int64)
-    numbered = tf.data.Dataset.from_tensor_slices((tf.range(count), image_bytes))
-    headers = numbered.map(lambda index, encoded: (
-        index, image_formats.is_supported_op(encoded), *image_formats.header_size_op(encoded)
-    )).ignore_errors()
-    empty = tf.zeros([0], tf.int64)
-    found, supported, heights, widths = _collect(
-        headers, (empty, tf.zeros([0], tf.bool), empty, empty)
-    )
-    # A JPEG whose header raised is missing: supported, size unknown.
-    supported = _scatter(supported, found, count, True)
-    height = _scatter(heights, found, count, -1)
-    width = _scatter(widths, found, count, -1)
+    supported, height, width = image_formats.header_sizes_op(image_bytes)
     errors = tf.where(
         ~supported, f"not a {image_formats.FORMATS_TEXT} image", tf.where(
             height < 0, "truncated or malformed image header", tf.where(
@@ -170,8 +171,10 @@ def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio):
     candidates = tf.where(tf.equal(errors, ""))[:, 0]
     decoded = tf.data.Dataset.from_tensor_slices(
         (candidates, tf.gather(image_bytes, candidates))
-    ).map(decode).ignore_errors()
-    indices, images = _collect(decoded, (empty, tf.zeros([0, *image_spec.shape])))
+    ).map(decode, num_parallel_calls=_DECODE_PARALLELISM, deterministic=False
+          ).ignore_errors().with_options(_ONE_REQUEST)
+    indices, images = _collect(decoded, (tf.zeros([0], tf.int64),
+                                         tf.zeros([0, *image_spec.shape])))
     readable = _scatter(tf.ones_like(indices, tf.bool), indices, count, False)
     errors = tf.where(tf.equal(errors, "") & ~readable, "corrupt or truncated image data",
                       errors)

@@ -35,19 +35,14 @@ PCA_NOISE_STDDEV = 0.1
 def to_channels(image, channels):
     """uint8 [height, width, any channels] to `channels` (1 or 3): grey becomes
     RGB and colour grey (dropping any alpha), the same way on every path."""
+    # Selected, not branched (no tf.cond): inside tf.data, as in the serving
+    # signature, every branch is a function instantiated per request.
     is_colour = tf.shape(image)[-1] >= 3
+    rgb = tf.gather(image, tf.where(is_colour, [0, 1, 2], [0, 0, 0]), axis=-1)
     if channels == 1:
-        image = tf.cond(
-            is_colour,
-            lambda: tf.image.rgb_to_grayscale(image[..., :3]),
-            lambda: image[..., :1],
-        )
+        image = tf.where(is_colour, tf.image.rgb_to_grayscale(rgb), rgb[..., :1])
     else:
-        image = tf.cond(
-            is_colour,
-            lambda: image[..., :3],
-            lambda: tf.tile(image[..., :1], [1, 1, 3]),
-        )
+        image = rgb
     return tf.ensure_shape(image, [None, None, channels])
 
 

@@ -168,13 +168,26 @@ def test_a_request_over_the_maximum_fails_whole_and_the_next_succeeds(digits, se
 def test_the_graph_reads_sizes_from_headers_as_ingest_does(image_format, size):
     channels = 1 if image_format in ("png", "jpeg") else 3
     encoded = testlib.encode(np.zeros((*size, channels), np.uint8), image_format)
-    in_graph = tf.function(image_formats.header_size_op)
-    assert [int(side) for side in in_graph(encoded)] == list(
-        image_formats.header_size(encoded, image_format)) == list(size)
-    if image_format != "jpeg":  # a JPEG's header raises instead
-        assert [int(side) for side in in_graph(encoded[:9])] == [-1, -1]
-    assert bool(image_formats.is_supported_op(encoded))
-    assert not bool(image_formats.is_supported_op(b"BZ" + encoded[2:]))
+    in_graph = tf.function(image_formats.header_sizes_op)
+    # Cut to 12 bytes: the format still shows, the size only in a GIF's.
+    supported, height, width = in_graph([encoded, encoded[:12], b"BZ" + encoded[2:]])
+    assert image_formats.header_size(encoded, image_format) == size
+    assert (int(height[0]), int(width[0])) == size
+    assert supported.numpy().tolist() == [True, True, False]
+    cut = size if image_format == "gif" else (-1, -1)
+    assert (int(height[1]), int(width[1])) == cut
+    assert (int(height[2]), int(width[2])) == (-1, -1)
+
+
+def test_a_jpeg_size_is_its_frame_header_not_a_thumbnail_inside_a_segment():
+    jpeg = testlib.encode(np.zeros((40, 30, 1), np.uint8), "jpeg")
+    # An APP1 segment (as EXIF holds a thumbnail) with a frame header of 16x16.
+    payload = b"Exif\0\0" + b"\xff\xc0\x00\x11\x08\x00\x10\x00\x10" + bytes(20)
+    with_thumbnail = jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + \
+        jpeg[2:]
+    _, height, width = image_formats.header_sizes_op([with_thumbnail, jpeg[:30]])
+    assert image_formats.header_size(with_thumbnail, "jpeg") == (40, 30)
+    assert height.numpy().tolist() == [40, -1] and width.numpy().tolist() == [30, -1]
 
 
 # The crafted images against an ordinary one, by the peak memory (RSS) of a
