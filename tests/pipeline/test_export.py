@@ -1,4 +1,5 @@
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -14,6 +15,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 import testlib
 from alexnet_keras import AlexNet
 from alexnet_keras import ImageSpec
+from pipeline import cli
 from pipeline import export
 from pipeline import image_formats
 from pipeline import preprocess_ops
@@ -386,3 +388,16 @@ def test_the_export_scales_pixels_as_the_model_was_trained(tmp_path):
     ).numpy()
     np.testing.assert_allclose(answered, expected, atol=1e-5)
     assert not np.allclose(answered, unscaled, atol=1e-3)
+
+
+def test_batching_parameters_fit_the_client_and_the_signature():
+    path = os.path.join(testlib.REPO, "saved_models", "batching_parameters.txt")
+    with open(path) as file:
+        values = dict(re.findall(r"^(\w+) \{ value: (\d+) \}$", file.read(), re.M))
+    assert set(values) == {"max_batch_size", "batch_timeout_micros", "num_batch_threads",
+                           "max_enqueued_batches"}
+    # pipeline.predict's default batch passes the server's batching, which
+    # passes the signature's own limit.
+    predict_default = cli._predict_parser().parse_args(["x", "--server", "y"]).batch_size
+    assert predict_default <= int(values["max_batch_size"]) <= export.MAX_IMAGES_PER_REQUEST
+    assert all(int(value) > 0 for value in values.values())
