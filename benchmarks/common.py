@@ -35,6 +35,20 @@ def cpu_model():
     return f"{name}, {len(os.sched_getaffinity(0))} cores"
 
 
+def latencies(function, calls, warmup=2):
+    """Seconds each of `calls` calls of `function` took, after `warmup` untimed ones."""
+    import time
+
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def input_shapes():
     """{variant: (height, width, channels)} of every AlexNet variant at its own
     input size."""

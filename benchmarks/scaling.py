@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import time
 
 from benchmarks import common
 
@@ -43,14 +42,7 @@ def _free_ports(count):
 
 
 def _median_seconds(function, warmup, repeats):
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(common.latencies(function, repeats, warmup))
 
 
 def worker(args):

@@ -39,17 +39,6 @@ BATCHES = (1, 8, 32, 64)
 REST_BATCH = 8
 
 
-def _latencies(function, calls, warmup=2):
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def _p99(times):
     ordered = sorted(times)
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
@@ -151,9 +140,9 @@ def main(argv=None):
               f"{'forward img/s':>14} {'ratio':>6}")
         for batch in BATCHES:
             images = jpegs[:batch]
-            served = _latencies(lambda: session.run(images), args.calls)
+            served = common.latencies(lambda: session.run(images), args.calls)
             ready = tf.random.uniform([batch, args.image_size, args.image_size, 3])
-            bare = _latencies(lambda: forward(ready).numpy(), args.calls)
+            bare = common.latencies(lambda: forward(ready).numpy(), args.calls)
             served_rate = batch / statistics.median(served)
             bare_rate = batch / statistics.median(bare)
             print(f"{batch:>5} {served_rate:>16.1f} {1e3 * statistics.median(served):>10.1f} "

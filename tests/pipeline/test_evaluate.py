@@ -330,13 +330,21 @@ def test_a_baseline_that_cannot_be_scored_is_named_and_never_crashes(
         assert forced.blessed is True and forced.unscored == result.unscored
 
 
-def test_the_baseline_is_the_version_models_config_pins(
-    tmp_path, digits, trained_metrics, trained_export, fitted_weights
-):
+@pytest.fixture()
+def worse_version_2(tmp_path, digits, trained_export, fitted_weights):
+    """A base directory holding the trained model as version 1 and, served as
+    the newest, a much worse one as version 2."""
     export_dir = copy_of_the_export(trained_export, tmp_path)
-    good = trained_metrics[0]["test_accuracy"]
     export.export_saved_model(testlib.worse_model(fitted_weights), digits.class_names,
                               export_dir)
+    return export_dir
+
+
+def test_the_baseline_is_the_version_models_config_pins(
+    tmp_path, digits, trained_metrics, worse_version_2
+):
+    export_dir = worse_version_2
+    good = trained_metrics[0]["test_accuracy"]
     worse = evaluate.bless(good, export_dir, digits, 0.01, False)
     assert worse.baseline_version == 2 and worse.baseline_accuracy < 0.2
     assert worse.best_version == 1 and worse.blessed is True
@@ -351,13 +359,10 @@ def test_the_baseline_is_the_version_models_config_pins(
 
 
 def test_a_chain_of_slightly_worse_models_stops_at_the_best_kept(
-    tmp_path, digits, trained_metrics, trained_export, fitted_weights
+    digits, trained_metrics, worse_version_2
 ):
-    export_dir = copy_of_the_export(trained_export, tmp_path)
+    export_dir = worse_version_2
     good = trained_metrics[0]["test_accuracy"]
-    # The served version 2 is much worse than version 1, which is kept.
-    export.export_saved_model(testlib.worse_model(fitted_weights), digits.class_names,
-                              export_dir)
     result = evaluate.bless(good - 0.05, export_dir, digits, 0.01, False)
     assert result.blessed is False and result.baseline_version == 2
     assert f"below the best kept version 1's {good:.4f} minus the tolerance 0.01" in result.reason

@@ -172,13 +172,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.session = session
         self.requests = []
 
-    def GetModelMetadata(self, request, context):
+    def _received(self, request, context):
         self.requests.append(request)
         if request.model_spec.name != MODEL_NAME:
             context.abort(
                 grpc.StatusCode.NOT_FOUND,
                 f"Servable not found for request: Latest({request.model_spec.name})",
             )
+
+    def GetModelMetadata(self, request, context):
+        self._received(request, context)
         assert list(request.metadata_field) == ["signature_def"]
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.CopyFrom(request.model_spec)
@@ -186,12 +189,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def Predict(self, request, context):
-        self.requests.append(request)
-        if request.model_spec.name != MODEL_NAME:
-            context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"Servable not found for request: Latest({request.model_spec.name})",
-            )
+        self._received(request, context)
         inputs = {
             name: tf.make_ndarray(proto) for name, proto in request.inputs.items()
         }
