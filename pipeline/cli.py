@@ -79,7 +79,7 @@ def _add_data_flags(parser, ingest_dir_flag="--ingest-dir"):
     parser.add_argument("--max-pixels", type=int, default=config_lib.DataConfig.max_pixels,
                         help="skip images with more pixels than this, read from their "
                              "headers before decoding; images over "
-                             f"{ingest.MAX_ASPECT_RATIO}:1 are skipped too")
+                             f"{image_formats.MAX_ASPECT_RATIO}:1 are skipped too")
     parser.add_argument("--label-offset", type=int, default=0,
                         help="tfrecord: subtract from every label (1 for 1-based sets "
                              "like ImageNet)")
@@ -316,12 +316,13 @@ def _predict(args):
     )
     if args.json:
         print(json.dumps([result.as_json() for result in results], indent=2))
-    for result in results if not args.json else ():
-        print(result.path)
-        if not result.valid:
-            print(f"  error: {result.error}")
-        for rank, (name, probability) in enumerate(result.classes, start=1):
-            print(f"  {rank}. {name:<24} {probability:.4f}")
+    else:
+        for result in results:
+            print(result.path)
+            if not result.valid:
+                print(f"  error: {result.error}")
+            for rank, (name, probability) in enumerate(result.classes, start=1):
+                print(f"  {rank}. {name:<24} {probability:.4f}")
     # Like grep: 1 when some image could not be classified.
     return 0 if all(result.valid for result in results) else 1
 

@@ -294,11 +294,11 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push, min_a
     failures = []
     if candidate < min_accuracy:
         failures.append(f"test accuracy {candidate:.4f} is below `min_accuracy` {min_accuracy}")
-    scores, unscored = {}, []
+    scores, problems = {}, {}
     for version in found:
         accuracy, problem = _baseline_accuracy(os.path.join(export_dir, str(version)), ingested)
         if problem:
-            unscored.append(f"version {version}: {problem}")
+            problems[version] = problem
             logger.warning("Blessing: version %d in %s cannot be scored: %s",
                            version, export_dir, problem)
         else:
@@ -308,9 +308,8 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push, min_a
     best = max(scores, key=scores.get) if scores else None
     if found and served is None:
         failures.append(f"no version that {export_dir}'s models.config pins is there")
-    elif served is not None and baseline is None:
-        problem = next(item for item in unscored if item.startswith(f"version {served}:"))
-        failures.append(f"the served {problem.replace(':', ' cannot be compared:', 1)}")
+    elif served in problems:
+        failures.append(f"the served version {served} cannot be compared: {problems[served]}")
     elif baseline is not None and candidate < baseline - tolerance:
         failures.append(f"test accuracy {candidate:.4f} is below version {served}'s "
                         f"{baseline:.4f} minus the tolerance {tolerance}")
@@ -337,7 +336,8 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push, min_a
                   + f" minus the tolerance {tolerance} {on_data}")
     logger.info("Blessing: %s", reason)
     return Blessing(force_push or not failures, reason, candidate, baseline, served,
-                    scores.get(best), best, tuple(unscored))
+                    scores.get(best), best,
+                    tuple(f"version {version}: {problem}" for version, problem in problems.items()))
 
 
 def evaluate_export(saved_model, data_config, split, output_dir):

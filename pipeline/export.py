@@ -187,14 +187,14 @@ def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
     image_spec = model.image_spec
 
     def classify(images):
-        # oneDNN's convolutions fail on a batch of none (TF 2.21), which a
-        # request of only unreadable images makes: the model then sees one
-        # blank image, and its answer is dropped.
-        count = tf.shape(images)[0]
-        images = tf.concat([images, tf.zeros([1, *image_spec.shape])], 0)
-        logits = model(images[:tf.maximum(count, 1)], training=False)[:count]
-        # float32 whatever the model's compute dtype, so clients always get the same.
-        logits = tf.cast(logits, tf.float32)
+        # float32 whatever the model's compute dtype, so clients always get the
+        # same. oneDNN's convolutions fail on a batch of none (TF 2.21), which a
+        # request of only unreadable images makes: the model is not run then.
+        logits = tf.cond(
+            tf.shape(images)[0] > 0,
+            lambda: tf.cast(model(images, training=False), tf.float32),
+            lambda: tf.zeros([0, len(class_names)]),
+        )
         probabilities = tf.nn.softmax(logits, axis=-1)
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         best = tf.math.top_k(probabilities, k=top_k)

@@ -66,7 +66,6 @@ SHARD_SIZE = 1024
 # Images decoded (and, for folders, read) by a thread pool at a time; TensorFlow
 # ops release the GIL.
 _CHUNK = 256
-MAX_ASPECT_RATIO = image_formats.MAX_ASPECT_RATIO
 
 
 def _slug(text):
@@ -151,8 +150,9 @@ def _size_problem(height, width, max_pixels):
         return (
             f"too large: {width}x{height} pixels, over max_pixels={max_pixels}"
         )
-    if max(height, width) > MAX_ASPECT_RATIO * max(1, min(height, width)):
-        return f"extreme aspect ratio: {width}x{height} pixels, over {MAX_ASPECT_RATIO}:1"
+    limit = image_formats.MAX_ASPECT_RATIO
+    if max(height, width) > limit * max(1, min(height, width)):
+        return f"extreme aspect ratio: {width}x{height} pixels, over {limit}:1"
     return None
 
 
@@ -401,7 +401,7 @@ def ingest(data_config: DataConfig, output_dir: str | None = None) -> artifact.I
         TEST_FRACTION,
         SPLIT_SEED,
         data_config.max_pixels,
-        MAX_ASPECT_RATIO,
+        image_formats.MAX_ASPECT_RATIO,
     ]
     fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     existing = _check_owner(output_dir, source.spec)

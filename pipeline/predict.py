@@ -316,9 +316,9 @@ def predict(
     num_classes = _check_signature(model.signature(), where)
     logger.info("%s: %s classes, %d images in requests of %d", where, num_classes,
                 len(paths), batch_size)
-    if top_k > min(export.TOP_K, num_classes if num_classes > 0 else export.TOP_K):
-        logger.warning("The model answers its top %d classes only, not %d",
-                       min(export.TOP_K, num_classes), top_k)
+    answered = min(export.TOP_K, num_classes) if num_classes > 0 else export.TOP_K
+    if top_k > answered:
+        logger.warning("The model answers its top %d classes only, not %d", answered, top_k)
     results = []
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]

@@ -107,7 +107,8 @@ def changed_settings(recorded, config, ingested):
         changes.append(f"`epochs` {old_epochs} -> {config.train.epochs} (only a larger "
                        "`epochs` extends a run)")
     old_data = recorded.get("ingested", {}).get("fingerprint")
-    if old_data != ingested.fingerprint and not any("`dataset`" in c for c in changes):
+    same_source = recorded.get("data", {}).get("dataset") == config.data.dataset
+    if old_data != ingested.fingerprint and same_source:
         changes.append(f"the data (ingest fingerprint {str(old_data)[:12]} -> "
                        f"{ingested.fingerprint[:12]})")
     return changes

@@ -110,6 +110,9 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
             stateful_metrics=_SHOWN_METRICS,
         )
         learning_rate = _current_learning_rate(optimizer)
+        # The last epoch's iterator goes first: one that stopped before the
+        # end of a `cache` file still holds the file's lock.
+        train_iterator = None
         train_iterator = train_batches(epoch)
         loss_sum = correct = count = 0.0
         warm_start = time.perf_counter()
@@ -189,15 +192,14 @@ class _PlateauSchedule(keras.callbacks.Callback):
 
 class _Checkpointer(keras.callbacks.Callback):
     """Saves the run's state as checkpoint `epoch + 1` after every epoch, last,
-    so a checkpoint holds everything the epoch changed."""
+    so a checkpoint holds everything the epoch changed; its number is the
+    epoch a resumed run starts after."""
 
-    def __init__(self, epoch_counter, manager):
+    def __init__(self, manager):
         super().__init__()
-        self.epoch_counter = epoch_counter
         self.manager = manager
 
     def on_epoch_end(self, epoch, logs=None):
-        self.epoch_counter.assign(epoch + 1)
         self.manager.save(checkpoint_number=epoch + 1)
 
 
@@ -275,11 +277,10 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     with strategy.scope():
         model = model_factory.build_model(model_config, ingested.num_classes)
         optimizer = model_factory.make_optimizer(train_config, steps, model.trainable_variables)
-        epoch_counter = tf.Variable(0, dtype=tf.int64, trainable=False)
         plateau = _Plateau()
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, epoch=epoch_counter,
-        random_states=_random_states(model), **plateau.trackables()
+        model=model, optimizer=optimizer, random_states=_random_states(model),
+        **plateau.trackables()
     )
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
@@ -299,7 +300,7 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     callbacks = [_HistoryRecorder(run_dir, rows)]
     if train_config.lr_schedule == "plateau":
         callbacks.append(_PlateauSchedule(plateau, optimizer))
-    callbacks.append(_Checkpointer(epoch_counter, manager))
+    callbacks.append(_Checkpointer(manager))
     fit(model, optimizer, strategy, train_config, data_config, ingested,
         initial_epoch, callbacks)
     if not chief:
