@@ -23,6 +23,7 @@ import time
 
 from alexnet_keras import alexnet
 from pipeline import config as config_lib
+from pipeline import environment
 from pipeline import evaluate
 from pipeline import image_formats
 from pipeline import ingest
@@ -88,13 +89,30 @@ def _add_data_flags(parser, ingest_dir_flag="--ingest-dir"):
                              "per line")
 
 
+def _prog(command):
+    """How the user calls `command`: `alexnet-run` or `python -m pipeline.run`."""
+    called = os.path.basename(sys.argv[0])
+    return called if called == f"alexnet-{command}" else f"python -m pipeline.{command}"
+
+
+def _add_verbose_flag(parser):
+    parser.add_argument(environment.VERBOSE_FLAG, action="store_true",
+                        help="also show TensorFlow's own log lines (its C++ start-up "
+                             "messages, Python warnings) and the pipeline's debug lines")
+
+
 def _run_parser():
     defaults = config_lib.RunConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.run",
+        prog=_prog("run"),
         description="Train AlexNet and export it for TensorFlow Serving.",
         formatter_class=_HelpFormatter,
     )
+    _add_verbose_flag(parser)
+    parser.add_argument("--config", default=None,
+                        help="a run's config.json: train with its settings, the flags given "
+                             "beside it overriding them; a new run (in runs/<timestamp> "
+                             "unless --output-dir is given)")
     data = parser.add_argument_group("data")
     _add_data_flags(data)
     data.add_argument("--cache", default=None,
@@ -189,19 +207,21 @@ def _run_parser():
 
 def _ingest_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.ingest", formatter_class=_HelpFormatter,
+        prog=_prog("ingest"), formatter_class=_HelpFormatter,
         description="Turn a dataset into sharded TFRecords with train/validation/test "
                     "splits.",
     )
+    _add_verbose_flag(parser)
     _add_data_flags(parser, ingest_dir_flag="--output-dir")
     return parser
 
 
 def _evaluate_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.evaluate", formatter_class=_HelpFormatter,
+        prog=_prog("evaluate"), formatter_class=_HelpFormatter,
         description="Evaluate an export on a dataset through its serving signature.",
     )
+    _add_verbose_flag(parser)
     parser.add_argument("--saved-model", required=True,
                         help="a version directory, or a base directory (its newest version)")
     _add_data_flags(parser)
@@ -213,9 +233,10 @@ def _evaluate_parser():
 
 def _predict_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.predict", formatter_class=_HelpFormatter,
+        prog=_prog("predict"), formatter_class=_HelpFormatter,
         description="Classify images with a served or exported AlexNet.",
     )
+    _add_verbose_flag(parser)
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help=f"{image_formats.FORMATS_TEXT} files, or directories of them")
     place = parser.add_mutually_exclusive_group(required=True)
@@ -234,6 +255,31 @@ def _predict_parser():
     parser.add_argument("--json", action="store_true",
                         help="print one JSON list of {path, valid, error, top_k} instead")
     return parser
+
+
+def _parse_run_args(parser, argv):
+    """The run's flags, on top of the settings of `--config` when it is given."""
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            with open(args.config) as file:
+                text = file.read()
+        except OSError as error:
+            raise config_lib.ConfigError(
+                f"cannot read `config` {args.config} ({error.strerror}); pass a run's "
+                "config.json"
+            ) from None
+        recorded = config_lib.RunConfig.from_json(text, source=args.config)
+        settings = {}
+        for section in dataclasses.fields(recorded):
+            settings.update(dataclasses.asdict(getattr(recorded, section.name)))
+        # A new run: the recorded run directory is not resumed unless asked for.
+        settings["output_dir"] = None
+        # --export-format appends to its default, which must be a list.
+        settings["export_formats"] = list(settings["export_formats"])
+        parser.set_defaults(**settings)
+        args = parser.parse_args(argv)
+    return args
 
 
 def _settings(config_class, args):
@@ -342,7 +388,7 @@ _SETTINGS = frozenset(
                          config_lib.TrainConfig, config_lib.ExportConfig,
                          config_lib.TuneConfig)
     for field in dataclasses.fields(config_class)
-) | {"saved_model", "split", "server", "grpc_target", "top_k"}
+) | {"saved_model", "split", "server", "grpc_target", "top_k", "config"}
 
 
 def _as_flags(message, command):
@@ -370,11 +416,15 @@ def main(command, argv=None):
     """
     make_parser, execute = _COMMANDS[command]
     parser = make_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parse_run_args(parser, argv) if command == "run" else parser.parse_args(argv)
+    except config_lib.PipelineError as error:
+        parser.error(_as_flags(str(error), command))
     # The pipeline's own progress at INFO; TensorFlow's and Keras' only when
-    # they warn.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("pipeline").setLevel(logging.INFO)
+    # they warn, or everything with --verbose.
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(message)s")
+    logging.getLogger("pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         status = execute(args)
     except config_lib.PipelineError as error:

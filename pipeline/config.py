@@ -240,3 +240,32 @@ class RunConfig:
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text, source="the config"):
+        """The `RunConfig` that `to_json` (or a run's `config.json`) wrote:
+        `RunConfig.from_json(config.to_json()) == config`. Top-level entries
+        that are not sections (`config.json`'s "ingested") are ignored."""
+        try:
+            recorded = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{source} is not JSON ({error}); pass a run's config.json") from None
+        sections = {field.name: field.type for field in dataclasses.fields(cls)}
+        if not isinstance(recorded, dict) or not set(sections) & set(recorded):
+            raise ConfigError(f"{source} holds no settings; pass a run's config.json")
+        parts = {}
+        for name, section_class in sections.items():
+            settings = recorded.get(name, {})
+            known = {field.name for field in dataclasses.fields(section_class)}
+            unknown = sorted(set(settings) - known)
+            if unknown:
+                raise ConfigError(
+                    f"{source} has settings this version does not know: "
+                    f"{', '.join(f'{name}.{key}' for key in unknown)}; remove them"
+                )
+            # JSON has no tuples: image_size and export_formats come back as lists.
+            parts[name] = section_class(**{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in settings.items()
+            })
+        return cls(**parts)

@@ -1,8 +1,16 @@
 """Tests of pipeline.cli: flags map to settings and back, and help reads cleanly."""
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from pipeline import cli
+from pipeline import config as config_lib
+from tests.pipeline import testlib
 
 
 def test_each_flag_sets_the_setting_of_its_name():
@@ -46,4 +54,86 @@ def test_a_choice_is_checked_once_by_the_config(capsys):
     assert error == (
         "python -m pipeline.run: error: --variant must be one of paper, d2l. "
         "Received: --variant 'vgg'\n"
+    )
+
+
+def test_config_json_round_trips_exactly():
+    config = config_lib.RunConfig(
+        data=config_lib.DataConfig(dataset="folder:/images", max_pixels=1000, cache="memory"),
+        model=config_lib.ModelConfig(variant="d2l", image_size=(100, 120), channels=3),
+        train=config_lib.TrainConfig(epochs=3, learning_rate=0.01, seed=7),
+        export=config_lib.ExportConfig(export_formats=("saved_model", "keras")),
+        tune=config_lib.TuneConfig(tuner="random", max_trials=2),
+    )
+    # config.json adds the data's fingerprint beside the settings.
+    written = json.loads(config.to_json())
+    written["ingested"] = {"source": "folder", "fingerprint": "abc"}
+    assert config_lib.RunConfig.from_json(json.dumps(written)) == config
+
+
+def test_config_flag_reruns_a_run_with_the_flags_beside_it_overriding(tmp_path):
+    recorded = cli.run_config(cli._run_parser().parse_args([
+        "--variant", "d2l", "--image-size", "100", "--epochs", "4", "--seed", "3",
+        "--export-format", "keras", "--output-dir", str(tmp_path / "first"),
+    ]))
+    path = tmp_path / "config.json"
+    path.write_text(recorded.to_json())
+
+    args = cli._parse_run_args(cli._run_parser(), [
+        "--config", str(path), "--epochs", "6", "--export-format", "keras",
+    ])
+    rerun = cli.run_config(args)
+    assert rerun.train.epochs == 6
+    # A new run directory, not the recorded one: the old run is not resumed.
+    assert rerun.train.output_dir.startswith("runs" + os.sep)
+    assert dataclasses.replace(rerun, train=dataclasses.replace(
+        rerun.train, epochs=4, output_dir=recorded.train.output_dir)) == recorded
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read --config"),
+    ("{not json", "is not JSON"),
+    ('{"train": {"epochs": 3, "warmup": 1}}', "does not know: train.warmup"),
+])
+def test_a_bad_config_file_is_one_line(tmp_path, capsys, content, message):
+    path = tmp_path / "config.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main("run", ["--config", str(path)])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err.splitlines()[-1]
+
+
+def test_commands_print_only_their_own_output(tmp_path):
+    """TensorFlow's C++ start-up lines (oneDNN, the CUDA stubs, cuInit) stay out
+    of a command's output unless --verbose asks for them."""
+    env = testlib.child_env()
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS"):
+        env.pop(name, None)
+
+    def stderr_of(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline.run", "--epochs", "0", *flags],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        ).stderr
+
+    assert stderr_of() == (
+        "python -m pipeline.run: error: --epochs must be at least 1. Received: --epochs 0\n"
+    )
+    assert "oneDNN custom operations are on" in stderr_of("--verbose")
+
+
+def test_console_commands_are_installed_and_name_themselves():
+    bin_dir = os.path.dirname(sys.executable)
+    for command in ("run", "ingest", "evaluate", "predict", "summary"):
+        assert os.access(os.path.join(bin_dir, f"alexnet-{command}"), os.X_OK), command
+    result = subprocess.run(
+        [os.path.join(bin_dir, "alexnet-predict"), "photo.jpg"],
+        capture_output=True, text=True, env=testlib.child_env(), timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "alexnet-predict: error: one of the arguments --server --grpc --saved-model is "
+        "required"
     )
