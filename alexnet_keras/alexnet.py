@@ -31,6 +31,8 @@ _CONV_LAYERS = (
     ("conv4", 384, 3, 1, 1.0),
     ("conv5", 256, 3, 1, 1.0),
 )
+# The layers with weights (besides BatchNormalization's), input to output.
+WEIGHT_LAYERS = (*(name for name, *_ in _CONV_LAYERS), "fc6", "fc7", "fc8")
 # Max-pooling (overlapping, 3x3 stride 2) follows these convolutions.
 _POOLED = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
 # LRN follows these convolutions' ReLU, before the pool.

@@ -165,6 +165,12 @@ def _run_parser():
     train.add_argument("--output-dir", default=None,
                        help="run directory (runs/<timestamp> when not given); rerun with "
                             "the same one to resume")
+    train.add_argument("--init-from", default=None,
+                       help="start from the weights of a .keras file, a run directory or "
+                            "an exported SavedModel; fc8 is new if the class count differs")
+    train.add_argument("--freeze", metavar=_choices(config_lib.FREEZABLE_LAYERS),
+                       default=None,
+                       help="with --init-from: keep the layers up to this one fixed")
     train.add_argument("--mixed-precision", action="store_true",
                        help="float16 on GPUs, bfloat16 on CPUs and TPUs")
     train.add_argument("--jit-compile", action="store_true",

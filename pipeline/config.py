@@ -19,6 +19,8 @@ LR_SCHEDULES = ("constant", "plateau", "cosine")
 ALL_REDUCES = ("auto", "ring", "nccl")
 EXPORT_FORMATS = ("saved_model", "keras")
 TUNERS = ("random", "hyperband", "bayesian")
+# `freeze` may hold any layer up to fc7: fc8, the classifier, always trains.
+FREEZABLE_LAYERS = alexnet.WEIGHT_LAYERS[:-1]
 
 
 class PipelineError(Exception):
@@ -137,6 +139,10 @@ class TrainConfig:
     mixed_precision: bool = False
     jit_compile: bool = False
     output_dir: str = "runs/latest"
+    # A warm start: the first weights from a .keras file, a run directory or
+    # an export, and the layers up to `freeze` kept fixed.
+    init_from: str | None = None
+    freeze: str | None = None
 
     def __post_init__(self):
         checks = (
@@ -168,6 +174,13 @@ class TrainConfig:
                 "`all_reduce` and `all_reduce_pack_mb` set the collectives of "
                 f"strategy='multiworker', not {self.strategy!r}"
             )
+        if self.freeze is not None and self.freeze not in FREEZABLE_LAYERS:
+            raise ConfigError(
+                f"`freeze` must be one of {', '.join(FREEZABLE_LAYERS)}. "
+                f"Received: freeze={self.freeze!r}"
+            )
+        if self.freeze and not self.init_from:
+            raise ConfigError("`freeze` keeps loaded layers fixed: give `init_from` too")
         if self.jit_compile and (self.cpu_replicas or 1) > 1:
             raise ConfigError(
                 "`jit_compile` fails with `cpu_replicas` above 1 (XLA cannot place a "

@@ -31,7 +31,8 @@ SHAPING_SETTINGS = {
     "data": ("dataset", "label_offset", "class_names", "pca_noise"),
     "model": ("variant", "dropout_rate", "normalization", "image_size", "channels"),
     "train": ("steps_per_epoch", "batch_size", "optimizer", "learning_rate",
-              "weight_decay", "lr_schedule", "seed", "mixed_precision"),
+              "weight_decay", "lr_schedule", "seed", "mixed_precision", "init_from",
+              "freeze"),
 }
 
 

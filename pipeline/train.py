@@ -24,6 +24,7 @@ from pipeline import plots
 from pipeline import temp_dirs
 from pipeline import train_steps
 from pipeline import transform
+from pipeline import warm_start
 from pipeline.config import PipelineError
 
 log = logging.getLogger(__name__)
@@ -220,12 +221,17 @@ class TrainResult:
     history: list
     initial_epoch: int
     epochs: int
+    # What `init_from` loaded, when this process started the run from it.
+    warm_start: "warm_start.WarmStart | None" = None
 
     def summary(self):
         """The figures `metrics.json` reports of training."""
         last = self.history[-1] if self.history else {}
-        return {"images_per_second": last.get("images_per_second"), "epochs": self.epochs,
-                "resumed_from_epoch": self.initial_epoch}
+        summary = {"images_per_second": last.get("images_per_second"), "epochs": self.epochs,
+                   "resumed_from_epoch": self.initial_epoch}
+        if self.warm_start:
+            summary["warm_start"] = dataclasses.asdict(self.warm_start)
+        return summary
 
 
 # Checkpoints kept per worker: the last two epochs, so that workers killed
@@ -276,6 +282,8 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
     with strategy.scope():
         model = model_factory.build_model(model_config, ingested.num_classes)
+        if train_config.freeze:
+            warm_start.freeze(model, train_config.freeze)
         optimizer = model_factory.make_optimizer(train_config, steps, model.trainable_variables)
         plateau = _Plateau()
     checkpoint = tf.train.Checkpoint(
@@ -286,6 +294,7 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
                                          max_to_keep=_CHECKPOINTS_KEPT)
     initial_epoch = _agreed_epoch(strategy, manager)
+    started_from = None
     if initial_epoch:
         path = os.path.join(checkpoint_dir, f"ckpt-{initial_epoch}")
         try:
@@ -296,6 +305,8 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
                 "resume with the same flags or use a new `output_dir`"
             ) from None
         log.info("Resuming from %s (epoch %d finished)", path, initial_epoch)
+    elif train_config.init_from:
+        started_from = warm_start.load(model, train_config.init_from)
     rows = history.epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
     callbacks = [_HistoryRecorder(run_dir, rows)]
     if train_config.lr_schedule == "plateau":
@@ -309,4 +320,4 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
         temp_dirs.remove(checkpoint_dir)
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
-    return TrainResult(model, rows, initial_epoch, train_config.epochs)
+    return TrainResult(model, rows, initial_epoch, train_config.epochs, started_from)

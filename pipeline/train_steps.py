@@ -29,7 +29,9 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=None
     )
-    kernels = [layer.kernel for layer in model.layers if hasattr(layer, "kernel")]
+    # Frozen layers' kernels are constants: they would only add to the loss.
+    kernels = [layer.kernel for layer in model.layers
+               if hasattr(layer, "kernel") and layer.trainable]
     variables = model.trainable_variables
 
     def gradients(images, labels):
