@@ -59,8 +59,11 @@ def input_shapes():
 
 def images_for(warmup_steps, steps, batch_size):
     """JPEGs enough for one pass of the warm-up steps, the measured steps and one
-    batch more: ingest keeps 80% for training; a few more cover the rounding."""
-    return int((warmup_steps + steps + 1) * batch_size / 0.8) + 10
+    batch more (ingest keeps 80% for training; a few more cover the rounding),
+    and for at least three validation batches (10%): the evaluation step traces
+    once per model, and with fewer batches a benchmark's five models would make
+    TensorFlow warn of frequent retracing."""
+    return max(int((warmup_steps + steps + 1) * batch_size / 0.8), 30 * batch_size) + 10
 
 
 def write_jpegs(directory, count, seed=0):

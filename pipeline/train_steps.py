@@ -79,8 +79,13 @@ def make_eval_step(model):
     worker does not have would hang. Every worker evaluates the whole split.
     """
 
-    # The last batch of a split is smaller: one more trace, not one per shape.
-    @tf.function(reduce_retracing=True)
+    # Any batch size, one trace: the last batch of a split is smaller, and a
+    # second trace per model adds up when a process trains many (tuning
+    # trials, benchmarks) and makes TensorFlow warn of retracing.
+    @tf.function(input_signature=[
+        tf.TensorSpec([None, *model.image_spec.shape], tf.float32),
+        tf.TensorSpec([None], tf.int32),
+    ])
     def eval_step(images, labels):
         labels = tf.cast(labels, tf.int32)
         logits = model(images, training=False)

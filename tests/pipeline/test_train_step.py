@@ -85,3 +85,19 @@ def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
     assert model_factory.cpu_has_bfloat16(str(tmp_path / "sapphire")) is True
     assert model_factory.cpu_has_bfloat16(str(tmp_path / "epyc")) is False
     assert model_factory.cpu_has_bfloat16(str(tmp_path / "missing")) is None
+
+
+def test_the_eval_step_traces_once_for_every_batch_size():
+    model = AlexNet(variant="d2l", num_classes=3, input_shape=(67, 67, 1))
+    images = np.random.default_rng(0).normal(size=(11, 67, 67, 1)).astype("float32")
+    labels = np.arange(11, dtype="int32") % 3
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    eval_step = train_steps.make_eval_step(model)
+
+    metrics = train_steps.evaluate_dataset(eval_step, dataset)
+
+    assert eval_step.experimental_get_tracing_count() == 1
+    logits = model.predict(images, verbose=0)
+    expected = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    assert metrics["loss"] == pytest.approx(float(np.mean(expected)), rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(np.mean(logits.argmax(-1) == labels))
