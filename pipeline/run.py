@@ -28,6 +28,7 @@ from pipeline import export
 from pipeline import ingest
 from pipeline import model_factory
 from pipeline import run_dir as run_dir_lib
+from pipeline import summaries
 from pipeline import temp_dirs
 from pipeline import train
 from pipeline import tune
@@ -80,9 +81,10 @@ def _run(config, run_dir):
         return metrics
 
     # Evaluator: test-split metrics and pictures on every worker (the same
-    # weights, so the same metrics); the chief, which exports, also compares
-    # with the served version.
+    # weights, so the same metrics), also in TensorBoard at the last epoch; the
+    # chief, which exports, also compares with the served version.
     metrics = evaluate.evaluate(trained.model, ingested, run_dir)
+    summaries.write_evaluation(run_dir, config.train.epochs - 1, metrics["test_accuracy"])
     blessing = evaluate.bless(
         metrics["test_accuracy"], config.export.export_dir, ingested,
         config.export.bless_tolerance, config.export.force_push, config.export.min_accuracy,

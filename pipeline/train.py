@@ -5,7 +5,7 @@ Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
 `strategy.run` inside a `tf.function`, the same code on one CPU, several GPUs
 or several machines. It prints Keras' progress bar, checkpoints every epoch
 and resumes from the last finished one, and writes `history.csv`, TensorBoard
-logs and `training_curves.png` to the run directory.
+logs (see `pipeline.summaries`) and `training_curves.png` to the run directory.
 """
 
 import dataclasses
@@ -21,6 +21,7 @@ import tensorflow as tf
 from pipeline import history
 from pipeline import model_factory
 from pipeline import plots
+from pipeline import summaries
 from pipeline import temp_dirs
 from pipeline import train_steps
 from pipeline import transform
@@ -153,30 +154,16 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
 
 
 class _HistoryRecorder(keras.callbacks.Callback):
-    """Writes each epoch to `history.csv` and to TensorBoard's scalars."""
+    """Writes each epoch to `history.csv`."""
 
     def __init__(self, run_dir, rows):
         super().__init__()
         self.history_path = os.path.join(run_dir, "history.csv")
         self.rows = rows
-        self.writers = {
-            split: tf.summary.create_file_writer(os.path.join(run_dir, "logs", split))
-            for split in ("train", "validation")
-        }
 
     def on_epoch_end(self, epoch, logs=None):
         self.rows.append({"epoch": epoch + 1, **logs})
         history.write(self.history_path, self.rows)
-        with self.writers["train"].as_default(step=epoch + 1):
-            for name in ("loss", "accuracy", "learning_rate", "images_per_second"):
-                tf.summary.scalar(name, logs[name])
-        with self.writers["validation"].as_default(step=epoch + 1):
-            tf.summary.scalar("loss", logs["val_loss"])
-            tf.summary.scalar("accuracy", logs["val_accuracy"])
-
-    def on_train_end(self, logs=None):
-        for writer in self.writers.values():
-            writer.close()
 
 
 class _PlateauSchedule(keras.callbacks.Callback):
@@ -273,10 +260,11 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
 
     `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
-    under `logs/` and checkpoints under `checkpoints/`. Every worker of a
-    multi-worker run checkpoints into its own run directory, and all resume
-    from the newest epoch that each of them holds; a worker other than the
-    chief removes its checkpoints once training is done.
+    and the run's hyperparameters under `logs/` and checkpoints under
+    `checkpoints/`. Every worker of a multi-worker run checkpoints into its
+    own run directory, and all resume from the newest epoch that each of them
+    holds; a worker other than the chief removes its checkpoints once
+    training is done.
     Returns the trained model, the whole history and the epoch it started from.
     """
     steps = model_factory.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
@@ -308,7 +296,11 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     elif train_config.init_from:
         started_from = warm_start.load(model, train_config.init_from)
     rows = history.epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
-    callbacks = [_HistoryRecorder(run_dir, rows)]
+    callbacks = [
+        summaries.TensorBoard(summaries.log_dir(run_dir)),
+        summaries.hparams_callback(run_dir, model, train_config),
+        _HistoryRecorder(run_dir, rows),
+    ]
     if train_config.lr_schedule == "plateau":
         callbacks.append(_PlateauSchedule(plateau, optimizer))
     callbacks.append(_Checkpointer(manager))

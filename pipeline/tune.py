@@ -4,8 +4,10 @@
 
 searches learning rate, optimizer, dropout, batch size, normalisation and
 weight decay, writes `best_hparams.json`, `tuning_trials.png` and a table of
-trials to the run directory, and `pipeline.run` then trains the final model
-with the winner. `hparams=best_hparams.json` reuses a winner without a search.
+trials to the run directory, and each trial's TensorBoard logs and
+hyperparameters to `<tune_dir>/logs/<trial>/execution0`; `pipeline.run` then
+trains the final model with the winner. `hparams=best_hparams.json` reuses a
+winner without a search.
 
 Trials train with the same model builder (`model_factory.build_model`) and the same
 epoch loop (`train.fit`) as the final model. Across machines, keras-tuner's own
@@ -24,6 +26,7 @@ import tensorflow as tf
 
 from pipeline import model_factory
 from pipeline import plots
+from pipeline import summaries
 from pipeline import temp_dirs
 from pipeline import train
 from pipeline.config import ConfigError
@@ -224,9 +227,13 @@ def tune(config, strategy, ingested, run_dir):
     tuner = make_tuner(tune_config.tuner, hypermodel, strategy, tune_dir,
                        tune_config.max_trials, tune_config.tune_epochs, config.train.seed)
     # On the chief of a distributed search this serves the oracle and trains
-    # nothing; on a worker or a single machine it runs trials.
+    # nothing; on a worker or a single machine it runs trials. Each trial logs
+    # to TensorBoard under the search's directory, which it shares across
+    # machines and runs, and keras-tuner adds its hyperparameters for HParams.
     try:
-        tuner.search(epochs=tune_config.tune_epochs)
+        tuner.search(epochs=tune_config.tune_epochs, callbacks=[
+            summaries.TensorBoard(os.path.join(tune_dir, summaries.LOGS))
+        ])
     except RuntimeError as error:
         # keras-tuner gives up after too many failed trials (each is logged).
         raise PipelineError(

@@ -38,6 +38,19 @@ def read_history(run_dir):
         return list(csv.DictReader(file))
 
 
+def assert_tensorboard_matches_history(run_dir):
+    """TensorBoard shows each epoch of `history.csv` once, at step epoch - 1
+    (Keras' step is the epoch from 0)."""
+    rows = read_history(run_dir)
+    for split, prefix in (("train", ""), ("validation", "val_")):
+        scalars = testlib.tensorboard_scalars(run_dir / "logs" / split)
+        for name in ("loss", "accuracy"):
+            assert scalars[f"epoch_{name}"] == {
+                int(row["epoch"]) - 1: pytest.approx(float(row[prefix + name]), rel=1e-6)
+                for row in rows
+            }
+
+
 def checkpoint_values(run_dir):
     """Every variable of the run's last checkpoint: weights, optimizer slots, epoch."""
     reader = tf.train.load_checkpoint(os.path.join(run_dir, "checkpoints"))
@@ -109,7 +122,12 @@ def test_mirrored_run_writes_everything_a_user_expects(tmp_path, digits_dir):
     assert metrics["export_path"] == str(tmp_path / "models" / "1")
     assert (tmp_path / "models" / "1" / "saved_model.pb").exists()
     assert (run_dir / "training_curves.png").stat().st_size > 10_000
-    assert os.listdir(run_dir / "logs" / "train")
+    train_scalars = testlib.tensorboard_scalars(run_dir / "logs" / "train")
+    assert {tag: sorted(steps) for tag, steps in train_scalars.items()} == {
+        tag: [0, 1] for tag in ("epoch_loss", "epoch_accuracy", "epoch_learning_rate",
+                                "epoch_images_per_second")
+    }
+    assert_tensorboard_matches_history(run_dir)
     assert (run_dir / "checkpoints" / "checkpoint").exists()
 
 
@@ -142,6 +160,12 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     assert "Epoch 2/3" in result.stdout and "Epoch 3/3" in result.stdout
     # Epoch 2 ran again and is in the history once.
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
+    # The killed run had logged epoch 2 (step 1) to TensorBoard before its
+    # checkpoint; the resumed run logged it again, and TensorBoard shows the
+    # newer one, as in the history.
+    assert [step for tag, step, _ in testlib.tensorboard_events(run_dir / "logs" / "train")
+            if tag == "epoch_loss"] == [0, 1, 1, 2]
+    assert_tensorboard_matches_history(run_dir)
     assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] == 1
     # The same data order, augmentation and dropout as a run never killed: the
     # same weights and optimizer state, to the bit.
@@ -176,6 +200,10 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "Epoch 3/4" not in longer.stdout and "Epoch 4/4" in longer.stdout
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3, 4]
+    assert_tensorboard_matches_history(run_dir)
+    # The 3-epoch model's test accuracy, and the 4-epoch one's; the complete
+    # run started again evaluated nothing.
+    assert testlib.tensorboard_scalars(run_dir / "logs" / "test")["epoch_accuracy"].keys() == {2, 3}
 
 
 @pytest.mark.slow

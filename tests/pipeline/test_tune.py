@@ -40,13 +40,17 @@ def space_file(tmp_path):
     return str(path)
 
 
-def trial_states(tune_dir):
-    states = {}
+def read_trials(tune_dir):
+    """The `trial.json` of every trial of a search."""
+    trials = []
     for path in glob.glob(os.path.join(tune_dir, "trial_*", "trial.json")):
         with open(path) as file:
-            trial = json.load(file)
-        states[trial["trial_id"]] = trial["status"]
-    return states
+            trials.append(json.load(file))
+    return trials
+
+
+def trial_states(tune_dir):
+    return {trial["trial_id"]: trial["status"] for trial in read_trials(tune_dir)}
 
 
 @pytest.mark.parametrize("hyperband_epochs", [None, 1])
@@ -98,6 +102,24 @@ def test_each_tuner_completes_and_the_final_model_uses_the_winner(
     assert config["model"]["normalization"] == hparams["normalization"]
     assert (run_dir / "tuning_trials.png").stat().st_size > 5_000
     assert (tmp_path / "models" / "1" / "saved_model.pb").exists()
+    # Every trial and the final run are sessions of TensorBoard's HParams
+    # dashboard: their hyperparameters (a trial's, without Hyperband's own
+    # `tuner/` values), and Keras' scalars beneath them.
+    for trial in read_trials(run_dir / "tuning"):
+        trial_logs = run_dir / "tuning" / "logs" / trial["trial_id"] / "execution0"
+        assert testlib.tensorboard_hparams(trial_logs) == {
+            name: value for name, value in trial["hyperparameters"]["values"].items()
+            if not name.startswith("tuner/")
+        }
+        validation = testlib.tensorboard_scalars(trial_logs / "validation")["epoch_accuracy"]
+        assert max(validation.values()) == pytest.approx(trial["score"], rel=1e-6)
+        assert testlib.tensorboard_scalars(trial_logs / "train").keys() == {
+            "epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_images_per_second"
+        }
+    assert testlib.tensorboard_hparams(run_dir / "logs") == {
+        **hparams, "lr_schedule": "constant", "variant": "paper"
+    }
+    assert testlib.tensorboard_scalars(run_dir / "logs" / "validation")["epoch_accuracy"]
 
 
 def test_hparams_file_trains_without_a_search(tmp_path, digits_dir):
@@ -115,6 +137,20 @@ def test_hparams_file_trains_without_a_search(tmp_path, digits_dir):
     assert config["model"]["normalization"] == "batchnorm"
     assert config["model"]["dropout_rate"] == 0.3
     assert not (run_dir / "tuning").exists()
+    # TensorBoard: the run's hyperparameters for the HParams dashboard, its one
+    # epoch at step 0, the test accuracy beside it, and the pictures.
+    logs = run_dir / "logs"
+    assert testlib.tensorboard_hparams(logs) == {
+        **hparams, "lr_schedule": "constant", "variant": "paper"
+    }
+    for split in ("train", "validation"):
+        assert testlib.tensorboard_scalars(logs / split)["epoch_accuracy"].keys() == {0}
+    test_accuracy = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    assert testlib.tensorboard_scalars(logs / "test") == {
+        "epoch_accuracy": {0: pytest.approx(test_accuracy, rel=1e-6)}
+    }
+    assert testlib.tensorboard_images(logs / "test").keys() == {"confusion_matrix"}
+    assert testlib.tensorboard_images(logs / "train").keys() == {"conv1_kernels"}
 
 
 def test_bad_tuning_input_is_a_clear_error(tmp_path):

@@ -1,7 +1,8 @@
 """Helpers shared by the pipeline tests: plain functions, no state.
 
 Image files (`encode`, `coloured`), the digits splits as arrays, the fc8 fit
-that gives a d2l AlexNet a clear accuracy in seconds, `ServingSession`, which
+that gives a d2l AlexNet a clear accuracy in seconds, event files read as
+TensorBoard reads them (`tensorboard_scalars`, ...), `ServingSession`, which
 loads an export the way TF Serving does, and `Children`, which runs the
 command line in subprocesses and always kills them. The objects made once per
 session (the digits ingest, the fitted weights, the export) are fixtures in
@@ -9,6 +10,7 @@ conftest.py.
 """
 
 import contextlib
+import glob
 import io
 import os
 import subprocess
@@ -20,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from alexnet_keras import AlexNet
 from pipeline import preprocess_ops
@@ -134,6 +137,61 @@ def keras_probabilities(model, encoded_images):
         ]
     )
     return tf.nn.softmax(model(images, training=False)).numpy()
+
+
+def tensorboard_events(log_dir):
+    """The summary values of the event files directly in `log_dir`, as
+    (tag, step, value) in the order TensorBoard reads them: files by name
+    (which begins with the time they were created), records in order."""
+    events = []
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for record in tf.data.TFRecordDataset(path):
+            event = tf.compat.v1.Event.FromString(record.numpy())
+            events.extend((value.tag, event.step, value) for value in event.summary.value)
+    return events
+
+
+def tensorboard_scalars(log_dir):
+    """{tag: {step: value}} of the scalars in `log_dir` as TensorBoard shows
+    them: a step written again (by a resumed run) drops the values at and
+    after it, as TensorBoard's data server preempts them."""
+    scalars = {}
+    for tag, step, value in tensorboard_events(log_dir):
+        array = tf.make_ndarray(value.tensor)
+        if array.ndim or array.dtype.kind != "f":
+            continue
+        series = scalars.setdefault(tag, {})
+        for preempted in [earlier for earlier in series if earlier >= step]:
+            del series[preempted]
+        series[step] = float(array)
+    return scalars
+
+
+def tensorboard_images(log_dir):
+    """{tag: {step: pixels}} of the images in `log_dir`."""
+    images = {}
+    for tag, step, value in tensorboard_events(log_dir):
+        if value.metadata.plugin_data.plugin_name == "images":
+            # [width, height, encoded image]
+            encoded = tf.make_ndarray(value.tensor)[2]
+            images.setdefault(tag, {})[step] = tf.io.decode_image(encoded).numpy()
+    return images
+
+
+def tensorboard_hparams(log_dir):
+    """The hyperparameters {name: value} of the HParams session that
+    `log_dir` starts (the newest start), None if it starts none."""
+    hparams = None
+    for _, _, value in tensorboard_events(log_dir):
+        if value.metadata.plugin_data.plugin_name != "hparams":
+            continue
+        data = plugin_data_pb2.HParamsPluginData.FromString(
+            value.metadata.plugin_data.content
+        )
+        if data.HasField("session_start_info"):
+            hparams = {name: getattr(hparam, hparam.WhichOneof("kind"))
+                       for name, hparam in data.session_start_info.hparams.items()}
+    return hparams
 
 
 class ServingSession:
