@@ -1,26 +1,31 @@
-"""Training and serving speed against the PyTorch AlexNets of the seed tutorials.
+"""Training speed against the best a PyTorch user would run, at every precision
+the CPU computes natively, and serving speed.
 
     pip install -e ".[bench]"        # adds torch==2.13.0 (CPU) for the references
     python -m benchmarks.train
-    python -m benchmarks.train --steps 2 --warmup-steps 1 --batch-size 8 --images 64  # smoke
+    python -m benchmarks.train --steps 1 --warmup-steps 1 --batch-size 2 --images 30 \
+        --no-xla --no-torch-compile  # smoke
 
 In one run on this machine it measures:
 
-1. the fp32 matrix-multiply peak (TensorFlow, 4096x4096, the fastest of 10), the
-   ceiling in GFLOP/s;
+1. the matrix-multiply peak per precision (4096x4096, the fastest of 10):
+   float32 always, bfloat16 where the CPU has bfloat16 instructions
+   (`avx512_bf16` or `amx_bf16`); each row's share of its precision's peak;
 2. this project's training images/s as `pipeline.run --strategy mirrored`
    reports them (`train.fit` under the MirroredStrategy it builds, on JPEGs
    ingested from a folder, the real input pipeline, SGD momentum), for the
    paper variant (227x227x3, LRN) and the d2l variant (224x224x1), with and
-   without XLA, and the paper variant over the CPU split into two replicas
+   without XLA, in float32 and, where native, bfloat16 (`--mixed-precision`);
+   and the paper variant over the CPU split into two replicas
    (`--cpu-replicas 2`, machines without GPUs only);
-3. the PyTorch 2.13 eager references: the seed model without LRN and the paper
-   model with `nn.LocalResponseNorm` (median step on random tensors);
+3. the same architectures in PyTorch 2.13, eager and `torch.compile`d, at the
+   same precision (bfloat16 through `torch.autocast`), median step on random
+   tensors; each Keras row's ratio is to the faster of the two;
 4. inference images/s of the Keras model and the exported SavedModel's latency
-   on JPEG bytes through `serving_default` (batch 1 and 64);
+   on JPEG bytes through `serving_default` (batch 1 and the batch size).
 
-and prints each figure with its GFLOP/s, share of the matmul peak and ratio to
-the PyTorch reference of the same architecture. Run it on a quiet machine.
+Ratios depend on the CPU: the header names it and the instruction-set flags
+that matter. Run it on a quiet machine.
 """
 
 import argparse
@@ -35,27 +40,50 @@ from benchmarks import common
 
 log = logging.getLogger(__name__)
 
+# The CPU flags that decide which kernels run: vector width, and native
+# bfloat16 (AVX512_BF16 dot products, AMX tiles) or float16.
+_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16",
+              "avx512_fp16")
 
-def matmul_peak(size=4096, repeats=10):
-    """fp32 GFLOP/s of the fastest of `repeats` size x size matmuls on all cores:
-    the best the machine showed, so shares of it are not flattered by a slow
-    moment."""
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """Which of `_CPU_FLAGS` the CPU has, in that order."""
+    try:
+        with open(cpuinfo) as file:
+            flags = set(file.read().split())
+    except OSError:
+        return []
+    return [flag for flag in _CPU_FLAGS if flag in flags]
+
+
+def precisions():
+    """The precisions this machine trains natively: float32, and bfloat16 on a
+    CPU with bfloat16 instructions (elsewhere TensorFlow emulates it, 14x slower
+    on an AVX2 CPU)."""
+    from pipeline import model_factory
+
+    return ("float32", "bfloat16") if model_factory.cpu_has_bfloat16() else ("float32",)
+
+
+def matmul_peak(precision, size=4096, repeats=10):
+    """GFLOP/s of the fastest of `repeats` size x size matmuls on all cores in
+    `precision`: the best the machine showed, so shares of it are not
+    flattered by a slow moment."""
     import tensorflow as tf
 
-    a = tf.random.normal((size, size))
-    b = tf.random.normal((size, size))
-    matmul = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    a = tf.cast(tf.random.normal((size, size)), precision)
+    b = tf.cast(tf.random.normal((size, size)), precision)
+    matmul = tf.function(lambda: tf.reduce_sum(tf.cast(tf.linalg.matmul(a, b), tf.float32)))
     matmul().numpy()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul().numpy()
-        times.append(time.perf_counter() - start)
+    times = common.latencies(lambda: matmul().numpy(), repeats, warmup=0)
     return 2 * size**3 / min(times) / 1e9
 
 
-def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy):
+def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy,
+                            precision="float32"):
     """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
+    import keras
+
     from pipeline import model_factory
     from pipeline import train
     from pipeline.config import DataConfig
@@ -69,58 +97,77 @@ def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, s
         # in history.csv: the rest are the timed steps.
         epochs=1, steps_per_epoch=1 + args.steps,
         batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
-        jit_compile=jit_compile, seed=0,
+        jit_compile=jit_compile, seed=0, mixed_precision=precision == "bfloat16",
     )
-    with strategy.scope():
-        model = model_factory.build_model(model_config, common.NUM_CLASSES)
-        optimizer = model_factory.make_optimizer(train_config, train_config.steps_per_epoch,
-                                                 model.trainable_variables)
-    logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
+    # What `--mixed-precision` sets on a CPU: the layers compute in bfloat16,
+    # the weights, LRN's sums and the logits stay float32.
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if train_config.mixed_precision else "float32"
+    )
+    try:
+        with strategy.scope():
+            model = model_factory.build_model(model_config, common.NUM_CLASSES)
+            optimizer = model_factory.make_optimizer(
+                train_config, train_config.steps_per_epoch, model.trainable_variables
+            )
+        logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     return logs[-1]["images_per_second"], common.training_gflop_per_image(model)
 
 
-def torch_training_speed(variant, input_shape, args):
-    """Median images/s of the PyTorch eager reference, or None without torch."""
-    try:
-        import torch
-        from torch import nn
-    except ImportError:
-        return None
+def torch_model(variant, input_shape):
+    """The variant in PyTorch, as the seed tutorials write it, with the paper's
+    LRN in PyTorch's convention (alpha there is divided by the window size)."""
+    import torch
+    from torch import nn
+
     height, width, channels = input_shape
-    if variant == "paper":
-        # The paper's LRN in PyTorch's convention: alpha there is divided by size.
-        norm = [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)]
-        conv1 = nn.Conv2d(channels, 96, 11, stride=4)
-    else:
-        norm = []
-        conv1 = nn.Conv2d(channels, 96, 11, stride=4, padding=1)
+
+    def lrn():
+        return [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if variant == "paper" else []
+
     features = nn.Sequential(
-        conv1, nn.ReLU(), *norm, nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(),
-        *([nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if norm else []),
-        nn.MaxPool2d(3, 2),
+        nn.Conv2d(channels, 96, 11, stride=4, padding=0 if variant == "paper" else 1),
+        nn.ReLU(), *lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), *lrn(), nn.MaxPool2d(3, 2),
         nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
         nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
         nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Flatten(),
     )
     flat = features(torch.zeros(1, channels, height, width)).shape[1]
-    model = nn.Sequential(
+    return nn.Sequential(
         features, nn.Linear(flat, 4096), nn.ReLU(), nn.Dropout(0.5),
         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, common.NUM_CLASSES),
     )
+
+
+def torch_training_speed(variant, input_shape, args, precision, compiled):
+    """Median images/s of the PyTorch reference, eager or `torch.compile`d, in
+    float32 or under bfloat16 autocast; None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    model = torch_model(variant, input_shape)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss()
+    forward = torch.compile(model) if compiled else model
+    height, width, channels = input_shape
     images = torch.randn(args.batch_size, channels, height, width)
     labels = torch.randint(0, common.NUM_CLASSES, (args.batch_size,))
-    times = []
-    for step in range(args.warmup_steps + args.steps):
-        start = time.perf_counter()
+
+    def step():
         optimizer.zero_grad()
-        loss_fn(model(images), labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+            loss = loss_fn(forward(images), labels)
+        loss.backward()
         optimizer.step()
-        if step >= args.warmup_steps:
-            times.append(time.perf_counter() - start)
+
+    # torch.compile compiles in the first steps: they are the warm-up.
+    times = common.latencies(step, args.steps, warmup=args.warmup_steps)
     return args.batch_size / statistics.median(times)
 
 
@@ -188,6 +235,11 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=None,
                         help="JPEGs to write (default: enough for the steps)")
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA runs")
+    parser.add_argument("--no-torch-compile", action="store_true",
+                        help="skip the torch.compile references (they compile for a minute)")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), action="append",
+                        default=None,
+                        help="only these precisions (default: every one the CPU runs natively)")
     args = parser.parse_args(argv)
     if args.images is None:
         args.images = common.images_for(args.warmup_steps, args.steps, args.batch_size)
@@ -204,31 +256,43 @@ def main(argv=None):
     split = None if tf.config.list_physical_devices("GPU") else (
         distribute.make_strategy("mirrored", cpu_replicas=2))
     mirrored = distribute.make_strategy("mirrored")
-    peak = matmul_peak()
-    log.info("matmul peak: %.1f GFLOP/s", peak)
+    run_precisions = args.precision or precisions()
+    peaks = {precision: matmul_peak(precision) for precision in run_precisions}
+    log.info("matmul peaks: %s", ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
     input_shapes = common.input_shapes()
     rows = []
+    paper_reference = None
     with tempfile.TemporaryDirectory() as directory:
         ingested = common.ingest_jpegs(directory, args.images)
         for variant, input_shape in input_shapes.items():
-            reference = torch_training_speed(variant, input_shape, args)
-            for jit_compile in (False,) if args.no_xla else (False, True):
-                speed, gflop = pipeline_training_speed(
-                    variant, input_shape, ingested, args, jit_compile, mirrored
-                )
-                xla = "on" if jit_compile else "off"
-                rows.append((f"{variant} {input_shape} Keras, XLA {xla}",
-                             speed, gflop, reference))
-            if reference is not None:
-                rows.append((f"{variant} {input_shape} PyTorch 2.13 eager",
-                             reference, gflop, reference))
-            if variant == "paper":
-                paper_reference = reference
+            for precision in run_precisions:
+                references = {
+                    "PyTorch 2.13 eager": torch_training_speed(
+                        variant, input_shape, args, precision, compiled=False),
+                }
+                if not args.no_torch_compile:
+                    references["PyTorch 2.13 torch.compile"] = torch_training_speed(
+                        variant, input_shape, args, precision, compiled=True)
+                measured = [speed for speed in references.values() if speed is not None]
+                best = max(measured) if measured else None
+                for jit_compile in (False,) if args.no_xla else (False, True):
+                    speed, gflop = pipeline_training_speed(
+                        variant, input_shape, ingested, args, jit_compile, mirrored, precision
+                    )
+                    xla = "on" if jit_compile else "off"
+                    rows.append((f"{variant} {input_shape} Keras, XLA {xla}", precision,
+                                 speed, gflop, best))
+                for name, speed in references.items():
+                    if speed is not None:
+                        rows.append((f"{variant} {input_shape} {name}", precision, speed,
+                                     gflop, best))
+                if variant == "paper" and precision == "float32":
+                    paper_reference = best
         if split is not None:
             speed, gflop = pipeline_training_speed(
                 "paper", input_shapes["paper"], ingested, args, False, split
             )
-            rows.append((f"paper {input_shapes['paper']} Keras, --cpu-replicas 2",
+            rows.append((f"paper {input_shapes['paper']} Keras, --cpu-replicas 2", "float32",
                          speed, gflop, paper_reference))
         inference = {variant: inference_speed(variant, input_shape, args)
                      for variant, input_shape in input_shapes.items()}
@@ -236,13 +300,17 @@ def main(argv=None):
                                     os.path.join(directory, "export"),
                                     (1, args.batch_size), max(5, args.steps))
 
-    print(f"\nTraining, batch {args.batch_size}, fp32, SGD momentum; "
-          f"{os.cpu_count()} CPUs, matmul peak {peak:.0f} GFLOP/s")
-    print(f"{'model':<44}{'images/s':>10}{'GFLOP/s':>10}{'of peak':>9}{'vs PyTorch':>12}")
-    for name, speed, gflop, reference in rows:
-        ratio = f"{speed / reference:11.2f}x" if reference else f"{'-':>12}"
-        print(f"{name:<44}{speed:10.1f}{speed * gflop:10.1f}{speed * gflop / peak:9.0%}{ratio}")
-    print(f"\nInference, batch {args.batch_size}: "
+    print(f"\nTraining, batch {args.batch_size}, SGD momentum; {common.cpu_model()}; "
+          f"flags: {' '.join(cpu_flags()) or 'unknown'}")
+    print("matmul peak " + ", ".join(f"{precision} {gflops:.0f} GFLOP/s"
+                                     for precision, gflops in peaks.items()))
+    print(f"{'model':<48}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
+          f"{'vs best PyTorch':>17}")
+    for name, precision, speed, gflop, best in rows:
+        ratio = f"{speed / best:16.2f}x" if best else f"{'-':>17}"
+        print(f"{name:<48}{precision:>10}{speed:10.1f}{speed * gflop:9.1f}"
+              f"{speed * gflop / peaks[precision]:9.0%}{ratio}")
+    print(f"\nInference, batch {args.batch_size}, float32: "
           + ", ".join(f"{variant} {speed:.1f} images/s" for variant, speed in inference.items()))
     print("SavedModel serving_default on JPEG bytes (paper, 227x227): "
           + ", ".join(f"batch {size}: {ms:.0f} ms" for size, ms in latencies.items()))

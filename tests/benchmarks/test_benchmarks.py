@@ -100,15 +100,25 @@ def test_training_benchmark_prints_every_row():
     # Its own process: it splits the CPU for a two-replica MirroredStrategy,
     # whose collectives must not meet the test process's other strategies.
     output = _run("benchmarks.train", "--steps", "1", "--warmup-steps", "1",
-                  "--batch-size", "2", "--images", "30", "--no-xla")
-    peak = float(re.search(r"matmul peak (\d+) GFLOP/s", output).group(1))
-    assert peak > 0
-    for row in ("paper (227, 227, 3) Keras, XLA off", "d2l (224, 224, 1) Keras, XLA off",
-                "paper (227, 227, 3) Keras, --cpu-replicas 2"):
-        line = next(line for line in output.splitlines() if line.startswith(row))
-        images_per_second, gflops = (float(value) for value in line[len(row):].split()[:2])
+                  "--batch-size", "2", "--images", "30", "--no-xla", "--no-torch-compile",
+                  "--precision", "float32", "--precision", "bfloat16")
+    peaks = re.search(r"matmul peak float32 (\d+) GFLOP/s, bfloat16 (\d+) GFLOP/s", output)
+    assert float(peaks.group(1)) > 0 and float(peaks.group(2)) > 0
+    assert re.search(r"; flags: \S+", output)
+    for row, precision in (
+        ("paper (227, 227, 3) Keras, XLA off", "float32"),
+        ("paper (227, 227, 3) Keras, XLA off", "bfloat16"),
+        ("d2l (224, 224, 1) Keras, XLA off", "float32"),
+        ("d2l (224, 224, 1) PyTorch 2.13 eager", "bfloat16"),
+        ("paper (227, 227, 3) Keras, --cpu-replicas 2", "float32"),
+    ):
+        line = next(line for line in output.splitlines()
+                    if line.startswith(row) and line[len(row):].split()[0] == precision)
+        images_per_second, gflops = (float(value) for value in line[len(row):].split()[1:3])
         assert images_per_second > 0 and gflops > 0
-    assert re.search(r"Inference, batch 2: paper \d+\.\d images/s, d2l \d+\.\d images/s",
+        # Every row has its ratio to the best PyTorch reference of its precision.
+        assert re.search(r"\d+\.\d\dx$", line)
+    assert re.search(r"Inference, batch 2, float32: paper \d+\.\d images/s, d2l \d+\.\d images/s",
                      output)
     assert re.search(r"batch 1: \d+ ms, batch 2: \d+ ms", output)
 
