@@ -206,8 +206,10 @@ def _run_parser():
                         help="export even if the model is worse than the served one")
     export.add_argument("--export-format", dest="export_formats", action="append",
                         metavar=_choices(config_lib.EXPORT_FORMATS), default=None,
-                        help="saved_model (always) and/or keras (a .keras file in the run "
-                             "directory); repeatable")
+                        help="saved_model (always); keras: model.keras, litert: "
+                             "model.tflite (LiteRT), onnx: model.onnx (needs pip install -e "
+                             "\".[export]\"), in the run directory, the last two the bare "
+                             "network; repeatable")
     return parser
 
 

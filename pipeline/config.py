@@ -17,7 +17,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 ALL_REDUCES = ("auto", "ring", "nccl")
-EXPORT_FORMATS = ("saved_model", "keras")
+EXPORT_FORMATS = ("saved_model", "keras", "litert", "onnx")
 TUNERS = ("random", "hyperband", "bayesian")
 # `freeze` may hold any layer up to fc7: fc8, the classifier, always trains.
 FREEZABLE_LAYERS = alexnet.WEIGHT_LAYERS[:-1]
@@ -190,7 +190,8 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """Blessing and export for TF Serving."""
+    """Blessing, export for TF Serving, and the other files a run writes
+    (`export_formats`: `.keras`, LiteRT, ONNX)."""
 
     export_dir: str = "saved_models/alexnet"
     bless_tolerance: float = 0.01

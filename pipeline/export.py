@@ -35,6 +35,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
+from pipeline import export_runtimes
 from pipeline import image_formats
 from pipeline import preprocess_ops
 from pipeline import temp_dirs
@@ -352,15 +353,19 @@ def export_saved_model(
 
 @dataclasses.dataclass(frozen=True)
 class Pushed:
-    """Where the pusher put the model: a served version, a .keras file, or None."""
+    """Where the pusher put the model: a served version, a .keras, .tflite or
+    .onnx file, or None."""
 
     export_path: str | None = None
     keras_path: str | None = None
+    litert_path: str | None = None
+    onnx_path: str | None = None
 
 
 def push(model, ingested, export_config, run_dir, chief, blessed):
     """The pusher: a new TF Serving version if the model is `blessed`, and the
-    `.keras` file `export_formats` asks for, from the chief only."""
+    `.keras`, LiteRT and ONNX files `export_formats` asks for, from the chief
+    only."""
     export_path = keras_path = None
     if chief and blessed:
         # TF Serving replays a few real test images before it serves the version.
@@ -371,7 +376,14 @@ def push(model, ingested, export_config, run_dir, chief, blessed):
         )
     if chief and "keras" in export_config.export_formats:
         keras_path = export_keras(model, os.path.join(run_dir, "model.keras"))
-    return Pushed(export_path, keras_path)
+    runtime_paths = {
+        f"{export_format}_path": export_runtimes.export_file(
+            model, export_format, os.path.join(run_dir, file_name)
+        )
+        for export_format, file_name in export_runtimes.FILE_NAMES.items()
+        if chief and export_format in export_config.export_formats
+    }
+    return Pushed(export_path, keras_path, **runtime_paths)
 
 
 def export_keras(model, path):

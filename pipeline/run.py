@@ -25,6 +25,7 @@ import tensorflow as tf
 from pipeline import distribute
 from pipeline import evaluate
 from pipeline import export
+from pipeline import export_runtimes
 from pipeline import ingest
 from pipeline import model_factory
 from pipeline import run_dir as run_dir_lib
@@ -39,6 +40,8 @@ log = logging.getLogger("pipeline.run")
 def run(config):
     """Runs every stage in order; returns the metrics written to `metrics.json`
     (None on a keras-tuner worker, which stops after the search)."""
+    # A missing converter is found now, not after training.
+    export_runtimes.check_installed(config.export.export_formats)
     with run_dir_lib.claimed(config.train.output_dir) as run_dir:
         return _run(config, run_dir)
 

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import testlib
+from alexnet_keras import AlexNet
 from pipeline import cli
 
 # Small and quick: the smallest input the paper's AlexNet takes, few steps.
@@ -129,6 +130,33 @@ def test_mirrored_run_writes_everything_a_user_expects(tmp_path, digits_dir):
     }
     assert_tensorboard_matches_history(run_dir)
     assert (run_dir / "checkpoints" / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_a_run_exports_litert_and_onnx_files_of_the_served_network(
+    tmp_path, digits, digits_dir
+):
+    run_dir = tmp_path / "run"
+    run_pipeline(tmp_path, digits_dir, "--strategy", "mirrored", "--cpu-replicas", "2",
+                 "--epochs", "1", "--output-dir", str(run_dir), *TINY,
+                 "--export-format", "litert", "--export-format", "onnx")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["litert_path"] == str(run_dir / "model.tflite")
+    assert metrics["onnx_path"] == str(run_dir / "model.onnx")
+    assert metrics["keras_path"] is None
+    assert not [name for name in os.listdir(run_dir) if name.startswith(".tmp")]
+
+    # Each file, in its own runtime, answers as the run's TF Serving export.
+    encoded = testlib.encoded_split(digits, "test")[0][:8]
+    served = testlib.ServingSession(metrics["export_path"])
+    expected = served.run({"image_bytes": np.array(encoded)})["probabilities"]
+    served.close()
+    image_spec = AlexNet(variant="paper", num_classes=10, input_shape=(67, 67, 1)).image_spec
+    images = testlib.preprocessed(encoded, image_spec)
+    for export_format in ("litert", "onnx"):
+        logits = testlib.RUNTIMES[export_format](metrics[f"{export_format}_path"], images)
+        np.testing.assert_allclose(tf.nn.softmax(logits), expected,
+                                   atol=testlib.RUNTIME_TOLERANCE, err_msg=export_format)
 
 
 @pytest.mark.slow

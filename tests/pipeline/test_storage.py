@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 import testlib
+from alexnet_keras import AlexNet
 from pipeline import cli
 from pipeline import temp_dirs
 
@@ -67,6 +68,7 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
         "--export-dir", "ram://models/alexnet", "--cache", "ram://cache/digits",
         "--tune", "random", "--max-trials", "1", "--tune-epochs", "1",
         "--tune-dir", "ram://tuning/search", "--export-format", "keras",
+        "--export-format", "litert",
         "--epochs", "2", "--image-size", "67", "--batch-size", "16", "--steps-per-epoch", "3",
     ]
     assert cli.main("run", argv) == 0
@@ -74,10 +76,12 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
     run_dir = "ram://runs/one"
     assert {os.path.basename(path) for path in tf.io.gfile.glob(f"{run_dir}/*")} >= {
         "config.json", "history.csv", "metrics.json", "training_curves.png",
-        "confusion_matrix.png", "best_hparams.json", "model.keras", "checkpoints", "logs",
+        "confusion_matrix.png", "best_hparams.json", "model.keras", "model.tflite",
+        "checkpoints", "logs",
     }
     metrics = json.loads(_read(f"{run_dir}/metrics.json"))
     assert metrics["export_path"] == "ram://models/alexnet/1"
+    assert metrics["litert_path"] == f"{run_dir}/model.tflite"
     assert [row.split(",")[0] for row in _read(f"{run_dir}/history.csv").split()] == [
         "epoch", "1", "2"]
     assert tf.io.gfile.glob("ram://cache/digits-train-*.index")
@@ -91,6 +95,13 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
     export.close()
     assert outputs["probabilities"].shape == (1, 10)
     assert outputs["probabilities"].sum() == pytest.approx(1.0, abs=1e-4)
+    # So does the LiteRT file, brought back from where it was written.
+    tflite = str(tmp_path / "model.tflite")
+    tf.io.gfile.copy(metrics["litert_path"], tflite)
+    image_spec = AlexNet(variant="paper", num_classes=10, input_shape=(67, 67, 1)).image_spec
+    logits = testlib.run_litert(tflite, testlib.preprocessed([image], image_spec))
+    np.testing.assert_allclose(tf.nn.softmax(logits), outputs["probabilities"],
+                               atol=testlib.RUNTIME_TOLERANCE)
 
     # Run again with the hyperparameters found: the run on ram:// is complete.
     # (Not with --tune again: keras-tuner rewrites its oracle.json in place,
