@@ -151,11 +151,11 @@ class AlexNet(keras.Model):
     ```python
     model = AlexNet(variant="paper", num_classes=1000)
     logits = model(keras.random.normal((1, 227, 227, 3)))
-    # Saved and loaded, with the preprocessing: pixels are 0-255 images of any
-    # size, (height, width, 3) or a batch of them.
+    # Saved and loaded with its preprocessing: images are 0-255, of any height
+    # and width, (batch, height, width, 3).
     model.save("model.keras")
     model = keras.saving.load_model("model.keras")
-    probabilities = keras.ops.softmax(model(model.image_spec.preprocess(pixels)))
+    probabilities = keras.ops.softmax(model(model.image_spec.preprocess(images)))
     ```
 
     Reference:

@@ -36,9 +36,11 @@ class ImageSpec:
     Example:
 
     ```python
+    import alexnet_keras  # registers AlexNet, which load_model needs
+
     model = keras.saving.load_model("model.keras")
-    # pixels: 0-255, (height, width, model.image_spec.channels), any size.
-    probabilities = keras.ops.softmax(model(model.image_spec.preprocess(pixels)))
+    # images: 0-255, (batch, any height, any width, model.image_spec.channels).
+    probabilities = keras.ops.softmax(model(model.image_spec.preprocess(images)))
     ```
     """
 
@@ -72,13 +74,14 @@ class ImageSpec:
     def preprocess(self, pixels):
         """Images of any size as the model takes them, on any Keras backend.
 
-        The same as the serving signature's `pipeline.preprocess_ops.
-        preprocess_for_eval` (a TensorFlow op): the central `crop_fraction` of
-        each side, scaled with its aspect ratio kept to cover `(height,
-        width)`, sampled bilinearly at half-pixel centres straight from the
-        input pixels (edge pixels repeat where the image is enlarged), then
-        `normalize`d. Shapes must be known (eager use, or a traced function of
-        fixed shapes); the image is cast to float32 whole.
+        What the serving signature's `pipeline.preprocess_ops.
+        preprocess_for_eval` (a TensorFlow op) does, to the float32 rounding of
+        where each sample falls: the central `crop_fraction` of each side,
+        scaled with its aspect ratio kept to cover `(height, width)`, sampled
+        bilinearly at half-pixel centres straight from the input pixels (edge
+        pixels repeat where the image is enlarged), then `normalize`d. Shapes
+        must be known (eager use, or a traced function of fixed shapes); the
+        image is cast to float32 whole.
 
         Args:
             pixels: uint8 or float 0-255, `(H, W, channels)` or
