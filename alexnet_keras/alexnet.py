@@ -2,6 +2,7 @@
 
 import keras
 
+from alexnet_keras.image_spec import EVAL_CROP_FRACTION
 from alexnet_keras.image_spec import ImageSpec
 from alexnet_keras.local_response_normalization import LocalResponseNormalization
 
@@ -125,8 +126,10 @@ class AlexNet(keras.Model):
     last, any number of channels and any height and width from the variant's
     minimum up (67 for "paper", 65 for "d2l"), and return logits. The model
     carries what its input is as `model.image_spec` (an `ImageSpec`: size,
-    channels, and `(pixels - pixel_offset) * pixel_scale` for 0-255 pixels),
-    saved in its config, so preprocessing reads it from the model.
+    channels, `(pixels - pixel_offset) * pixel_scale` for 0-255 pixels, and
+    the evaluation crop), saved in its config, so preprocessing reads it from
+    the model: `model.image_spec.preprocess(pixels)` turns 0-255 images of any
+    size into its input as the serving signature does, on any backend.
 
     Args:
         variant: `"paper"` or `"d2l"`.
@@ -141,6 +144,8 @@ class AlexNet(keras.Model):
         pixel_scale: float the centred pixels are scaled by; the variant's own
             by default: 1 for "paper" (its N(0, 0.01) initialisation is sized
             for the 0-255 scale), 1/127.5 for "d2l" (Glorot expects [-1, 1]).
+        crop_fraction: float in (0, 1], the central share of each side of an
+            image that evaluation and serving keep (0.875, 224 of 256).
         **kwargs: standard `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -148,6 +153,11 @@ class AlexNet(keras.Model):
     ```python
     model = AlexNet(variant="paper", num_classes=1000)
     logits = model(keras.random.normal((1, 227, 227, 3)))
+    # Saved and loaded with its preprocessing: images are 0-255, of any height
+    # and width, (batch, height, width, 3).
+    model.save("model.keras")
+    model = keras.saving.load_model("model.keras")
+    probabilities = keras.ops.softmax(model(model.image_spec.preprocess(images)))
     ```
 
     Reference:
@@ -164,6 +174,7 @@ class AlexNet(keras.Model):
         normalization=None,
         pixel_offset=127.5,
         pixel_scale=None,
+        crop_fraction=EVAL_CROP_FRACTION,
         **kwargs,
     ):
         _check_arguments(variant, num_classes, dropout_rate, normalization)
@@ -172,6 +183,10 @@ class AlexNet(keras.Model):
         input_shape = _checked_input_shape(variant, input_shape or defaults["input_shape"])
         if pixel_scale is None:
             pixel_scale = defaults["pixel_scale"]
+        # Checks crop_fraction before the graph is built.
+        image_spec = ImageSpec(
+            *input_shape, float(pixel_offset), float(pixel_scale), float(crop_fraction)
+        )
         kernel_init, bias_init = _initializers(variant)
 
         inputs = keras.Input(shape=input_shape, name="image")
@@ -225,13 +240,16 @@ class AlexNet(keras.Model):
         self.image_shape = input_shape
         self.dropout_rate = dropout_rate
         self.normalization = normalization
-        self.pixel_offset = float(pixel_offset)
-        self.pixel_scale = float(pixel_scale)
+        self.pixel_offset = image_spec.pixel_offset
+        self.pixel_scale = image_spec.pixel_scale
+        self.crop_fraction = image_spec.crop_fraction
 
     @property
     def image_spec(self):
         """The `ImageSpec` of this model's input."""
-        return ImageSpec(*self.image_shape, self.pixel_offset, self.pixel_scale)
+        return ImageSpec(
+            *self.image_shape, self.pixel_offset, self.pixel_scale, self.crop_fraction
+        )
 
     def get_config(self):
         return {
@@ -244,8 +262,10 @@ class AlexNet(keras.Model):
             "normalization": self.normalization,
             "pixel_offset": self.pixel_offset,
             "pixel_scale": self.pixel_scale,
+            "crop_fraction": self.crop_fraction,
         }
 
     @classmethod
     def from_config(cls, config):
+        # Configs saved before `crop_fraction` existed take its default.
         return cls(**config)

@@ -1,6 +1,14 @@
-"""What a model's input is: its image size and channels, and how pixels are scaled."""
+"""What a model's input is: its image size and channels, how pixels are scaled,
+and how an image of any size is cropped and resized to it for evaluation."""
 
 import dataclasses
+
+import numpy as np
+from keras import ops
+
+# The evaluation crop keeps the central 87.5% of each side (224 of 256, the
+# usual ImageNet ratio; the paper's 227 of 256 is close).
+EVAL_CROP_FRACTION = 0.875
 
 
 @dataclasses.dataclass(frozen=True)
@@ -9,9 +17,12 @@ class ImageSpec:
 
     A model built for this spec takes float images of `(height, width,
     channels)` made from 0-255 pixels as `(pixels - pixel_offset) * pixel_scale`.
+    For evaluation and serving, an image of any size is first cut to its central
+    `crop_fraction` of each side and resized to cover `(height, width)`.
     Every `AlexNet` carries one (`model.image_spec`) and saves it in its config,
     so whatever preprocesses images for it (training, evaluation, a serving
-    signature) reads it from the model instead of being told by hand.
+    signature, a user with a `.keras` file) reads it from the model instead of
+    being told by hand.
 
     Args:
         height: int, rows of the model's input.
@@ -19,12 +30,17 @@ class ImageSpec:
         channels: int, 1 (grey) or 3 (RGB).
         pixel_offset: float subtracted from 0-255 pixels (127.5 centres them).
         pixel_scale: float the centred pixels are multiplied by.
+        crop_fraction: float in (0, 1], the share of each side of an image
+            that evaluation keeps, centred.
 
     Example:
 
     ```python
-    spec = AlexNet(variant="d2l", num_classes=10).image_spec
-    inputs = spec.normalize(pixels)  # pixels: float 0-255, (..., 224, 224, 1)
+    import alexnet_keras  # registers AlexNet, which load_model needs
+
+    model = keras.saving.load_model("model.keras")
+    # images: 0-255, (batch, any height, any width, model.image_spec.channels).
+    probabilities = keras.ops.softmax(model(model.image_spec.preprocess(images)))
     ```
     """
 
@@ -33,6 +49,13 @@ class ImageSpec:
     channels: int
     pixel_offset: float = 127.5
     pixel_scale: float = 1.0
+    crop_fraction: float = EVAL_CROP_FRACTION
+
+    def __post_init__(self):
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(
+                f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={self.crop_fraction!r}"
+            )
 
     @property
     def image_size(self):
@@ -47,3 +70,55 @@ class ImageSpec:
     def normalize(self, pixels):
         """0-255 pixels (any float tensor or array) as the model takes them."""
         return (pixels - self.pixel_offset) * self.pixel_scale
+
+    def preprocess(self, pixels):
+        """Images of any size as the model takes them, on any Keras backend.
+
+        What the serving signature's `pipeline.preprocess_ops.
+        preprocess_for_eval` (a TensorFlow op) does, to the float32 rounding of
+        where each sample falls: the central `crop_fraction` of each side,
+        scaled with its aspect ratio kept to cover `(height, width)`, sampled
+        bilinearly at half-pixel centres straight from the input pixels (edge
+        pixels repeat where the image is enlarged), then `normalize`d. Shapes
+        must be known (eager use, or a traced function of fixed shapes); the
+        image is cast to float32 whole.
+
+        Args:
+            pixels: uint8 or float 0-255, `(H, W, channels)` or
+                `(N, H, W, channels)` with this spec's channels (decode grey
+                images as RGB, or colour ones as grey, first).
+
+        Returns:
+            float32 `(..., height, width, channels)` in the backend's tensor type.
+        """
+        images = ops.convert_to_tensor(pixels)
+        if len(images.shape) not in (3, 4) or images.shape[-1] != self.channels:
+            raise ValueError(
+                f"`pixels` must be (height, width, {self.channels}) or (batch, height, width, "
+                f"{self.channels}), the model's channels. Received: shape={tuple(images.shape)}"
+            )
+        batched = len(images.shape) == 4
+        if not batched:
+            images = ops.expand_dims(images, 0)
+        count, rows, columns, _ = images.shape
+        # Input pixels per output pixel, the same on both axes.
+        step = min(rows / self.height, columns / self.width) * self.crop_fraction
+        # Half-pixel centres, as tf.image.resize samples: output pixel i sits at
+        # input coordinate (i + 0.5) * step - 0.5 from the crop's corner.
+        centres = [
+            (extent - output * step) / 2 + (np.arange(output) + 0.5) * step - 0.5
+            for extent, output in ((rows, self.height), (columns, self.width))
+        ]
+        coordinates = np.meshgrid(
+            np.arange(count), *centres, np.arange(self.channels), indexing="ij"
+        )
+        # Order 1 is bilinear along the two image axes (the batch and channel
+        # coordinates are whole numbers); "nearest" repeats the edge pixels.
+        crops = ops.image.map_coordinates(
+            ops.cast(images, "float32"),
+            [ops.convert_to_tensor(axis, "float32") for axis in coordinates],
+            order=1,
+            fill_mode="nearest",
+        )
+        crops = self.normalize(crops)
+        return crops if batched else crops[0]

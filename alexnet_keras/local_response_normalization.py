@@ -1,7 +1,6 @@
 """Local Response Normalization, as in Krizhevsky et al. (2012), section 3.3."""
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 
@@ -45,9 +44,9 @@ class LocalResponseNormalization(keras.layers.Layer):
     through TensorFlow's own LRN kernel, which has CPU, cuDNN and XLA
     implementations: on a 2-core CPU it made the paper's training step 1.4x
     faster than the same formula written with `keras.ops` (14.8 to 21.4
-    images/s). Other backends,
-    other ranks and float64 use that `keras.ops` formula, which gives the same
-    values.
+    images/s). The JAX and PyTorch backends, other ranks and float64 use that
+    `keras.ops` formula, which gives the same values (TensorFlow is then not
+    imported at all).
 
     Args:
         depth_radius: int >= 0, half-width of the channel window: the window
@@ -95,6 +94,10 @@ class LocalResponseNormalization(keras.layers.Layer):
             and len(x.shape) == 4
             and keras.backend.standardize_dtype(x.dtype) == "float32"
         ):
+            # Imported here, so that on the JAX and PyTorch backends neither
+            # this package nor the model loads TensorFlow.
+            import tensorflow as tf
+
             outputs = tf.nn.local_response_normalization(
                 x, self.depth_radius, self.bias, self.alpha, self.beta
             )

@@ -4,16 +4,14 @@ Pure TensorFlow functions of tensors: they build no `tf.data` pipeline and
 read no files, so the serving signature uses the very ops the input pipeline
 (`pipeline.transform`) uses. Training follows the paper: a random crop with
 scale jitter, a horizontal flip and, optionally, the paper's PCA colour noise.
-Evaluation and serving use `preprocess_for_eval`: a resize and central crop.
-Both end in the model's own `ImageSpec.normalize`, so training and serving
-see pixels the same way.
+Evaluation and serving use `preprocess_for_eval`: a resize and the central
+crop the model's `ImageSpec` names (`crop_fraction`; `ImageSpec.preprocess` is
+the same in `keras.ops`, for any backend). Both end in the model's own
+`ImageSpec.normalize`, so training and serving see pixels the same way.
 """
 
 import tensorflow as tf
 
-# The evaluation crop keeps the central 87.5% of each side (224 of 256, the
-# usual ImageNet ratio; the paper's 227 of 256 is close).
-EVAL_CROP_FRACTION = 0.875
 # Training crops cover 70-100% of the image's area, about 78% on average (crops
 # that do not fit are redrawn, which favours smaller ones): the paper's 227 crops
 # of 256 images take 79%, and the evaluation crop takes 77%.
@@ -67,7 +65,7 @@ def preprocess_for_eval(images, image_spec):
 
     Returns:
         float32 `[..., height, width, C]`, normalised as `image_spec` says: the
-        central `EVAL_CROP_FRACTION` of each side of the image scaled (aspect
+        central `image_spec.crop_fraction` of each side of the image scaled (aspect
         ratio kept) to cover the model's input, bilinearly sampled straight
         from the input pixels. No tensor larger than the output is made,
         whatever the input's size or shape: a 1x20000 strip is not first
@@ -80,7 +78,7 @@ def preprocess_for_eval(images, image_spec):
     height, width = image_spec.image_size
     size = tf.cast(tf.shape(images)[1:3], tf.float32)
     # Input pixels per output pixel, the same on both axes.
-    step = tf.minimum(size[0] / height, size[1] / width) * EVAL_CROP_FRACTION
+    step = tf.minimum(size[0] / height, size[1] / width) * image_spec.crop_fraction
     # Enlarging samples up to half a pixel beyond the edges, where resize
     # repeats the edge pixels: a one-pixel frame of them does the same (the
     # image is then smaller than the model's input, so the copy is cheap).

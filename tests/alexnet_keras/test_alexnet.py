@@ -1,3 +1,6 @@
+import json
+import zipfile
+
 import numpy as np
 import pytest
 import keras
@@ -101,6 +104,7 @@ def test_minimum_input_size():
         ({"num_classes": 0}, "num_classes=0"),
         ({"dropout_rate": 1.0}, "dropout_rate=1.0"),
         ({"input_shape": (227, 227)}, "input_shape=\\(227, 227\\)"),
+        ({"crop_fraction": 0.0}, "crop_fraction=0.0"),
     ],
 )
 def test_bad_arguments(kwargs, message):
@@ -127,12 +131,30 @@ def test_the_model_carries_its_image_spec_through_saving(tmp_path):
     d2l = AlexNet(variant="d2l", num_classes=4, input_shape=(70, 80, 3))
     assert d2l.image_spec == ImageSpec(70, 80, 3, 127.5, 1 / 127.5)
     custom = AlexNet(num_classes=2, input_shape=(67, 67, 1), pixel_offset=100.0,
-                     pixel_scale=0.5)
+                     pixel_scale=0.5, crop_fraction=0.9)
     custom.save(tmp_path / "custom.keras")
     restored = keras.saving.load_model(tmp_path / "custom.keras")
-    assert restored.image_spec == ImageSpec(67, 67, 1, 100.0, 0.5)
+    assert restored.image_spec == ImageSpec(67, 67, 1, 100.0, 0.5, 0.9)
     np.testing.assert_allclose(restored.image_spec.normalize(np.array([0.0, 255.0])),
                                [-50.0, 77.5])
+
+
+def test_a_model_saved_before_crop_fraction_existed_loads_with_the_default(tmp_path):
+    model = AlexNet(num_classes=2, input_shape=(67, 67, 3))
+    model.save(tmp_path / "new.keras")
+    # The same file as an earlier version wrote it: no crop_fraction in the config.
+    with zipfile.ZipFile(tmp_path / "new.keras") as new, \
+            zipfile.ZipFile(tmp_path / "old.keras", "w") as old:
+        for item in new.infolist():
+            data = new.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                del config["config"]["crop_fraction"]
+                data = json.dumps(config)
+            old.writestr(item, data)
+    restored = keras.saving.load_model(tmp_path / "old.keras")
+    assert restored.image_spec == ImageSpec(67, 67, 3, 127.5, 1.0, 0.875)
+    assert restored.get_config() == model.get_config()
 
 
 def test_mixed_precision_keeps_logits_float32():

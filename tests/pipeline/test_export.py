@@ -352,6 +352,32 @@ def test_export_keras_round_trips(tmp_path):
         export.export_keras(model, str(tmp_path / "model.h5"))
 
 
+def test_a_keras_file_and_its_image_spec_classify_as_serving_default(
+    digits, fitted_weights, served, tmp_path
+):
+    # The .keras file the pusher writes, loaded by Keras alone, plus the one
+    # call README.md documents, answers as the export's serving_default does.
+    path = export.export_keras(
+        testlib.digits_model(fitted_weights), str(tmp_path / "model.keras")
+    )
+    model = keras.saving.load_model(path)
+    encoded = [
+        testlib.encode(testlib.digit_image(digits, index, size, channels)[0], image_format)
+        for index, size, channels, image_format in (
+            (0, (30, 41), 1, "png"),
+            (1, (120, 90), 3, "jpeg"),
+            (2, (67, 67), 1, "jpeg"),
+            (3, (200, 160), 3, "png"),
+            (4, (16, 300), 1, "png"),
+        )
+    ]
+    served_probabilities = served.run({"image_bytes": encoded})["probabilities"]
+    for image, expected in zip(encoded, served_probabilities):
+        pixels = preprocess_ops.decode_image(image, model.image_spec.channels).numpy()
+        probabilities = keras.ops.softmax(model(model.image_spec.preprocess(pixels[np.newaxis])))
+        np.testing.assert_allclose(probabilities[0], expected, atol=1e-5)
+
+
 def test_models_config_serves_the_exports():
     from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2

@@ -92,3 +92,35 @@ def test_preprocess_for_eval_in_a_graph_with_unknown_sizes():
     output = function.get_concrete_function().structured_outputs
     assert output.shape.as_list() == [None, 16, 16, 3]
     assert function(tf.zeros([2, 20, 30, 3], tf.uint8)).shape == (2, 16, 16, 3)
+
+
+def _smooth_image(rng, size, channels):
+    """Pixels that vary like a photograph's: a 7x7 grid of random colours, enlarged."""
+    coarse = rng.uniform(0, 255, (7, 7, channels)).astype(np.float32)
+    return tf.cast(tf.round(tf.image.resize(coarse, size)), tf.uint8).numpy()
+
+
+@pytest.mark.parametrize(
+    "spec", [ImageSpec(67, 67, 3), ImageSpec(65, 80, 1, pixel_scale=1 / 127.5),
+             ImageSpec(24, 24, 3, crop_fraction=0.5)]
+)
+def test_image_spec_preprocess_is_preprocess_for_eval(spec):
+    # ImageSpec.preprocess (keras.ops, any backend) against the serving op, on
+    # images smaller and larger than the input, square, wide, tall and a strip.
+    rng = np.random.default_rng(5)
+    for size in ((8, 8), (30, 41), (67, 67), (120, 90), (500, 301), (1, 50), (1000, 20)):
+        image = _smooth_image(rng, size, spec.channels)
+        np.testing.assert_allclose(
+            np.asarray(spec.preprocess(image)) / spec.pixel_scale,
+            preprocess_ops.preprocess_for_eval(image, spec).numpy() / spec.pixel_scale,
+            atol=1e-3, err_msg=str(size),
+        )
+    # Noise, where neighbours differ by up to 255: the two place a sample in
+    # float32 (about 3e-5 pixel apart at 500 pixels), which that slope turns
+    # into up to 1.2e-2 here.
+    noise = rng.integers(0, 256, (2, 500, 301, spec.channels), np.uint8)
+    np.testing.assert_allclose(
+        np.asarray(spec.preprocess(noise)) / spec.pixel_scale,
+        preprocess_ops.preprocess_for_eval(noise, spec).numpy() / spec.pixel_scale,
+        atol=2e-2,
+    )
