@@ -14,13 +14,14 @@ NUM_CLASSES = 10
 
 
 def prepare_process():
-    """Sets the environment a benchmark runs in; call it before TensorFlow is
-    imported. oneDNN is off by default on this project's AMD CPUs and turning it
-    on made training ~20% faster there, so the figures are those of a tuned run;
-    log level 2 hides TensorFlow's start-up chatter about missing CUDA drivers.
-    Values already set in the environment win."""
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Sets the process up as the pipeline's commands do, before TensorFlow is
+    imported (`pipeline.environment.prepare`): oneDNN on (TensorFlow leaves it
+    off on this project's AMD CPUs; it made training ~20% faster there), so the
+    figures are those of a tuned run, and TensorFlow's start-up lines kept out
+    of the output. Values already set in the environment win."""
+    from pipeline import environment
+
+    environment.prepare([])
 
 
 def cpu_model():

@@ -1,5 +1,7 @@
 """The distributed train step: gradients are all-reduced, weight decay is the paper's."""
 
+import logging
+
 import keras
 import numpy as np
 import pytest
@@ -77,6 +79,21 @@ def test_mixed_precision_without_a_gpu_is_bfloat16_and_warns_where_emulated(capl
     assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     warned = "no bfloat16 instructions" in caplog.text
     assert warned == (model_factory.cpu_has_bfloat16() is False)
+
+
+def test_a_float32_run_hints_at_bfloat16_where_the_cpu_computes_it(caplog):
+    caplog.set_level(logging.INFO, logger="pipeline")
+    model_factory.set_global_options(TrainConfig(), tf.distribute.get_strategy())
+    assert keras.mixed_precision.global_policy().name == "float32"
+    hinted = "This CPU computes bfloat16 natively" in caplog.text
+    assert hinted == bool(model_factory.cpu_has_bfloat16())
+
+
+def test_xla_with_bfloat16_on_a_cpu_warns(caplog):
+    model_factory.set_global_options(
+        TrainConfig(mixed_precision=True, jit_compile=True), tf.distribute.get_strategy()
+    )
+    assert "XLA's bfloat16 kernels" in caplog.text
 
 
 def test_bfloat16_support_is_read_from_the_cpu_flags(tmp_path):
