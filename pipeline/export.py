@@ -37,6 +37,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from pipeline import export_runtimes
 from pipeline import image_formats
+from pipeline import model_factory
 from pipeline import preprocess_ops
 from pipeline import temp_dirs
 from pipeline.config import DataConfig
@@ -188,12 +189,11 @@ def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
     image_spec = model.image_spec
 
     def classify(images):
-        # float32 whatever the model's compute dtype, so clients always get the
-        # same. oneDNN's convolutions fail on a batch of none (TF 2.21), which a
+        # oneDNN's convolutions fail on a batch of none (TF 2.21), which a
         # request of only unreadable images makes: the model is not run then.
         logits = tf.cond(
             tf.shape(images)[0] > 0,
-            lambda: tf.cast(model(images, training=False), tf.float32),
+            lambda: model(images, training=False),
             lambda: tf.zeros([0, len(class_names)]),
         )
         probabilities = tf.nn.softmax(logits, axis=-1)
@@ -291,6 +291,7 @@ def export_saved_model(
             (read from the header, never decoded); by default the limits of
             ingest.
     """
+    model = model_factory.float32_copy(model)
     num_logits = model.outputs[0].shape[-1] if model.outputs else None
     if num_logits is not None and num_logits != len(class_names):
         raise PipelineError(
@@ -391,6 +392,6 @@ def export_keras(model, path):
     if not str(path).endswith(".keras"):
         raise PipelineError(f"a Keras model file must end in .keras. Received: {path}")
     tf.io.gfile.makedirs(os.path.dirname(temp_dirs.absolute(path)))
-    model.save(path)
+    model_factory.float32_copy(model).save(path)
     logger.info("Saved the Keras model to %s", path)
     return str(path)

@@ -22,9 +22,9 @@ import os
 import tempfile
 import warnings
 
-import keras
 import tensorflow as tf
 
+from pipeline import model_factory
 from pipeline import temp_dirs
 from pipeline.config import PipelineError
 from pipeline.config import first_line
@@ -54,23 +54,6 @@ def check_installed(export_formats):
                 ) from None
 
 
-def _float32(model):
-    """`model`, or a float32 copy with its weights if it computes in another
-    dtype: under mixed precision the LiteRT converter keeps bfloat16 ops only
-    as TensorFlow ops the LiteRT runtime lacks, and ONNX Runtime refuses
-    bfloat16 convolutions."""
-    if model.dtype_policy.compute_dtype == "float32":
-        return model
-    policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy("float32")
-    try:
-        copy = model.from_config(model.get_config())
-    finally:
-        keras.config.set_dtype_policy(policy)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 def export_file(model, export_format, path):
     """Write `model` (an AlexNet) as one `export_format` ("litert" or "onnx")
     file at `path` and return `path`.
@@ -84,7 +67,7 @@ def export_file(model, export_format, path):
             f"Received: export_format={export_format!r}"
         )
     check_installed([export_format])
-    model = _float32(model)
+    model = model_factory.float32_copy(model)
     # Stated, not inferred: Keras infers it only from a model that was called.
     input_spec = tf.TensorSpec([None, *model.image_spec.shape], tf.float32, name="image")
     path = temp_dirs.absolute(path)

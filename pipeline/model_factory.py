@@ -51,6 +51,28 @@ def build_model(model_config, num_classes):
     )
 
 
+def float32_copy(model):
+    """`model`, or a float32 copy with its weights if it computes in another
+    dtype (trained under `mixed_precision`).
+
+    Every export goes through it: a bfloat16 SavedModel would compute in
+    bfloat16 on serving machines that may have to emulate it (14x slower
+    without avx512_bf16), the LiteRT converter keeps bfloat16 ops only as
+    TensorFlow ops its runtime lacks, and ONNX Runtime refuses bfloat16
+    convolutions.
+    """
+    if model.dtype_policy.compute_dtype == "float32":
+        return model
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = model.from_config(model.get_config())
+    finally:
+        keras.config.set_dtype_policy(policy)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def make_optimizer(train_config, steps_per_epoch, variables):
     """SGD with the paper's momentum 0.9, or Adam, with the chosen schedule,
     built for `variables`.
@@ -103,8 +125,7 @@ def set_global_options(train_config, strategy):
     on_gpu = bool(tf.config.list_physical_devices("GPU"))
     if not train_config.mixed_precision and not on_gpu and cpu_has_bfloat16():
         # Opt-in, not the default: a run's numbers would depend on which of the
-        # project's machines it ran on, and its export would compute in
-        # bfloat16 on serving machines that may have to emulate it.
+        # project's machines it ran on.
         log.info("This CPU computes bfloat16 natively: `mixed_precision` trains faster on "
                  "it, to the same accuracy (README, Performance)")
     if train_config.mixed_precision:

@@ -87,7 +87,6 @@ def make_eval_step(model):
         tf.TensorSpec([None], tf.int32),
     ])
     def eval_step(images, labels):
-        labels = tf.cast(labels, tf.int32)
         logits = model(images, training=False)
         per_example = keras.losses.sparse_categorical_crossentropy(
             labels, logits, from_logits=True

@@ -352,6 +352,33 @@ def test_export_keras_round_trips(tmp_path):
         export.export_keras(model, str(tmp_path / "model.h5"))
 
 
+def test_a_mixed_precision_model_is_exported_in_float32(tmp_path, digits, fitted_weights):
+    """A model trained in bfloat16 is served, and saved as .keras, in float32:
+    a serving machine without bfloat16 instructions would emulate it, 14x slower."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        trained = testlib.digits_model(fitted_weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    float32 = testlib.digits_model(fitted_weights)
+    encoded, _ = testlib.encoded_split(digits, "test")
+    expected = testlib.keras_probabilities(float32, encoded[:8])
+    # bfloat16 itself is about a hundred times further off than this.
+    assert np.abs(testlib.keras_probabilities(trained, encoded[:8]) - expected).max() > 1e-3
+
+    session = testlib.ServingSession(
+        export.export_saved_model(trained, [str(digit) for digit in range(10)], tmp_path)
+    )
+    try:
+        served = session.run({"image_bytes": encoded[:8]})["probabilities"]
+    finally:
+        session.close()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    restored = keras.saving.load_model(export.export_keras(trained, tmp_path / "model.keras"))
+    assert restored.dtype_policy.compute_dtype == "float32"
+    assert trained.dtype_policy.compute_dtype == "bfloat16"
+
+
 def test_a_keras_file_and_its_image_spec_classify_as_serving_default(
     digits, fitted_weights, served, tmp_path
 ):
