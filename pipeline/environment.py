@@ -7,10 +7,18 @@ pipeline as a library changes nothing. Values the user set win.
 """
 
 import contextlib
+import ctypes
 import os
 import sys
 
 VERBOSE_FLAG = "--verbose"
+
+# mallopt(3)'s parameters.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# The largest threshold mallopt's int takes: a free top of the heap above
+# 2 GiB is still given back.
+_TRIM_THRESHOLD = 2**31 - 1
 
 
 def prepare(argv=None):
@@ -19,6 +27,7 @@ def prepare(argv=None):
     # oneDNN is off by default on this project's AMD CPUs and turning it on
     # made training ~20% faster there.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+    keep_freed_memory()
     verbose = VERBOSE_FLAG in (sys.argv[1:] if argv is None else argv)
     if verbose:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
@@ -32,6 +41,34 @@ def prepare(argv=None):
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+
+
+def keep_freed_memory():
+    """Has glibc's malloc keep the memory a training step frees, for the next
+    step, and returns whether it did.
+
+    By default glibc serves every allocation over 32 MiB with its own mmap
+    and gives it back on free, and trims the heap's free top: each step's
+    activations and gradients (gigabytes for AlexNet at 227x227) then come
+    back as fresh pages, about 50,000 page faults a step, which the kernel
+    zeroes. Kept instead (no mmap, no trimming), the paper model's float32
+    step measured 3% faster on a 2-core CPU at the same peak memory (README,
+    Performance). The process keeps its peak memory until it exits.
+
+    Values the user set win: any `MALLOC_*` variable or glibc malloc tunable
+    leaves malloc as configured; so does a libc other than glibc.
+    """
+    if any(name.startswith("MALLOC_") for name in os.environ) or (
+        "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    ):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc's own: mallopt's numbers are its
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1
 
 
 @contextlib.contextmanager

@@ -15,21 +15,23 @@ from pipeline.config import TrainConfig
 GLOBAL_BATCH = 8
 
 
-def _one_step(strategy, weight_decay=0.0, jit_compile=False):
+def _one_step(strategy, weight_decay=0.0, jit_compile=False, optimizer=None, steps=1):
     rng = np.random.default_rng(0)
-    images = rng.normal(size=(GLOBAL_BATCH, 67, 67, 1)).astype("float32")
-    labels = np.arange(GLOBAL_BATCH, dtype="int32") % 3
+    images = rng.normal(size=(steps * GLOBAL_BATCH, 67, 67, 1)).astype("float32")
+    labels = np.arange(steps * GLOBAL_BATCH, dtype="int32") % 3
     keras.utils.set_random_seed(1)
     with strategy.scope():
         model = AlexNet(variant="d2l", num_classes=3, input_shape=(67, 67, 1), dropout_rate=0.0)
-        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+        optimizer = optimizer or keras.optimizers.SGD(0.05, momentum=0.9)
         optimizer.build(model.trainable_variables)
     before = [v.numpy().copy() for v in model.trainable_variables]
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(GLOBAL_BATCH)
     step = train_steps.make_train_step(
         model, optimizer, strategy, GLOBAL_BATCH, weight_decay, jit_compile
     )
-    loss_sum, correct, count = step(iter(strategy.experimental_distribute_dataset(dataset)))
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    for _ in range(steps):
+        loss_sum, correct, count = step(iterator)
     deltas = [v.numpy() - b for v, b in zip(model.trainable_variables, before)]
     return float(loss_sum), float(count), deltas, before
 
@@ -61,6 +63,49 @@ def test_weight_decay_goes_through_the_gradient_of_the_kernels_only():
     for name, p, d, w in zip(names, plain, decayed, before):
         expected = -0.05 * 0.5 * w if name.endswith("kernel") else np.zeros_like(w)
         np.testing.assert_allclose(d - p, expected, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_the_fused_momentum_update_equals_keras_sgd(devices):
+    """MomentumSGD's one-kernel update gives SGD's weights bit for bit, over
+    steps with a decaying learning rate, on one device and on two replicas."""
+    strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(devices)])
+    schedule = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=3)
+    results = {}
+    for name, kind in (("keras", keras.optimizers.SGD), ("fused", model_factory.MomentumSGD)):
+        with strategy.scope():
+            optimizer = kind(schedule, momentum=0.9)
+        _, _, deltas, _ = _one_step(strategy, weight_decay=5e-4, optimizer=optimizer, steps=3)
+        momenta = [m.numpy() for m in optimizer.momentums]
+        results[name] = deltas, momenta
+    for keras_values, fused_values in zip(*(results[name] for name in ("keras", "fused"))):
+        for expected, actual in zip(keras_values, fused_values):
+            assert np.abs(expected).max() > 0
+            np.testing.assert_array_equal(actual, expected)
+
+
+def test_momentum_sgd_keeps_sgds_path_for_nesterov():
+    strategy = tf.distribute.get_strategy()
+    _, _, expected, _ = _one_step(
+        strategy, optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True), steps=2
+    )
+    _, _, actual, _ = _one_step(
+        strategy, optimizer=model_factory.MomentumSGD(0.05, momentum=0.9, nesterov=True), steps=2
+    )
+    for e, a in zip(expected, actual):
+        np.testing.assert_array_equal(a, e)
+
+
+def test_the_pipeline_trains_with_the_fused_update():
+    variable = keras.Variable(np.ones(4, "float32"))
+    optimizer = model_factory.make_optimizer(
+        TrainConfig(optimizer="sgd", learning_rate=0.01), 10, [variable]
+    )
+    assert type(optimizer) is model_factory.MomentumSGD
+    assert optimizer.momentum == 0.9
+    apply = tf.function(lambda: optimizer.apply_gradients([(tf.ones(4), variable)]))
+    ops = {op.type for op in apply.get_concrete_function().graph.get_operations()}
+    assert "ResourceApplyKerasMomentum" in ops
 
 
 def test_xla_step_matches_the_plain_step():
