@@ -100,25 +100,24 @@ class ImageSpec:
         batched = len(images.shape) == 4
         if not batched:
             images = ops.expand_dims(images, 0)
-        count, rows, columns, _ = images.shape
+        _, rows, columns, _ = images.shape
         # Input pixels per output pixel, the same on both axes.
         step = min(rows / self.height, columns / self.width) * self.crop_fraction
-        # Half-pixel centres, as tf.image.resize samples: output pixel i sits at
-        # input coordinate (i + 0.5) * step - 0.5 from the crop's corner.
-        centres = [
-            (extent - output * step) / 2 + (np.arange(output) + 0.5) * step - 0.5
-            for extent, output in ((rows, self.height), (columns, self.width))
-        ]
-        coordinates = np.meshgrid(
-            np.arange(count), *centres, np.arange(self.channels), indexing="ij"
-        )
-        # Order 1 is bilinear along the two image axes (the batch and channel
-        # coordinates are whole numbers); "nearest" repeats the edge pixels.
-        crops = ops.image.map_coordinates(
-            ops.cast(images, "float32"),
-            [ops.convert_to_tensor(axis, "float32") for axis in coordinates],
-            order=1,
-            fill_mode="nearest",
-        )
+        crops = ops.cast(images, "float32")
+        # Bilinear is separable: rows, then columns, each pass reading only
+        # the two input lines around each sample.
+        for axis, extent, output in ((1, rows, self.height), (2, columns, self.width)):
+            # Half-pixel centres, as tf.image.resize samples: output pixel i
+            # sits at input coordinate (i + 0.5) * step - 0.5 from the crop's
+            # corner. Clipped to the image, edge pixels repeat.
+            centres = (extent - output * step) / 2 + (np.arange(output) + 0.5) * step - 0.5
+            centres = np.clip(centres, 0, extent - 1)
+            lower = np.floor(centres).astype("int32")
+            upper = np.minimum(lower + 1, extent - 1)
+            shape = [1, 1, 1, 1]
+            shape[axis] = output
+            weight = ops.reshape(ops.convert_to_tensor(centres - lower, "float32"), shape)
+            low = ops.take(crops, lower, axis=axis)
+            crops = low + (ops.take(crops, upper, axis=axis) - low) * weight
         crops = self.normalize(crops)
         return crops if batched else crops[0]

@@ -269,13 +269,17 @@ def _parse_run_args(parser, argv):
     """The run's flags, on top of the settings of `--config` when it is given."""
     args = parser.parse_args(argv)
     if args.config:
+        # Through TensorFlow's file systems, as the run directory it came from
+        # may be on gs:// or hdfs://.
+        import tensorflow as tf
+
         try:
-            with open(args.config) as file:
+            with tf.io.gfile.GFile(args.config) as file:
                 text = file.read()
-        except OSError as error:
+        except tf.errors.OpError as error:
             raise config_lib.ConfigError(
-                f"cannot read `config` {args.config} ({error.strerror}); pass a run's "
-                "config.json"
+                f"cannot read `config` {args.config} ({config_lib.first_line(error)}); "
+                "pass a run's config.json"
             ) from None
         recorded = config_lib.RunConfig.from_json(text, source=args.config)
         settings = {}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import tensorflow as tf
 
 from pipeline import cli
 from pipeline import config as config_lib
@@ -76,11 +77,14 @@ def test_config_flag_reruns_a_run_with_the_flags_beside_it_overriding(tmp_path):
         "--variant", "d2l", "--image-size", "100", "--epochs", "4", "--seed", "3",
         "--export-format", "keras", "--output-dir", str(tmp_path / "first"),
     ]))
-    path = tmp_path / "config.json"
-    path.write_text(recorded.to_json())
+    # Read through TensorFlow's file systems, as a run directory on gs:// is.
+    path = "ram://test_cli/runs/first/config.json"
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as file:
+        file.write(recorded.to_json())
 
     args = cli._parse_run_args(cli._run_parser(), [
-        "--config", str(path), "--epochs", "6", "--export-format", "keras",
+        "--config", path, "--epochs", "6", "--export-format", "keras",
     ])
     rerun = cli.run_config(args)
     assert rerun.train.epochs == 6
