@@ -36,7 +36,7 @@ from benchmarks import common
 _OP_EVENT = re.compile(r"^(?P<node>[^:]+):(?P<type>[A-Za-z0-9_]+)$")
 # The Keras layer in a node name: ".../conv2_1/convolution/..." is conv2.
 _LAYER = re.compile(r"/(?P<layer>(?:conv|lrn|pool|fc|dropout|pad|bn|relu)\d+|flatten)(?:_\d+)?/")
-_OPTIMIZER_SCOPES = ("sgd/", "adam/", "SGD/", "Adam/")
+_OPTIMIZER_SCOPES = ("momentum_sgd/", "sgd/", "adam/", "SGD/", "Adam/")
 
 
 def classify(node, op_type):

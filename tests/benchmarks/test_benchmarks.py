@@ -54,6 +54,8 @@ def test_importing_a_benchmark_sets_nothing_until_prepare_process():
         ("alexnet_paper_1/lrn1_1/LRN", "LRN", ("lrn1", "forward")),
         ("gradient_tape/alexnet_paper_1/lrn1_1/LRNGrad", "LRNGrad", ("lrn1", "grad input")),
         ("sgd/Mul_12", "Mul", ("optimizer", "update")),
+        ("momentum_sgd/update_0_10/ResourceApplyKerasMomentum", "ResourceApplyKerasMomentum",
+         ("optimizer", "update")),
         ("IteratorGetNext", "IteratorGetNext", ("input", "other")),
         ("sparse_categorical_crossentropy/Sum", "Sum", ("loss and other", "other")),
     ],
