@@ -163,8 +163,9 @@ def set_global_options(train_config, strategy):
     if not train_config.mixed_precision and not on_gpu and cpu_has_bfloat16():
         # Opt-in, not the default: a run's numbers would depend on which of the
         # project's machines it ran on.
-        log.info("This CPU computes bfloat16 natively: `mixed_precision` trains faster on "
-                 "it, to the same accuracy (README, Performance)")
+        log.info("This CPU computes bfloat16 natively: --mixed-precision (mixed_precision="
+                 "True) trains 1.7x faster on it at 224-227 pixels, to the same accuracy "
+                 "(README, Performance)")
     if train_config.mixed_precision:
         # float16 needs loss scaling and a GPU; CPUs and TPUs compute bfloat16.
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
