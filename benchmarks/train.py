@@ -17,7 +17,9 @@ In one run on this machine it measures:
    paper variant (227x227x3, LRN) and the d2l variant (224x224x1), with and
    without XLA, in float32 and, where native, bfloat16 (`--mixed-precision`);
    and the paper variant over the CPU split into two replicas
-   (`--cpu-replicas 2`, machines without GPUs only);
+   (`--cpu-replicas 2`, machines without GPUs only); and the pipeline's train
+   step alone on ready tensors, measured as the PyTorch references are, which
+   separates the framework from the input pipeline;
 3. the same architectures in PyTorch 2.13, eager and `torch.compile`d, at the
    same precision (bfloat16 through `torch.autocast`), median step on random
    tensors; each Keras row's ratio is to the faster of the two;
@@ -114,6 +116,44 @@ def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, s
     finally:
         keras.mixed_precision.set_global_policy("float32")
     return logs[-1]["images_per_second"], common.training_gflop_per_image(model)
+
+
+def step_speed(variant, input_shape, args, strategy, precision="float32"):
+    """Median images/s of the pipeline's own train step alone on ready random
+    tensors, measured as the PyTorch references are: what the framework does
+    without the input pipeline beside it."""
+    import keras
+    import tensorflow as tf
+
+    from pipeline import model_factory
+    from pipeline import train_steps
+    from pipeline.config import ModelConfig
+    from pipeline.config import TrainConfig
+
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    )
+    try:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = model_factory.build_model(
+                ModelConfig(variant=variant, image_size=input_shape[:2],
+                            channels=input_shape[2]),
+                common.NUM_CLASSES,
+            )
+            optimizer = model_factory.make_optimizer(
+                TrainConfig(optimizer="sgd", learning_rate=0.01), 1, model.trainable_variables
+            )
+        images = tf.random.uniform((args.batch_size, *input_shape), 0, 255)
+        labels = tf.random.uniform((args.batch_size,), 0, common.NUM_CLASSES, tf.int32)
+        batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
+        iterator = iter(strategy.experimental_distribute_dataset(batches))
+        step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size)
+        times = common.latencies(lambda: [float(value) for value in step(iterator)],
+                                 args.steps, warmup=args.warmup_steps)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return args.batch_size / statistics.median(times)
 
 
 def torch_model(variant, input_shape):
@@ -282,6 +322,9 @@ def main(argv=None):
                     xla = "on" if jit_compile else "off"
                     rows.append((f"{variant} {input_shape} Keras, XLA {xla}", precision,
                                  speed, gflop, best))
+                rows.append((f"{variant} {input_shape} Keras step, ready tensors", precision,
+                             step_speed(variant, input_shape, args, mirrored, precision),
+                             gflop, best))
                 for name, speed in references.items():
                     if speed is not None:
                         rows.append((f"{variant} {input_shape} {name}", precision, speed,

@@ -111,6 +111,7 @@ def test_training_benchmark_prints_every_row():
         ("paper (227, 227, 3) Keras, XLA off", "float32"),
         ("paper (227, 227, 3) Keras, XLA off", "bfloat16"),
         ("d2l (224, 224, 1) Keras, XLA off", "float32"),
+        ("d2l (224, 224, 1) Keras step, ready tensors", "bfloat16"),
         ("d2l (224, 224, 1) PyTorch 2.13 eager", "bfloat16"),
         ("paper (227, 227, 3) Keras, --cpu-replicas 2", "float32"),
     ):
