@@ -31,6 +31,7 @@ that matter. Run it on a quiet machine.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import statistics
@@ -81,19 +82,42 @@ def matmul_peak(precision, size=4096, repeats=10):
     return 2 * size**3 / min(times) / 1e9
 
 
-def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy,
-                            precision="float32"):
-    """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
+@contextlib.contextmanager
+def _built(variant, input_shape, strategy, train_config):
+    """The pipeline's model and optimizer for `train_config`, built in the
+    strategy's scope under the precision policy it asks for, which is reset
+    to float32 on leaving."""
     import keras
 
     from pipeline import model_factory
-    from pipeline import train
-    from pipeline.config import DataConfig
     from pipeline.config import ModelConfig
-    from pipeline.config import TrainConfig
 
     height, width, channels = input_shape
     model_config = ModelConfig(variant=variant, image_size=(height, width), channels=channels)
+    # What `--mixed-precision` sets on a CPU: the layers compute in bfloat16,
+    # the weights, LRN's sums and the logits stay float32.
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if train_config.mixed_precision else "float32"
+    )
+    try:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = model_factory.build_model(model_config, common.NUM_CLASSES)
+            optimizer = model_factory.make_optimizer(
+                train_config, train_config.steps_per_epoch or 1, model.trainable_variables
+            )
+        yield model, optimizer
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy,
+                            precision="float32"):
+    """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
+    from pipeline import train
+    from pipeline.config import DataConfig
+    from pipeline.config import TrainConfig
+
     train_config = TrainConfig(
         # train.fit's images/s leaves out the epoch's first step (it traces), as
         # in history.csv: the rest are the timed steps.
@@ -101,20 +125,8 @@ def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, s
         batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
         jit_compile=jit_compile, seed=0, mixed_precision=precision == "bfloat16",
     )
-    # What `--mixed-precision` sets on a CPU: the layers compute in bfloat16,
-    # the weights, LRN's sums and the logits stay float32.
-    keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if train_config.mixed_precision else "float32"
-    )
-    try:
-        with strategy.scope():
-            model = model_factory.build_model(model_config, common.NUM_CLASSES)
-            optimizer = model_factory.make_optimizer(
-                train_config, train_config.steps_per_epoch, model.trainable_variables
-            )
+    with _built(variant, input_shape, strategy, train_config) as (model, optimizer):
         logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     return logs[-1]["images_per_second"], common.training_gflop_per_image(model)
 
 
@@ -122,28 +134,14 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
     """Median images/s of the pipeline's own train step alone on ready random
     tensors, measured as the PyTorch references are: what the framework does
     without the input pipeline beside it."""
-    import keras
     import tensorflow as tf
 
-    from pipeline import model_factory
     from pipeline import train_steps
-    from pipeline.config import ModelConfig
     from pipeline.config import TrainConfig
 
-    keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if precision == "bfloat16" else "float32"
-    )
-    try:
-        keras.utils.set_random_seed(0)
-        with strategy.scope():
-            model = model_factory.build_model(
-                ModelConfig(variant=variant, image_size=input_shape[:2],
-                            channels=input_shape[2]),
-                common.NUM_CLASSES,
-            )
-            optimizer = model_factory.make_optimizer(
-                TrainConfig(optimizer="sgd", learning_rate=0.01), 1, model.trainable_variables
-            )
+    train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
+                               mixed_precision=precision == "bfloat16")
+    with _built(variant, input_shape, strategy, train_config) as (model, optimizer):
         images = tf.random.uniform((args.batch_size, *input_shape), 0, 255)
         labels = tf.random.uniform((args.batch_size,), 0, common.NUM_CLASSES, tf.int32)
         batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
@@ -151,8 +149,6 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
         step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size)
         times = common.latencies(lambda: [float(value) for value in step(iterator)],
                                  args.steps, warmup=args.warmup_steps)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
     return args.batch_size / statistics.median(times)
 
 

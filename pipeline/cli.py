@@ -21,6 +21,8 @@ import re
 import sys
 import time
 
+import tensorflow as tf
+
 from alexnet_keras import alexnet
 from pipeline import config as config_lib
 from pipeline import environment
@@ -271,8 +273,6 @@ def _parse_run_args(parser, argv):
     if args.config:
         # Through TensorFlow's file systems, as the run directory it came from
         # may be on gs:// or hdfs://.
-        import tensorflow as tf
-
         try:
             with tf.io.gfile.GFile(args.config) as file:
                 text = file.read()

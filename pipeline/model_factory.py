@@ -73,7 +73,7 @@ def float32_copy(model):
     return copy
 
 
-@keras.saving.register_keras_serializable(package="alexnet_keras")
+@keras.saving.register_keras_serializable(package="pipeline")
 class MomentumSGD(keras.optimizers.SGD):
     """`keras.optimizers.SGD` whose momentum update is one TensorFlow kernel.
 

@@ -83,10 +83,15 @@ def _run(config, run_dir):
                  config.train.epochs, metrics.get("export_path"))
         return metrics
 
+    # What is evaluated is what is served: every export is float32, so a
+    # model trained in bfloat16 is copied once here, and its test accuracy,
+    # blessing and exports are all of the copy.
+    model = model_factory.float32_copy(trained.model)
+
     # Evaluator: test-split metrics and pictures on every worker (the same
     # weights, so the same metrics), also in TensorBoard at the last epoch; the
     # chief, which exports, also compares with the served version.
-    metrics = evaluate.evaluate(trained.model, ingested, run_dir)
+    metrics = evaluate.evaluate(model, ingested, run_dir)
     summaries.write_evaluation(run_dir, config.train.epochs - 1, metrics["test_accuracy"])
     blessing = evaluate.bless(
         metrics["test_accuracy"], config.export.export_dir, ingested,
@@ -94,7 +99,7 @@ def _run(config, run_dir):
     ) if chief else evaluate.Blessing.not_chief()
 
     # Pusher: a new version directory for TF Serving, from the chief only.
-    pushed = export.push(trained.model, ingested, config.export, run_dir, chief,
+    pushed = export.push(model, ingested, config.export, run_dir, chief,
                          blessing.blessed)
 
     metrics.update(dataclasses.asdict(blessing), **dataclasses.asdict(pushed),

@@ -8,6 +8,8 @@ import pytest
 
 from pipeline import environment
 
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+
 # In a fresh interpreter: a 64 MB allocation, freed. mallinfo2's hblks counts
 # the chunks mmap serves, arena the bytes the heap holds.
 _PROBE = """
@@ -39,7 +41,6 @@ def probe(mode, **env):
     return kept == "True", int(mapped), int(heap_mb)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_memory_stays_in_the_heap_for_the_next_step():
     # glibc's default: the block is mmap'd and given back when freed.
     default = probe("default")

@@ -13,7 +13,9 @@ import tensorflow as tf
 import testlib
 from alexnet_keras import AlexNet
 from pipeline import cli
+from pipeline import evaluate
 from pipeline import model_factory
+from pipeline.config import DataConfig
 
 # Small and quick: the smallest input the paper's AlexNet takes, few steps.
 TINY = ["--image-size", "67", "--batch-size", "16", "--steps-per-epoch", "3"]
@@ -362,9 +364,15 @@ def test_bfloat16_trains_to_the_accuracy_of_float32(tmp_path, digits_dir):
         for precision, flags in (("float32", []), ("bfloat16", ["--mixed-precision"])):
             run_dir = f"{precision}-{seed}"
             run_pipeline(tmp_path, digits_dir, "--epochs", "6", "--lr-schedule", "cosine",
-                         "--seed", seed, "--output-dir", run_dir, *flags)
+                         "--seed", seed, "--output-dir", run_dir,
+                         "--export-dir", str(tmp_path / run_dir / "models"), *flags)
             metrics = json.loads((tmp_path / run_dir / "metrics.json").read_text())
             accuracies[precision].append(metrics["test_accuracy"])
+            # The run's metrics are those of what it serves: the float32
+            # export, not the bfloat16 model it trained.
+            served = evaluate.evaluate_export(metrics["export_path"], DataConfig(
+                ingest_dir=digits_dir), "test", str(tmp_path / run_dir / "served"))
+            assert served["confusion_matrix"] == metrics["confusion_matrix"]
     mean = {precision: np.mean(values) for precision, values in accuracies.items()}
     assert mean["float32"] > 0.85, accuracies
     assert mean["bfloat16"] >= mean["float32"] - 0.01, accuracies
