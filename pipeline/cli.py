@@ -48,7 +48,9 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        # A switch (nargs 0) says what it does: "--no-winograd (default: True)" would not.
+        if (action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+                or action.nargs == 0):
             return text
         return f"{text} (default: %(default)s)".strip()
 
@@ -177,6 +179,9 @@ def _run_parser():
                        help="float16 on GPUs, bfloat16 on CPUs and TPUs")
     train.add_argument("--jit-compile", action="store_true",
                        help="compile the training step with XLA")
+    train.add_argument("--no-winograd", dest="winograd", action="store_false",
+                       help="compute 3x3 convolutions directly in the train step, not by "
+                            "Winograd F(4x4,3x3) (float32 on CPUs, maps of whole 4x4 tiles)")
 
     tuning = parser.add_argument_group("tuning (keras-tuner)")
     tuning.add_argument("--tune", dest="tuner", metavar=_choices(config_lib.TUNERS),

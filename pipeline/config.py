@@ -138,6 +138,9 @@ class TrainConfig:
     seed: int | None = None
     mixed_precision: bool = False
     jit_compile: bool = False
+    # float32 3x3 convolutions by Winograd F(4x4, 3x3) in the train step on a
+    # CPU, where their maps are whole 4x4 tiles (pipeline.winograd).
+    winograd: bool = True
     output_dir: str = "runs/latest"
     # A warm start: the first weights from a .keras file, a run directory or
     # an export, and the layers up to `freeze` kept fixed.

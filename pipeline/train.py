@@ -97,7 +97,7 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     )
     train_step = train_steps.make_train_step(
         model, optimizer, strategy, global_batch_size, train_config.weight_decay,
-        train_config.jit_compile,
+        train_config.jit_compile, train_config.winograd,
     )
     eval_step = train_steps.make_eval_step(model)
     callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)

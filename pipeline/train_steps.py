@@ -7,14 +7,17 @@ machines. `pipeline.train` runs them in its epoch loop; the tuner and the
 benchmarks run them too.
 """
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
+from pipeline import winograd as winograd_lib
 from pipeline.config import PipelineError
 
 
 def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=0.0,
-                    jit_compile=False):
+                    jit_compile=False, winograd=False):
     """A `tf.function` that trains one global batch from a distributed iterator.
 
     Returns the batch's summed cross-entropy, correct predictions and example
@@ -25,6 +28,10 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
 
     Weight decay is the paper's: an L2 term on the kernels added to the loss,
     so that it passes through momentum (`w -= lr * (grad + weight_decay * w)`).
+
+    `winograd` computes the float32 3x3 convolutions by Winograd F(4x4, 3x3)
+    where `pipeline.winograd` finds it pays; under `jit_compile` XLA compiles
+    every convolution its own way instead.
     """
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=None
@@ -35,7 +42,9 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
     variables = model.trainable_variables
 
     def gradients(images, labels):
-        with tf.GradientTape() as tape:
+        convolutions = (winograd_lib.convolutions(model) if winograd and not jit_compile
+                        else contextlib.nullcontext())
+        with convolutions, tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = cross_entropy(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)

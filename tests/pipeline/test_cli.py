@@ -18,9 +18,11 @@ def test_each_flag_sets_the_setting_of_its_name():
     args = cli._run_parser().parse_args([
         "--batch-size", "64", "--image-size", "100,120", "--tune", "random",
         "--tune-epochs", "2", "--export-format", "keras", "--output-dir", "runs/x",
-        "--cache", "memory",
+        "--cache", "memory", "--no-winograd",
     ])
     config = cli.run_config(args)
+    assert config.train.winograd is False
+    assert cli.run_config(cli._run_parser().parse_args([])).train.winograd is True
     assert config.train.batch_size == 64 and config.train.output_dir == "runs/x"
     assert config.model.image_size == (100, 120)
     assert config.tune.tuner == "random" and config.tune.tune_epochs == 2
@@ -47,6 +49,7 @@ def test_help_names_each_default_once(command, capsys):
     text = capsys.readouterr().out
     assert text.count("(default: digits)") <= 1
     assert "(default: None)" not in text
+    assert "(default: True)" not in text and "(default: False)" not in text
 
 
 def test_a_choice_is_checked_once_by_the_config(capsys):
