@@ -56,11 +56,13 @@ def test_the_block_sets_the_3x3_layers_and_restores_them():
     assert [layer.get_config() for layer in model.layers] == configs
 
 
-def test_maps_that_are_not_whole_tiles_keep_the_direct_convolution():
-    model = AlexNet(variant="d2l", num_classes=3, input_shape=(67, 67, 1))
+@pytest.mark.parametrize("size", [67, 161])
+def test_maps_that_are_not_whole_tiles_keep_the_direct_convolution(size):
+    # 3x3 maps at 67 pixels, 9x9 at 161.
+    model = AlexNet(variant="d2l", num_classes=3, input_shape=(size, size, 1))
     with winograd.convolutions(model) as layers:
         assert len(layers) == 3
-        assert "BatchMatMulV2" not in _graph_ops(model, 67)
+        assert "BatchMatMulV2" not in _graph_ops(model, size)
 
 
 def test_bfloat16_layers_keep_the_direct_convolution():
