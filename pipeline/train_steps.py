@@ -42,9 +42,7 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
     variables = model.trainable_variables
 
     def gradients(images, labels):
-        convolutions = (winograd_lib.convolutions(model) if winograd and not jit_compile
-                        else contextlib.nullcontext())
-        with convolutions, tf.GradientTape() as tape:
+        with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = cross_entropy(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
@@ -69,10 +67,18 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
         optimizer.apply_gradients(zip(grads, variables))
         return tf.stack([loss_sum, correct, count])
 
+    def convolutions():
+        if winograd and not jit_compile:
+            return winograd_lib.convolutions(model)
+        return contextlib.nullcontext()
+
     @tf.function
     def train_step(iterator):
-        images, labels = next(iterator)
-        per_replica = strategy.run(replica_step, args=(images, labels))
+        # Entered while this function traces, before the replicas' threads
+        # trace `replica_step`, and left after them.
+        with convolutions():
+            images, labels = next(iterator)
+            per_replica = strategy.run(replica_step, args=(images, labels))
         # One reduction (one collective across workers) for the three sums.
         return tf.unstack(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
 

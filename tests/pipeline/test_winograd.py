@@ -95,7 +95,14 @@ def _train(strategy, use_winograd, steps=2, batch=8):
 
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_a_winograd_train_step_trains_as_the_direct_one(replicas):
-    strategy = tf.distribute.MirroredStrategy([f"/cpu:{index}" for index in range(replicas)])
+    # Reduced on one device, not by collectives: a collective's instance keys
+    # restart with every MirroredStrategy over the same devices, and in a
+    # process where another test's strategy all-reduced another model's
+    # gradients, TensorFlow rejects this model's as a shape mismatch.
+    strategy = tf.distribute.MirroredStrategy(
+        [f"/cpu:{index}" for index in range(replicas)],
+        cross_device_ops=tf.distribute.ReductionToOneDevice(),
+    )
     direct_losses, direct_deltas, _ = _train(strategy, use_winograd=False)
     losses, deltas, model = _train(strategy, use_winograd=True)
     np.testing.assert_allclose(losses, direct_losses, rtol=1e-4)
