@@ -6,7 +6,8 @@
 
 Trains `--warmup-steps` untraced steps, then traces `--steps` steps of the
 pipeline's own train step (`train_steps.make_train_step` under the one-replica
-MirroredStrategy of `--strategy mirrored`, XLA off, SGD momentum) fed by the
+MirroredStrategy of `--strategy mirrored`, XLA off, SGD momentum, Winograd
+3x3 convolutions where the pipeline uses them: d2l's at 224 pixels) fed by the
 real input pipeline from JPEGs ingested from a folder. The trace is
 written to `--logdir`, where TensorBoard's Profile tab shows it
 (`pip install tensorboard-plugin-profile`, then `tensorboard --logdir DIR`).
