@@ -168,8 +168,7 @@ def main(argv=None):
             seed=0,
             repeat=True,
         ))
-        step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size,
-                                           winograd=train_config.winograd)
+        step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size)
         for _ in range(args.warmup_steps):
             [float(value) for value in step(iterator)]
         logdir = args.logdir or os.path.join(directory, "profile")

@@ -146,8 +146,7 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
         labels = tf.random.uniform((args.batch_size,), 0, common.NUM_CLASSES, tf.int32)
         batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
         iterator = iter(strategy.experimental_distribute_dataset(batches))
-        step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size,
-                                           winograd=train_config.winograd)
+        step = train_steps.make_train_step(model, optimizer, strategy, args.batch_size)
         times = common.latencies(lambda: [float(value) for value in step(iterator)],
                                  args.steps, warmup=args.warmup_steps)
     return args.batch_size / statistics.median(times)

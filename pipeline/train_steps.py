@@ -17,7 +17,7 @@ from pipeline.config import PipelineError
 
 
 def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=0.0,
-                    jit_compile=False, winograd=False):
+                    jit_compile=False, winograd=True):
     """A `tf.function` that trains one global batch from a distributed iterator.
 
     Returns the batch's summed cross-entropy, correct predictions and example
@@ -29,9 +29,9 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
     Weight decay is the paper's: an L2 term on the kernels added to the loss,
     so that it passes through momentum (`w -= lr * (grad + weight_decay * w)`).
 
-    `winograd` computes the float32 3x3 convolutions by Winograd F(4x4, 3x3)
-    where `pipeline.winograd` finds it pays; under `jit_compile` XLA compiles
-    every convolution its own way instead.
+    `winograd` (on by default, as in `TrainConfig`) computes the float32 3x3
+    convolutions by Winograd F(4x4, 3x3) where `pipeline.winograd` finds it
+    pays; under `jit_compile` XLA compiles every convolution its own way.
     """
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(
         from_logits=True, reduction=None
