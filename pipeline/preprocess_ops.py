@@ -33,15 +33,19 @@ PCA_NOISE_STDDEV = 0.1
 def to_channels(image, channels):
     """uint8 [height, width, any channels] to `channels` (1 or 3): grey becomes
     RGB and colour grey (dropping any alpha), the same way on every path."""
-    # Selected, not branched (no tf.cond): inside tf.data, as in the serving
-    # signature, every branch is a function instantiated per request.
-    is_colour = tf.shape(image)[-1] >= 3
-    rgb = tf.gather(image, tf.where(is_colour, [0, 1, 2], [0, 0, 0]), axis=-1)
+    # Sliced and broadcast, not branched (no tf.cond): inside tf.data, as in the
+    # serving signature, every branch is a function instantiated per request.
+    # Nor gathered: a gather over the channel axis cost more than decoding the
+    # JPEG (1.5 against 0.8 ms for a 400x400 one).
+    shape = tf.shape(image)
+    rgb = image[..., : tf.where(shape[-1] >= 3, 3, 1)]
+    rgb = tf.broadcast_to(rgb, tf.concat([shape[:-1], [3]], axis=0))
     if channels == 1:
-        image = tf.where(is_colour, tf.image.rgb_to_grayscale(rgb), rgb[..., :1])
-    else:
-        image = rgb
-    return tf.ensure_shape(image, [None, None, channels])
+        # Grey goes through the same conversion and comes back as it was: the
+        # weights sum to 0.9999 and the conversion back to uint8 scales by
+        # 255.5/255 before it truncates.
+        return tf.ensure_shape(tf.image.rgb_to_grayscale(rgb), [None, None, 1])
+    return tf.ensure_shape(rgb, [None, None, 3])
 
 
 def decode_image(image_bytes, channels):

@@ -31,6 +31,29 @@ def test_decode_image_grey(image_format):
     )
 
 
+@pytest.mark.parametrize("source_channels", [1, 2, 3, 4])
+def test_to_channels_converts_every_layout_and_keeps_grey_exact(source_channels):
+    rng = np.random.default_rng(source_channels)
+    pixels = rng.integers(0, 256, (16, 16, source_channels), np.uint8)
+    # Every grey level once, so that grey is shown to come back unchanged.
+    pixels[..., 0] = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    colour = source_channels >= 3
+    rgb = pixels[..., :3] if colour else np.repeat(pixels[..., :1], 3, axis=-1)
+    grey = (np.floor(rgb / 255 @ np.array([0.2989, 0.587, 0.114]) * 255.5)[..., None]
+            if colour else pixels[..., :1])
+
+    np.testing.assert_array_equal(preprocess_ops.to_channels(pixels, 3), rgb)
+    np.testing.assert_array_equal(preprocess_ops.to_channels(pixels, 1), grey)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
+    def unknown_channels(image):
+        return preprocess_ops.to_channels(image, 1), preprocess_ops.to_channels(image, 3)
+
+    in_graph = unknown_channels(pixels)
+    np.testing.assert_array_equal(in_graph[0], grey)
+    np.testing.assert_array_equal(in_graph[1], rgb)
+
+
 def test_decode_image_rejects_corrupt_bytes_and_works_in_a_graph():
     jpeg = testlib.encode(testlib.coloured(np.random.default_rng(3), 1, 32, 32), "jpeg")
     for corrupt in (jpeg[: len(jpeg) // 2], b"plain text"):
