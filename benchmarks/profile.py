@@ -2,12 +2,14 @@
 
     python -m benchmarks.profile                      # paper variant, batch 64
     python -m benchmarks.profile --variant d2l --logdir runs/profile
+    python -m benchmarks.profile --mixed-precision    # bfloat16, as pipeline.run's flag
     python -m benchmarks.profile --steps 1 --batch-size 4 --images 40  # smoke
 
 Trains `--warmup-steps` untraced steps, then traces `--steps` steps of the
 pipeline's own train step (`train_steps.make_train_step` under the one-replica
 MirroredStrategy of `--strategy mirrored`, XLA off, SGD momentum, Winograd
-3x3 convolutions where the pipeline uses them: d2l's at 224 pixels) fed by the
+3x3 convolutions where the pipeline uses them: d2l's at 224 pixels in float32;
+with `--mixed-precision`, bfloat16 layers as `pipeline.run`'s flag sets them) fed by the
 real input pipeline from JPEGs ingested from a folder. The trace is
 written to `--logdir`, where TensorBoard's Profile tab shows it
 (`pip install tensorboard-plugin-profile`, then `tensorboard --logdir DIR`).
@@ -124,6 +126,7 @@ def main(argv=None):
     # TensorFlow reads the process set-up when it is imported, so it and the
     # pipeline are imported here, never at the top.
     common.prepare_process()
+    import keras
     import tensorflow as tf
 
     from pipeline import distribute
@@ -143,6 +146,8 @@ def main(argv=None):
     parser.add_argument("--warmup-steps", type=int, default=2, help="untraced first steps")
     parser.add_argument("--images", type=int, default=None,
                         help="JPEGs to write (default: enough for one pass of the steps)")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="layers in bfloat16, as pipeline.run --mixed-precision on a CPU")
     parser.add_argument("--logdir", default=None,
                         help="where to keep the trace for TensorBoard (default: a "
                              "temporary directory, deleted afterwards)")
@@ -156,13 +161,21 @@ def main(argv=None):
     model_config = ModelConfig(variant=args.variant, image_size=(height, width),
                                channels=channels)
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd",
-                               learning_rate=0.01)
+                               learning_rate=0.01, mixed_precision=args.mixed_precision)
     with tempfile.TemporaryDirectory() as directory:
         ingested = common.ingest_jpegs(directory, args.images)
         strategy = distribute.make_strategy("mirrored")
-        with strategy.scope():
-            model = model_factory.build_model(model_config, common.NUM_CLASSES)
-            optimizer = model_factory.make_optimizer(train_config, 1, model.trainable_variables)
+        # The precision policy as pipeline.run sets it. The layers keep the
+        # policy they are built with; the process's goes back after.
+        policy = keras.mixed_precision.global_policy()
+        model_factory.set_global_options(train_config, strategy)
+        try:
+            with strategy.scope():
+                model = model_factory.build_model(model_config, common.NUM_CLASSES)
+                optimizer = model_factory.make_optimizer(
+                    train_config, 1, model.trainable_variables)
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
         iterator = iter(transform.distribute_dataset(
             strategy, ingested, "train", model.image_spec, args.batch_size, training=True,
             seed=0,
@@ -184,8 +197,10 @@ def main(argv=None):
         traces = sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True),
                         key=os.path.getmtime)
         totals, function_ms = op_milliseconds(traces[-1])
-    print(f"\n{args.variant} AlexNet {input_shapes[args.variant]}, batch {args.batch_size}, "
-          f"XLA off, {args.steps} traced steps" + (f"; trace in {logdir}" if args.logdir else ""))
+    precision = "bfloat16" if args.mixed_precision else "float32"
+    print(f"\n{args.variant} AlexNet {input_shapes[args.variant]}, {precision}, batch "
+          f"{args.batch_size}, XLA off, {args.steps} traced steps; {common.cpu_model()}"
+          + (f"; trace in {logdir}" if args.logdir else ""))
     # The wall time of the traced steps, to compare with the summed trace times.
     print_breakdown(totals, args.steps, 1000 * sum(times) / args.steps,
                     common.training_gflop_per_image(model), args.batch_size, function_ms)

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import keras
 import pytest
 
 from benchmarks import profile
@@ -75,11 +76,16 @@ def _rows(output):
 
 
 @pytest.mark.slow
-def test_profile_breaks_a_real_step_down_by_layer(tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_profile_breaks_a_real_step_down_by_layer(tmp_path, capsys, precision):
     logdir = tmp_path / "trace"
+    flags = ["--mixed-precision"] if precision == "bfloat16" else []
     assert profile.main(["--steps", "1", "--warmup-steps", "1", "--batch-size", "2",
-                         "--images", "30", "--logdir", str(logdir)]) == 0
+                         "--images", "30", "--logdir", str(logdir), *flags]) == 0
     output = capsys.readouterr().out
+    assert f"(227, 227, 3), {precision}, batch 2" in output
+    # The process's policy is back to what it was.
+    assert keras.mixed_precision.global_policy().name == "float32"
     rows = _rows(output)
     layers = ["conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv3", "conv4",
               "conv5", "pool5", "fc6", "fc7", "fc8", "optimizer"]
