@@ -47,8 +47,10 @@ class _HelpFormatter(argparse.HelpFormatter):
     """Shows each flag's default once, after its help, and none where there is none."""
 
     def _get_help_string(self, action):
-        text = action.help or ""
-        # A switch (nargs 0) says what it does: "--no-winograd (default: True)" would not.
+        # A switch (nargs 0) says in words whether it is on by default, which
+        # "--winograd, --no-winograd (default: True)" would not; Python 3.11's
+        # BooleanOptionalAction adds that to the help itself.
+        text = (action.help or "").removesuffix(" (default: %(default)s)")
         if (action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
                 or action.nargs == 0):
             return text
@@ -121,7 +123,8 @@ def _run_parser():
     _add_data_flags(data)
     data.add_argument("--cache", default=None,
                       help="cache decoded examples: 'memory' or a file path")
-    data.add_argument("--pca-noise", action="store_true",
+    data.add_argument("--pca-noise", action=argparse.BooleanOptionalAction,
+                      default=defaults.data.pca_noise,
                       help="the paper's PCA colour augmentation (colour data)")
 
     model = parser.add_argument_group("model")
@@ -175,13 +178,18 @@ def _run_parser():
     train.add_argument("--freeze", metavar=_choices(config_lib.FREEZABLE_LAYERS),
                        default=None,
                        help="with --init-from: keep the layers up to this one fixed")
-    train.add_argument("--mixed-precision", action="store_true",
+    # Switches have a --no- form too, to turn off what a --config turned on.
+    train.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
+                       default=defaults.train.mixed_precision,
                        help="float16 on GPUs, bfloat16 on CPUs and TPUs")
-    train.add_argument("--jit-compile", action="store_true",
+    train.add_argument("--jit-compile", action=argparse.BooleanOptionalAction,
+                       default=defaults.train.jit_compile,
                        help="compile the training step with XLA")
-    train.add_argument("--no-winograd", dest="winograd", action="store_false",
-                       help="compute 3x3 convolutions directly in the train step, not by "
-                            "Winograd F(4x4,3x3) (float32 on CPUs, maps of whole 4x4 tiles)")
+    train.add_argument("--winograd", action=argparse.BooleanOptionalAction,
+                       default=defaults.train.winograd,
+                       help="on by default: 3x3 convolutions in the train step by Winograd "
+                            "F(4x4,3x3) (float32 on CPUs, maps of whole 4x4 tiles); "
+                            "--no-winograd computes them directly")
 
     tuning = parser.add_argument_group("tuning (keras-tuner)")
     tuning.add_argument("--tune", dest="tuner", metavar=_choices(config_lib.TUNERS),
@@ -209,7 +217,8 @@ def _run_parser():
                              "kept version's) minus this")
     export.add_argument("--min-accuracy", type=float, default=defaults.export.min_accuracy,
                         help="push only at or above this test accuracy (0: no floor)")
-    export.add_argument("--force-push", action="store_true",
+    export.add_argument("--force-push", action=argparse.BooleanOptionalAction,
+                        default=defaults.export.force_push,
                         help="export even if the model is worse than the served one")
     export.add_argument("--export-format", dest="export_formats", action="append",
                         metavar=_choices(config_lib.EXPORT_FORMATS), default=None,

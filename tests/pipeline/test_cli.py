@@ -50,6 +50,8 @@ def test_help_names_each_default_once(command, capsys):
     assert text.count("(default: digits)") <= 1
     assert "(default: None)" not in text
     assert "(default: True)" not in text and "(default: False)" not in text
+    if command == "run":
+        assert "--winograd, --no-winograd" in text
 
 
 def test_a_choice_is_checked_once_by_the_config(capsys):
@@ -95,6 +97,26 @@ def test_config_flag_reruns_a_run_with_the_flags_beside_it_overriding(tmp_path):
     assert rerun.train.output_dir.startswith("runs" + os.sep)
     assert dataclasses.replace(rerun, train=dataclasses.replace(
         rerun.train, epochs=4, output_dir=recorded.train.output_dir)) == recorded
+
+
+def test_config_switches_turn_back_either_way_from_the_command_line():
+    recorded = cli.run_config(cli._run_parser().parse_args([
+        "--mixed-precision", "--no-winograd", "--force-push", "--pca-noise", "--channels", "3",
+    ]))
+    assert (recorded.train.mixed_precision, recorded.train.winograd) == (True, False)
+    assert recorded.export.force_push and recorded.data.pca_noise
+    path = "ram://test_cli/switches/config.json"
+    with tf.io.gfile.GFile(path, "w") as file:
+        file.write(recorded.to_json())
+
+    kept = cli.run_config(cli._parse_run_args(cli._run_parser(), ["--config", path]))
+    assert (kept.train.mixed_precision, kept.train.winograd) == (True, False)
+    turned = cli.run_config(cli._parse_run_args(cli._run_parser(), [
+        "--config", path, "--no-mixed-precision", "--winograd", "--no-force-push",
+        "--no-pca-noise",
+    ]))
+    assert (turned.train.mixed_precision, turned.train.winograd) == (False, True)
+    assert not turned.export.force_push and not turned.data.pca_noise
 
 
 @pytest.mark.parametrize("content, message", [
