@@ -29,6 +29,7 @@ from pipeline import plots
 from pipeline import summaries
 from pipeline import temp_dirs
 from pipeline import train
+from pipeline import warm_start
 from pipeline.config import ConfigError
 from pipeline.config import PipelineError
 from pipeline.config import first_line
@@ -72,6 +73,23 @@ def load_space(path=None):
         )
     space.update(overrides)
     return space
+
+
+def _space_from(space, config, tune_space):
+    """The search space of trials that start from `init_from`: its weights fix
+    the normalisation layers (BatchNormalization's weights, or none), so the
+    default space's `normalization` entry is left out, and a `tune_space` that
+    searches it is refused."""
+    if "normalization" not in space:
+        return space
+    if space["normalization"] is not DEFAULT_SPACE["normalization"]:
+        raise ConfigError(
+            f"tune_space={tune_space} searches `normalization`, which `init_from` "
+            f"fixes to {config.train.init_from}'s; remove it from the file"
+        )
+    log.info("Trials start from %s: its normalization is kept, not searched",
+             config.train.init_from)
+    return {name: spec for name, spec in space.items() if name != "normalization"}
 
 
 def _define(hp, name, spec):
@@ -125,6 +143,8 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
         self.space = space
         self.strategy = strategy
         self.ingested = ingested
+        # `init_from`'s weights, read once for every trial.
+        self._source = None
 
     def _trial_config(self, hp):
         """The run's config with the trial's hyperparameters and its epochs (a
@@ -145,6 +165,14 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
         model = model_factory.build_model(
             config.model, self.ingested.num_classes
         )
+        # A fine-tuning run's trials start where its final training will: from
+        # `init_from`, with the `freeze` layers fixed.
+        if config.train.freeze:
+            warm_start.freeze(model, config.train.freeze)
+        if config.train.init_from:
+            if self._source is None:
+                self._source = warm_start.source_weights(config.train.init_from)
+            warm_start.load(model, config.train.init_from, self._source)
         # Compiled only to carry the optimizer, built here, in the tuner's strategy
         # scope.
         model.compile(optimizer=model_factory.make_optimizer(
@@ -220,9 +248,10 @@ def tune(config, strategy, ingested, run_dir):
             "single-machine strategies; search across machines with its chief/worker "
             "mode (KERASTUNER_TUNER_ID, see README) and any other `strategy`"
         )
-    hypermodel = AlexNetHyperModel(
-        config, load_space(tune_config.tune_space), strategy, ingested
-    )
+    space = load_space(tune_config.tune_space)
+    if config.train.init_from:
+        space = _space_from(space, config, tune_config.tune_space)
+    hypermodel = AlexNetHyperModel(config, space, strategy, ingested)
     tune_dir = tune_config.tune_dir or os.path.join(run_dir, "tuning")
     tuner = make_tuner(tune_config.tuner, hypermodel, strategy, tune_dir,
                        tune_config.max_trials, tune_config.tune_epochs, config.train.seed)

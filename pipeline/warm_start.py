@@ -111,14 +111,16 @@ def source_weights(path):
     return _from_saved_model(path)
 
 
-def load(model, path):
+def load(model, path, source=None):
     """Sets `model`'s weights from the model at `path`, layer by layer.
 
     fc8 stays as initialised when its shape differs (another class count);
     any other layer that is missing or of another shape raises `PipelineError`
     naming the first one, since the source is then another architecture.
+    `source` is `source_weights(path)` when the caller already read it (a
+    search loads the same source into every trial).
     """
-    weights, variant = source_weights(path)
+    weights, variant = source or source_weights(path)
     if variant is not None and variant != model.variant:
         # At some input sizes every shape matches, but the variants scale
         # pixels differently and only "paper" has LRN.

@@ -8,15 +8,19 @@ import subprocess
 import sys
 import time
 
+import keras
 import keras_tuner
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import testlib
+from alexnet_keras import AlexNet
 from pipeline import cli
 from pipeline import artifact
 from pipeline import model_factory
 from pipeline import tune
+from pipeline import warm_start
 from pipeline.config import ConfigError
 from pipeline.config import ModelConfig
 from pipeline.config import RunConfig
@@ -163,6 +167,51 @@ def test_bad_tuning_input_is_a_clear_error(tmp_path):
         tune.apply_hparams(RunConfig(), {"epochs": 3})
     config = tune.apply_hparams(RunConfig(), {"learning_rate": 0.01, "normalization": "none"})
     assert config.train.learning_rate == 0.01 and config.model.normalization == "none"
+
+
+def test_trials_start_from_init_from_with_the_frozen_layers_fixed(
+    tmp_path, digits_dir, monkeypatch
+):
+    """A fine-tuning run's trials start where its final training will."""
+    ingested = artifact.IngestedDataset.load(digits_dir)
+    keras.utils.set_random_seed(1)
+    source = AlexNet(num_classes=6, input_shape=(67, 67, 1))
+    source.save(tmp_path / "source.keras")
+    config = RunConfig(
+        model=ModelConfig(image_size=(67, 67), channels=1),
+        train=TrainConfig(init_from=str(tmp_path / "source.keras"), freeze="conv5"),
+    )
+    reads = []
+    read = warm_start.source_weights
+    monkeypatch.setattr(warm_start, "source_weights",
+                        lambda path: reads.append(path) or read(path))
+    hypermodel = tune.AlexNetHyperModel(config, SMALL_SPACE, tf.distribute.get_strategy(),
+                                        ingested)
+    models = [hypermodel.build(keras_tuner.HyperParameters()) for _ in range(2)]
+
+    assert reads == [str(tmp_path / "source.keras")]
+    convolutions = ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    for model in models:
+        for name in (*convolutions, "fc6", "fc7"):
+            for mine, theirs in zip(model.get_layer(name).weights,
+                                    source.get_layer(name).weights, strict=True):
+                np.testing.assert_array_equal(mine.numpy(), theirs.numpy(), name)
+        assert [layer.name for layer in model.layers
+                if layer.weights and not layer.trainable] == convolutions
+        # The optimizer moves only what is not frozen: fc6-fc8's kernels and biases.
+        assert len(model.optimizer._trainable_variables) == 6
+
+
+def test_a_search_from_init_from_keeps_the_sources_normalization(tmp_path):
+    config = RunConfig(train=TrainConfig(init_from="runs/first"))
+    without = {name: spec for name, spec in tune.DEFAULT_SPACE.items()
+               if name != "normalization"}
+    assert tune._space_from(tune.load_space(), config, None) == without
+    (tmp_path / "space.json").write_text(json.dumps({"normalization": ["lrn", "none"]}))
+    searched = tune.load_space(str(tmp_path / "space.json"))
+    with pytest.raises(ConfigError, match="searches `normalization`, which `init_from` "
+                                          "fixes to runs/first's; remove it"):
+        tune._space_from(searched, config, str(tmp_path / "space.json"))
 
 
 def _flags(tmp_path, digits_dir, space_file, *flags):
