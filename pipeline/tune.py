@@ -82,6 +82,7 @@ def _space_from(space, config, tune_space):
     searches it is refused."""
     if "normalization" not in space:
         return space
+    # `load_space` keeps the default's own list unless the file replaced it.
     if space["normalization"] is not DEFAULT_SPACE["normalization"]:
         raise ConfigError(
             f"tune_space={tune_space} searches `normalization`, which `init_from` "
