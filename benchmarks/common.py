@@ -6,6 +6,7 @@ Importing this module sets nothing and imports only the standard library:
 and the pipeline are imported inside the functions that use them.
 """
 
+import contextlib
 import math
 import os
 
@@ -34,6 +35,31 @@ def cpu_model():
     except (OSError, StopIteration):
         pass
     return f"{name}, {len(os.sched_getaffinity(0))} cores"
+
+
+@contextlib.contextmanager
+def built(variant, input_shape, strategy, train_config):
+    """The pipeline's model and optimizer for `train_config`, seeded, built in
+    the strategy's scope under the precision policy `pipeline.run` sets for it
+    (`model_factory.set_precision`), which is reset to float32 on leaving."""
+    import keras
+
+    from pipeline import model_factory
+    from pipeline.config import ModelConfig
+
+    height, width, channels = input_shape
+    model_config = ModelConfig(variant=variant, image_size=(height, width), channels=channels)
+    model_factory.set_precision(train_config, strategy)
+    try:
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            model = model_factory.build_model(model_config, NUM_CLASSES)
+            optimizer = model_factory.make_optimizer(
+                train_config, train_config.steps_per_epoch or 1, model.trainable_variables
+            )
+        yield model, optimizer
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def latencies(function, calls, warmup=2):

@@ -126,14 +126,11 @@ def main(argv=None):
     # TensorFlow reads the process set-up when it is imported, so it and the
     # pipeline are imported here, never at the top.
     common.prepare_process()
-    import keras
     import tensorflow as tf
 
     from pipeline import distribute
-    from pipeline import model_factory
     from pipeline import train_steps
     from pipeline import transform
-    from pipeline.config import ModelConfig
     from pipeline.config import TrainConfig
 
     input_shapes = common.input_shapes()
@@ -157,25 +154,13 @@ def main(argv=None):
     if min(args.batch_size, args.steps, args.warmup_steps, args.images) < 1:
         parser.error("every count must be at least 1")
 
-    height, width, channels = input_shapes[args.variant]
-    model_config = ModelConfig(variant=args.variant, image_size=(height, width),
-                               channels=channels)
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd",
                                learning_rate=0.01, mixed_precision=args.mixed_precision)
-    with tempfile.TemporaryDirectory() as directory:
+    strategy = distribute.make_strategy("mirrored")
+    with (tempfile.TemporaryDirectory() as directory,
+          common.built(args.variant, input_shapes[args.variant], strategy,
+                       train_config) as (model, optimizer)):
         ingested = common.ingest_jpegs(directory, args.images)
-        strategy = distribute.make_strategy("mirrored")
-        # The precision policy as pipeline.run sets it. The layers keep the
-        # policy they are built with; the process's goes back after.
-        policy = keras.mixed_precision.global_policy()
-        model_factory.set_global_options(train_config, strategy)
-        try:
-            with strategy.scope():
-                model = model_factory.build_model(model_config, common.NUM_CLASSES)
-                optimizer = model_factory.make_optimizer(
-                    train_config, 1, model.trainable_variables)
-        finally:
-            keras.mixed_precision.set_global_policy(policy)
         iterator = iter(transform.distribute_dataset(
             strategy, ingested, "train", model.image_spec, args.batch_size, training=True,
             seed=0,

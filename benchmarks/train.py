@@ -31,7 +31,6 @@ that matter. Run it on a quiet machine.
 """
 
 import argparse
-import contextlib
 import logging
 import os
 import statistics
@@ -82,35 +81,6 @@ def matmul_peak(precision, size=4096, repeats=10):
     return 2 * size**3 / min(times) / 1e9
 
 
-@contextlib.contextmanager
-def _built(variant, input_shape, strategy, train_config):
-    """The pipeline's model and optimizer for `train_config`, built in the
-    strategy's scope under the precision policy it asks for, which is reset
-    to float32 on leaving."""
-    import keras
-
-    from pipeline import model_factory
-    from pipeline.config import ModelConfig
-
-    height, width, channels = input_shape
-    model_config = ModelConfig(variant=variant, image_size=(height, width), channels=channels)
-    # What `--mixed-precision` sets on a CPU: the layers compute in bfloat16,
-    # the weights, LRN's sums and the logits stay float32.
-    keras.mixed_precision.set_global_policy(
-        "mixed_bfloat16" if train_config.mixed_precision else "float32"
-    )
-    try:
-        keras.utils.set_random_seed(0)
-        with strategy.scope():
-            model = model_factory.build_model(model_config, common.NUM_CLASSES)
-            optimizer = model_factory.make_optimizer(
-                train_config, train_config.steps_per_epoch or 1, model.trainable_variables
-            )
-        yield model, optimizer
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-
-
 def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy,
                             precision="float32"):
     """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
@@ -125,7 +95,7 @@ def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, s
         batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
         jit_compile=jit_compile, seed=0, mixed_precision=precision == "bfloat16",
     )
-    with _built(variant, input_shape, strategy, train_config) as (model, optimizer):
+    with common.built(variant, input_shape, strategy, train_config) as (model, optimizer):
         logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
     return logs[-1]["images_per_second"], common.training_gflop_per_image(model)
 
@@ -141,7 +111,7 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
 
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
                                mixed_precision=precision == "bfloat16")
-    with _built(variant, input_shape, strategy, train_config) as (model, optimizer):
+    with common.built(variant, input_shape, strategy, train_config) as (model, optimizer):
         images = tf.random.uniform((args.batch_size, *input_shape), 0, 255)
         labels = tf.random.uniform((args.batch_size,), 0, common.NUM_CLASSES, tf.int32)
         batches = tf.data.Dataset.from_tensors((images, labels)).repeat()

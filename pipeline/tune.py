@@ -79,11 +79,10 @@ def _space_from(space, config, tune_space):
     """The search space of trials that start from `init_from`: its weights fix
     the normalisation layers (BatchNormalization's weights, or none), so the
     default space's `normalization` entry is left out, and a `tune_space` that
-    searches it is refused."""
+    changes it is refused."""
     if "normalization" not in space:
         return space
-    # `load_space` keeps the default's own list unless the file replaced it.
-    if space["normalization"] is not DEFAULT_SPACE["normalization"]:
+    if space["normalization"] != DEFAULT_SPACE["normalization"]:
         raise ConfigError(
             f"tune_space={tune_space} searches `normalization`, which `init_from` "
             f"fixes to {config.train.init_from}'s; remove it from the file"

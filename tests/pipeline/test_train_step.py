@@ -128,6 +128,8 @@ def test_mixed_precision_without_a_gpu_is_bfloat16_and_warns_where_emulated(capl
 
 def test_a_float32_run_hints_at_bfloat16_where_the_cpu_computes_it(caplog):
     caplog.set_level(logging.INFO, logger="pipeline")
+    # A float32 run after a bfloat16 one in the same process is float32.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model_factory.set_global_options(TrainConfig(), tf.distribute.get_strategy())
     assert keras.mixed_precision.global_policy().name == "float32"
     hinted = "This CPU computes bfloat16 natively" in caplog.text
