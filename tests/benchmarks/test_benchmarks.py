@@ -12,13 +12,14 @@ import sys
 import keras
 import pytest
 
+from benchmarks import convolutions
 from benchmarks import profile
 
 
 _IMPORT_CHECK = """
 import os, sys
-import benchmarks.input_pipeline, benchmarks.profile, benchmarks.scaling, benchmarks.serving
-import benchmarks.train
+import benchmarks.convolutions, benchmarks.input_pipeline, benchmarks.profile
+import benchmarks.scaling, benchmarks.serving, benchmarks.train
 assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
 assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "importing set TF_CPP_MIN_LOG_LEVEL"
 heavy = sorted({"pipeline", "tensorflow", "keras"} & set(sys.modules))
@@ -94,6 +95,52 @@ def test_profile_breaks_a_real_step_down_by_layer(tmp_path, capsys, precision):
     # The trace stays where TensorBoard's Profile tab reads it.
     assert list(logdir.rglob("*.xplane.pb"))
     assert re.search(r"Step wall time \d+ ms", output)
+
+
+def test_convolution_shapes_and_flops_are_the_models():
+    layers = convolutions.conv_layers("paper", (227, 227, 3))
+    assert [layer[0] for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
+    assert layers[0] == ("conv1", (227, 227, 3), (11, 11, 3, 96), 4, "valid")
+    assert layers[1] == ("conv2", (27, 27, 96), (5, 5, 96, 256), 1, "same")
+    # conv1: 55x55 outputs of 96 filters, each 11x11x3 multiply-adds; conv2 keeps 27x27.
+    assert convolutions.gflop(*layers[0][1:], 1) == pytest.approx(
+        2 * 55 * 55 * 96 * 11 * 11 * 3 / 1e9)
+    assert convolutions.gflop(*layers[1][1:], 64) == pytest.approx(
+        2 * 64 * 27 * 27 * 256 * 5 * 5 * 96 / 1e9)
+
+
+@pytest.mark.slow
+def test_convolution_benchmark_times_every_pass_beside_pytorch(capsys):
+    assert convolutions.main(["--variant", "d2l", "--precision", "float32",
+                              "--batch-size", "2", "--repeats", "1"]) == 0
+    output = capsys.readouterr().out
+    assert re.search(r"^d2l AlexNet \(224, 224, 1\), float32, batch 2; matmul peak \d+ GFLOP/s$",
+                     output, re.M), output
+    tf_total = torch_total = 0.0
+    for layer in ("conv1", "conv2", "conv3", "conv4", "conv5"):
+        cells = next(line for line in output.splitlines() if line.startswith(layer)).split()
+        if layer == "conv1":
+            # No input gradient: conv1's input is the data.
+            assert cells[5] == "-"
+            cells = cells[:5] + cells[6:]
+        # GFLOP, then (ms, share of peak, PyTorch ms) per pass.
+        assert len(cells) == 2 + 3 * (2 if layer == "conv1" else 3)
+        passes = [cells[index:index + 3] for index in range(2, len(cells), 3)]
+        assert all(float(ms) > 0 and share.endswith("%") and float(torch_ms) > 0
+                   for ms, share, torch_ms in passes)
+        tf_total += sum(float(ms) for ms, _, _ in passes)
+        torch_total += sum(float(torch_ms) for _, _, torch_ms in passes)
+    # d2l's conv2 at batch 2: 26x26 outputs of 256 filters, 5x5x96 each.
+    conv2 = next(line for line in output.splitlines() if line.startswith("conv2"))
+    assert float(conv2.split()[1]) == pytest.approx(2 * 2 * 26 * 26 * 256 * 5 * 5 * 96 / 1e9,
+                                                    abs=0.05)
+    total = re.search(r"^All passes: (\d+) ms, \d+% of the peak; at most (\d+\.\d) images/s",
+                      output, re.M)
+    assert float(total.group(1)) == pytest.approx(tf_total, abs=1)
+    assert float(total.group(2)) == pytest.approx(2 / float(total.group(1)) * 1000, rel=0.05)
+    ratio = re.search(r"^PyTorch: (\d+) ms; PyTorch / TensorFlow (\d+\.\d\d)x$", output, re.M)
+    assert float(ratio.group(1)) == pytest.approx(torch_total, abs=1)
+    assert float(ratio.group(2)) == pytest.approx(torch_total / tf_total, rel=0.05, abs=0.02)
 
 
 def _run(*command):
