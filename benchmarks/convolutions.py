@@ -132,7 +132,7 @@ def torch_ms(input_shape, kernel_shape, stride, padding, precision, batch_size, 
 
 
 def measure(variant, input_shape, precision, batch_size, repeats):
-    """[(layer name, GFLOP per pass, {pass: TF ms}, {pass: PyTorch ms} or None)]."""
+    """[(layer name, GFLOP per pass, {pass: TensorFlow ms}, {pass: PyTorch ms} or None)]."""
     rows = []
     for index, (name, shape, kernel_shape, stride, padding) in enumerate(
             conv_layers(variant, input_shape)):
@@ -148,29 +148,29 @@ def print_table(variant, input_shape, precision, batch_size, peak, rows):
           f"{peak:.0f} GFLOP/s")
     print(f"{'':<8}{'GFLOP':>7}" + "".join(f"{name + ' ms':>16}{'of peak':>9}{'PyTorch':>9}"
                                            for name in _PASSES))
-    totals = {"tf": 0.0, "torch": 0.0, "gflop": 0.0}
-    have_torch = all(reference is not None for *_, reference in rows)
-    for name, layer_gflop, tf_ms, torch_ms_ in rows:
+    tensorflow_total = pytorch_total = total_gflop = 0.0
+    have_pytorch = all(pytorch is not None for *_, pytorch in rows)
+    for name, layer_gflop, tensorflow, pytorch in rows:
         cells = []
         for pass_name in _PASSES:
-            if pass_name not in tf_ms:
+            if pass_name not in tensorflow:
                 cells.append(f"{'-':>16}{'':>9}{'':>9}")
                 continue
-            ms = tf_ms[pass_name]
-            reference = f"{torch_ms_[pass_name]:9.1f}" if have_torch else f"{'-':>9}"
+            ms = tensorflow[pass_name]
+            reference = f"{pytorch[pass_name]:9.1f}" if have_pytorch else f"{'-':>9}"
             cells.append(f"{ms:16.1f}{layer_gflop / ms * 1000 / peak:9.0%}{reference}")
-            totals["tf"] += ms
-            totals["gflop"] += layer_gflop
-            if have_torch:
-                totals["torch"] += torch_ms_[pass_name]
+            tensorflow_total += ms
+            total_gflop += layer_gflop
+            if have_pytorch:
+                pytorch_total += pytorch[pass_name]
         print(f"{name:<8}{layer_gflop:7.1f}" + "".join(cells))
-    share = totals["gflop"] / totals["tf"] * 1000 / peak
-    print(f"All passes: {totals['tf']:.0f} ms, {share:.0%} of the peak; at most "
-          f"{batch_size / totals['tf'] * 1000:.1f} images/s if nothing else in the step "
+    share = total_gflop / tensorflow_total * 1000 / peak
+    print(f"All passes: {tensorflow_total:.0f} ms, {share:.0%} of the peak; at most "
+          f"{batch_size / tensorflow_total * 1000:.1f} images/s if nothing else in the step "
           "took time.")
-    if have_torch:
-        print(f"PyTorch: {totals['torch']:.0f} ms; PyTorch / TensorFlow "
-              f"{totals['torch'] / totals['tf']:.2f}x")
+    if have_pytorch:
+        print(f"PyTorch: {pytorch_total:.0f} ms; PyTorch / TensorFlow "
+              f"{pytorch_total / tensorflow_total:.2f}x")
 
 
 def main(argv=None):
