@@ -13,7 +13,8 @@ has none, its input is the data) and the gradient with respect to its kernel
 same convolution in PyTorch (`torch.nn.functional.conv2d` and
 `aten.convolution_backward`, NCHW as PyTorch users run it) is the reference
 beside it, measured in the same run. Both run on oneDNN, so the ratio shows
-what the framework adds around the same kernels.
+what each framework's way of calling the same kernels costs: the memory
+layout it hands them and the reorders around them.
 
 It prints each pass's milliseconds, its GFLOP/s as a share of the matmul peak
 of its precision (`benchmarks.train.matmul_peak`), PyTorch's milliseconds,
