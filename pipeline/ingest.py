@@ -32,6 +32,7 @@ if __name__ == "__main__":
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import itertools
 import json
@@ -250,27 +251,32 @@ def _write(source, fingerprint, directory, data_config):
             len(split.labels),
             source.spec,
         )
-        checked_records = _checked_records(split, SPLIT_SEED, data_config.max_pixels)
-        for done, checked in enumerate(checked_records, start=1):
-            if done % 10000 == 0:
-                logger.info(
-                    "%s: %d of %d examples done", source_split, done, len(split.labels)
-                )
-            key = split.keys[checked.index]
-            if checked.problem:
-                if data_config.strict:
-                    raise PipelineError(
-                        f"{key}: {checked.problem} (`strict` stops at the first bad "
-                        "image; without it, bad images are skipped and listed)"
+        # Closed here, on any error too: the checking pool then shuts down on
+        # this thread, not whenever (and on whichever thread) the garbage
+        # collector finalises the generator.
+        with contextlib.closing(
+            _checked_records(split, SPLIT_SEED, data_config.max_pixels)
+        ) as records:
+            for done, checked in enumerate(records, start=1):
+                if done % 10000 == 0:
+                    logger.info(
+                        "%s: %d of %d examples done", source_split, done, len(split.labels)
                     )
-                logger.warning("skipping %s: %s", key, checked.problem)
-                skipped.append(artifact.Skipped(key, checked.problem))
-                continue
-            writers[destination[checked.index]].write(
-                checked, split.labels[checked.index]
-            )
-            channels.add(checked.shape[2])
-            sizes.append(checked.shape[:2])
+                key = split.keys[checked.index]
+                if checked.problem:
+                    if data_config.strict:
+                        raise PipelineError(
+                            f"{key}: {checked.problem} (`strict` stops at the first bad "
+                            "image; without it, bad images are skipped and listed)"
+                        )
+                    logger.warning("skipping %s: %s", key, checked.problem)
+                    skipped.append(artifact.Skipped(key, checked.problem))
+                    continue
+                writers[destination[checked.index]].write(
+                    checked, split.labels[checked.index]
+                )
+                channels.add(checked.shape[2])
+                sizes.append(checked.shape[:2])
     for writer in writers.values():
         writer.close()
         if not writer.num_examples:

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -192,6 +193,7 @@ def test_strict_raises_naming_the_file_and_leaves_nothing(tmp_path):
     images = _image_folder(tmp_path / "images")
     jpeg = next(data for _, data in images.values() if data.startswith(b"\xff\xd8"))
     truncated = _write(str(tmp_path / "images" / "dog" / "cut.jpg"), jpeg[:-200])
+    threads_before = set(threading.enumerate())
     with pytest.raises(PipelineError, match="cut.jpg: corrupt jpeg") as error:
         ingest.ingest(
             DataConfig(dataset=f"folder:{tmp_path / 'images'}", strict=True),
@@ -199,6 +201,12 @@ def test_strict_raises_naming_the_file_and_leaves_nothing(tmp_path):
         )
     assert truncated in str(error.value)
     assert sorted(os.listdir(tmp_path)) == ["images"]
+    # The checking threads are joined before the error leaves ingest. Left to
+    # the garbage collector, which can run on one of those threads, the pool's
+    # shutdown would try to join the thread it runs on ("cannot join current
+    # thread") and leave the others running.
+    assert [thread.name for thread in set(threading.enumerate()) - threads_before
+            if thread.name.startswith("ThreadPoolExecutor")] == []
 
 
 @pytest.mark.slow
