@@ -129,15 +129,18 @@ def ingest_jpegs(directory, count):
                          os.path.join(directory, "ingested"))
 
 
+def multiply_adds(layer):
+    """Forward multiply-adds per image of a Conv2D or Dense layer (0 for others)."""
+    if layer.__class__.__name__ == "Conv2D":
+        height, width, filters = layer.output.shape[1:]
+        kernel_height, kernel_width, channels, _ = layer.kernel.shape
+        return height * width * filters * kernel_height * kernel_width * channels
+    if layer.__class__.__name__ == "Dense":
+        return math.prod(layer.kernel.shape)
+    return 0
+
+
 def training_gflop_per_image(model):
     """Forward multiply-adds of the convolutions and dense layers, x2 for FLOPs,
     x3 for training (the backward pass costs about twice the forward)."""
-    macs = 0
-    for layer in model.layers:
-        if layer.__class__.__name__ == "Conv2D":
-            height, width, filters = layer.output.shape[1:]
-            kernel_height, kernel_width, channels, _ = layer.kernel.shape
-            macs += height * width * filters * kernel_height * kernel_width * channels
-        elif layer.__class__.__name__ == "Dense":
-            macs += math.prod(layer.kernel.shape)
-    return 3 * 2 * macs / 1e9
+    return 3 * 2 * sum(multiply_adds(layer) for layer in model.layers) / 1e9

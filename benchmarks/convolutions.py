@@ -26,15 +26,28 @@ times the direct convolution they would otherwise be.
 
 import argparse
 import sys
+from typing import NamedTuple
 
 from benchmarks import common
 
 _PASSES = ("forward", "grad input", "grad weights")
 
 
+class Convolution(NamedTuple):
+    """One Conv2D layer of the model, shapes without the batch."""
+
+    name: str
+    input_shape: tuple
+    output_shape: tuple
+    kernel_shape: tuple
+    stride: int
+    padding: str
+    multiply_adds: int  # per image, in each of the three passes
+
+
 def conv_layers(variant, input_shape):
-    """[(name, input shape without the batch, kernel shape, stride, padding)] of
-    the variant's Conv2D layers, read from the model the pipeline builds."""
+    """The variant's Conv2D layers as `Convolution`s, read from the model the
+    pipeline builds."""
     from pipeline import model_factory
     from pipeline.config import ModelConfig
 
@@ -48,40 +61,27 @@ def conv_layers(variant, input_shape):
             continue
         if layer.groups != 1 or layer.strides[0] != layer.strides[1]:
             raise ValueError(f"{layer.name}: only ungrouped square-stride convolutions are timed")
-        layers.append((layer.name, tuple(layer.input.shape[1:]), tuple(layer.kernel.shape),
-                       layer.strides[0], layer.padding))
+        layers.append(Convolution(
+            layer.name, tuple(layer.input.shape[1:]), tuple(layer.output.shape[1:]),
+            tuple(layer.kernel.shape), layer.strides[0], layer.padding,
+            common.multiply_adds(layer)))
     return layers
 
 
-def gflop(input_shape, kernel_shape, stride, padding, batch_size):
-    """GFLOP of one pass (each of the three does the same multiply-adds)."""
-    height, width, _ = input_shape
-    kernel_height, kernel_width, channels, filters = kernel_shape
-    if padding == "same":
-        out_height, out_width = -(-height // stride), -(-width // stride)
-    else:
-        out_height = (height - kernel_height) // stride + 1
-        out_width = (width - kernel_width) // stride + 1
-    return (2 * batch_size * out_height * out_width * filters
-            * kernel_height * kernel_width * channels / 1e9)
-
-
-def tensorflow_ms(input_shape, kernel_shape, stride, padding, precision, batch_size, repeats,
-                  input_gradient):
+def tensorflow_ms(conv, precision, batch_size, repeats, input_gradient):
     """{pass: ms} of TensorFlow's ops, the fastest of `repeats` calls each."""
     import tensorflow as tf
 
-    strides = [1, stride, stride, 1]
-    padding = padding.upper()
-    inputs = tf.cast(tf.random.normal([batch_size, *input_shape]), precision)
-    kernel = tf.cast(tf.random.normal(kernel_shape) * 0.05, precision)
-    outputs = tf.nn.conv2d(inputs, kernel, strides, padding)
-    output_gradient = tf.cast(tf.random.normal(outputs.shape), precision)
+    strides = [1, conv.stride, conv.stride, 1]
+    padding = conv.padding.upper()
+    inputs = tf.cast(tf.random.normal([batch_size, *conv.input_shape]), precision)
+    kernel = tf.cast(tf.random.normal(conv.kernel_shape) * 0.05, precision)
+    output_gradient = tf.cast(tf.random.normal([batch_size, *conv.output_shape]), precision)
     passes = {
         "forward": lambda: tf.raw_ops.Conv2D(
             input=inputs, filter=kernel, strides=strides, padding=padding),
         "grad weights": lambda: tf.raw_ops.Conv2DBackpropFilter(
-            input=inputs, filter_sizes=kernel_shape, out_backprop=output_gradient,
+            input=inputs, filter_sizes=conv.kernel_shape, out_backprop=output_gradient,
             strides=strides, padding=padding),
     }
     if input_gradient:
@@ -96,24 +96,25 @@ def tensorflow_ms(input_shape, kernel_shape, stride, padding, precision, batch_s
             for name, function in passes.items()}
 
 
-def torch_ms(input_shape, kernel_shape, stride, padding, precision, batch_size, repeats,
-             input_gradient):
+def torch_ms(conv, precision, batch_size, repeats, input_gradient):
     """{pass: ms} of the same convolution in PyTorch; None without torch."""
     try:
         import torch
     except ImportError:
         return None
-    height, width, channels = input_shape
-    kernel_height, kernel_width, _, filters = kernel_shape
-    if padding == "same" and (stride != 1 or kernel_height % 2 == 0 or kernel_width % 2 == 0):
+    height, width, channels = conv.input_shape
+    out_height, out_width, filters = conv.output_shape
+    kernel_height, kernel_width, _, _ = conv.kernel_shape
+    stride = conv.stride
+    if conv.padding == "same" and (stride != 1 or kernel_height % 2 == 0
+                                   or kernel_width % 2 == 0):
         raise ValueError("PyTorch's symmetric padding matches Keras' 'same' only for odd "
                          "kernels at stride 1")
-    pad = (kernel_height // 2, kernel_width // 2) if padding == "same" else (0, 0)
+    pad = (kernel_height // 2, kernel_width // 2) if conv.padding == "same" else (0, 0)
     dtype = getattr(torch, precision)
     inputs = torch.randn(batch_size, channels, height, width).to(dtype)
     kernel = (torch.randn(filters, channels, kernel_height, kernel_width) * 0.05).to(dtype)
-    outputs = torch.nn.functional.conv2d(inputs, kernel, stride=stride, padding=pad)
-    output_gradient = torch.randn(outputs.shape).to(dtype)
+    output_gradient = torch.randn(batch_size, filters, out_height, out_width).to(dtype)
 
     def backward(mask):
         return torch.ops.aten.convolution_backward(
@@ -132,14 +133,13 @@ def torch_ms(input_shape, kernel_shape, stride, padding, precision, batch_size, 
                 for name, function in passes.items()}
 
 
-def measure(variant, input_shape, precision, batch_size, repeats):
+def measure(layers, precision, batch_size, repeats):
     """[(layer name, GFLOP per pass, {pass: TensorFlow ms}, {pass: PyTorch ms} or None)]."""
     rows = []
-    for index, (name, shape, kernel_shape, stride, padding) in enumerate(
-            conv_layers(variant, input_shape)):
-        arguments = (shape, kernel_shape, stride, padding, precision, batch_size, repeats,
-                     index > 0)
-        rows.append((name, gflop(shape, kernel_shape, stride, padding, batch_size),
+    for index, conv in enumerate(layers):
+        # conv1's input is the data: training needs no gradient for it.
+        arguments = (conv, precision, batch_size, repeats, index > 0)
+        rows.append((conv.name, 2 * batch_size * conv.multiply_adds / 1e9,
                      tensorflow_ms(*arguments), torch_ms(*arguments)))
     return rows
 
@@ -199,9 +199,9 @@ def main(argv=None):
     peaks = {precision: train.matmul_peak(precision) for precision in precisions}
     print(f"{common.cpu_model()}; flags: {' '.join(train.cpu_flags()) or 'unknown'}")
     for variant in args.variant or input_shapes:
+        layers = conv_layers(variant, input_shapes[variant])
         for precision in precisions:
-            rows = measure(variant, input_shapes[variant], precision, args.batch_size,
-                           args.repeats)
+            rows = measure(layers, precision, args.batch_size, args.repeats)
             print_table(variant, input_shapes[variant], precision, args.batch_size,
                         peaks[precision], rows)
     return 0

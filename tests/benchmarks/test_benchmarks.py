@@ -99,14 +99,12 @@ def test_profile_breaks_a_real_step_down_by_layer(tmp_path, capsys, precision):
 
 def test_convolution_shapes_and_flops_are_the_models():
     layers = convolutions.conv_layers("paper", (227, 227, 3))
-    assert [layer[0] for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
-    assert layers[0] == ("conv1", (227, 227, 3), (11, 11, 3, 96), 4, "valid")
-    assert layers[1] == ("conv2", (27, 27, 96), (5, 5, 96, 256), 1, "same")
+    assert [layer.name for layer in layers] == ["conv1", "conv2", "conv3", "conv4", "conv5"]
     # conv1: 55x55 outputs of 96 filters, each 11x11x3 multiply-adds; conv2 keeps 27x27.
-    assert convolutions.gflop(*layers[0][1:], 1) == pytest.approx(
-        2 * 55 * 55 * 96 * 11 * 11 * 3 / 1e9)
-    assert convolutions.gflop(*layers[1][1:], 64) == pytest.approx(
-        2 * 64 * 27 * 27 * 256 * 5 * 5 * 96 / 1e9)
+    assert layers[0] == ("conv1", (227, 227, 3), (55, 55, 96), (11, 11, 3, 96), 4, "valid",
+                         55 * 55 * 96 * 11 * 11 * 3)
+    assert layers[1] == ("conv2", (27, 27, 96), (27, 27, 256), (5, 5, 96, 256), 1, "same",
+                         27 * 27 * 256 * 5 * 5 * 96)
 
 
 @pytest.mark.slow
