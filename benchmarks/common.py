@@ -41,20 +41,24 @@ def cpu_model():
 def built(variant, input_shape, strategy, train_config):
     """The pipeline's model and optimizer for `train_config`, seeded, built in
     the strategy's scope under the precision policy `pipeline.run` sets for it
-    (`model_factory.set_precision`), which is reset to float32 on leaving."""
+    (`precision.set_precision`), which is reset to float32 on leaving."""
     import keras
 
-    from pipeline import model_factory
+    from pipeline.training import models
+
+    from pipeline.training import optimizers
+
+    from pipeline.training import precision
     from pipeline.config import ModelConfig
 
     height, width, channels = input_shape
     model_config = ModelConfig(variant=variant, image_size=(height, width), channels=channels)
-    model_factory.set_precision(train_config, strategy)
+    precision.set_precision(train_config, strategy)
     try:
         keras.utils.set_random_seed(0)
         with strategy.scope():
-            model = model_factory.build_model(model_config, NUM_CLASSES)
-            optimizer = model_factory.make_optimizer(
+            model = models.build_model(model_config, NUM_CLASSES)
+            optimizer = optimizers.make_optimizer(
                 train_config, train_config.steps_per_epoch or 1, model.trainable_variables
             )
         yield model, optimizer
@@ -120,7 +124,7 @@ def ingest_jpegs(directory, count):
     """The `IngestedDataset` of `count` JPEGs written to `directory`/images and
     ingested from there as `folder:` into `directory`/ingested: the real input
     pipeline's source, as `pipeline.run --dataset folder:...` would make it."""
-    from pipeline import ingest
+    from pipeline.data import ingest
     from pipeline.config import DataConfig
 
     images = os.path.join(directory, "images")

@@ -48,11 +48,11 @@ class Convolution(NamedTuple):
 def conv_layers(variant, input_shape):
     """The variant's Conv2D layers as `Convolution`s, read from the model the
     pipeline builds."""
-    from pipeline import model_factory
+    from pipeline.training import models
     from pipeline.config import ModelConfig
 
     height, width, channels = input_shape
-    model = model_factory.build_model(
+    model = models.build_model(
         ModelConfig(variant=variant, image_size=(height, width), channels=channels),
         common.NUM_CLASSES)
     layers = []

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks import common
-from pipeline import ingest
+from pipeline.data import ingest
 from pipeline.config import DataConfig
 
 # ImageNet's most common sizes (its images average ~400x350, ~110 KB).

@@ -59,8 +59,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from alexnet_keras import AlexNet
-    from pipeline import train_steps
-    from pipeline import transform
+    from pipeline.training import train_steps
+    from pipeline.data import input_pipeline
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.input_pipeline", description=__doc__.split("\n")[0]
@@ -95,7 +95,7 @@ def main(argv=None):
             variant="paper", num_classes=common.NUM_CLASSES,
             input_shape=common.input_shapes()["paper"],
         )
-        dataset = transform.make_dataset(
+        dataset = input_pipeline.make_dataset(
             ingested, "train", model.image_spec, args.batch_size, True
         )
 

@@ -128,9 +128,9 @@ def main(argv=None):
     common.prepare_process()
     import tensorflow as tf
 
-    from pipeline import distribute
-    from pipeline import train_steps
-    from pipeline import transform
+    from pipeline.training import distribute
+    from pipeline.training import train_steps
+    from pipeline.data import input_pipeline
     from pipeline.config import TrainConfig
 
     input_shapes = common.input_shapes()
@@ -161,7 +161,7 @@ def main(argv=None):
           common.built(args.variant, input_shapes[args.variant], strategy,
                        train_config) as (model, optimizer)):
         ingested = common.ingest_jpegs(directory, args.images)
-        iterator = iter(transform.distribute_dataset(
+        iterator = iter(input_pipeline.distribute_dataset(
             strategy, ingested, "train", model.image_spec, args.batch_size, training=True,
             seed=0,
             repeat=True,

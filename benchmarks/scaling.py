@@ -50,9 +50,10 @@ def worker(args):
     common.prepare_process()
     import tensorflow as tf
 
-    from pipeline import distribute
-    from pipeline import model_factory
-    from pipeline import train_steps
+    from pipeline.training import distribute
+    from pipeline.training import models
+    from pipeline.training import optimizers
+    from pipeline.training import train_steps
     from pipeline.config import ModelConfig
     from pipeline.config import TrainConfig
 
@@ -63,8 +64,8 @@ def worker(args):
                                optimizer="sgd", learning_rate=0.01)
     model_config = ModelConfig(image_size=(args.image_size, args.image_size), channels=3)
     with strategy.scope():
-        model = model_factory.build_model(model_config, common.NUM_CLASSES)
-        optimizer = model_factory.make_optimizer(train_config, 100, model.trainable_variables)
+        model = models.build_model(model_config, common.NUM_CLASSES)
+        optimizer = optimizers.make_optimizer(train_config, 100, model.trainable_variables)
     shape = model.image_spec.shape
 
     def dataset_fn(context):

@@ -5,7 +5,7 @@ model's bare forward pass, and a REST server under concurrent clients.
     python -m benchmarks.serving --image-size 67 --calls 3 --clients 2  # smoke
 
 It exports the paper AlexNet (227x227x3, 10 classes) with
-`export.export_saved_model`, loads it the way TF Serving does (the C++
+`builder.export_saved_model`, loads it the way TF Serving does (the C++
 SavedModel loader through a graph session, tag `serve`) and measures:
 
 1. `serving_default` on JPEG bytes (300-500 pixels a side, like ImageNet's) at
@@ -121,7 +121,7 @@ def main(argv=None):
     import tensorflow as tf
 
     from alexnet_keras import AlexNet
-    from pipeline import export
+    from pipeline.serving import builder
 
     model = AlexNet(num_classes=common.NUM_CLASSES,
                     input_shape=(args.image_size, args.image_size, 3))
@@ -131,7 +131,7 @@ def main(argv=None):
         jpegs = [open(os.path.join(parent, name), "rb").read()
                  for parent, _, names in sorted(os.walk(os.path.join(directory, "images")))
                  for name in sorted(names)]
-        session = _Session(export.export_saved_model(
+        session = _Session(builder.export_saved_model(
             model, [str(index) for index in range(common.NUM_CLASSES)],
             os.path.join(directory, "alexnet")))
         print(f"CPU: {common.cpu_model()}; paper AlexNet at {args.image_size}x"

@@ -12,7 +12,7 @@ In one run on this machine it measures:
    float32 always, bfloat16 where the CPU has bfloat16 instructions
    (`avx512_bf16` or `amx_bf16`); each row's share of its precision's peak;
 2. this project's training images/s as `pipeline.run --strategy mirrored`
-   reports them (`train.fit` under the MirroredStrategy it builds, on JPEGs
+   reports them (`loop.fit` under the MirroredStrategy it builds, on JPEGs
    ingested from a folder, the real input pipeline, SGD momentum), for the
    paper variant (227x227x3, LRN) and the d2l variant (224x224x1), with and
    without XLA, in float32 and, where native, bfloat16 (`--mixed-precision`);
@@ -62,9 +62,9 @@ def precisions():
     """The precisions this machine trains natively: float32, and bfloat16 on a
     CPU with bfloat16 instructions (elsewhere TensorFlow emulates it, 14x slower
     on an AVX2 CPU)."""
-    from pipeline import model_factory
+    from pipeline.training import precision
 
-    return ("float32", "bfloat16") if model_factory.cpu_has_bfloat16() else ("float32",)
+    return ("float32", "bfloat16") if precision.cpu_has_bfloat16() else ("float32",)
 
 
 def matmul_peak(precision, size=4096, repeats=10):
@@ -83,20 +83,20 @@ def matmul_peak(precision, size=4096, repeats=10):
 
 def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, strategy,
                             precision="float32"):
-    """images/s that `train.fit` reports for one epoch of `args.steps` steps."""
-    from pipeline import train
+    """images/s that `loop.fit` reports for one epoch of `args.steps` steps."""
+    from pipeline.training import loop
     from pipeline.config import DataConfig
     from pipeline.config import TrainConfig
 
     train_config = TrainConfig(
-        # train.fit's images/s leaves out the epoch's first step (it traces), as
+        # loop.fit's images/s leaves out the epoch's first step (it traces), as
         # in history.csv: the rest are the timed steps.
         epochs=1, steps_per_epoch=1 + args.steps,
         batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
         jit_compile=jit_compile, seed=0, mixed_precision=precision == "bfloat16",
     )
     with common.built(variant, input_shape, strategy, train_config) as (model, optimizer):
-        logs = train.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
+        logs = loop.fit(model, optimizer, strategy, train_config, DataConfig(), ingested)
     return logs[-1]["images_per_second"], common.training_gflop_per_image(model)
 
 
@@ -106,7 +106,7 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
     without the input pipeline beside it."""
     import tensorflow as tf
 
-    from pipeline import train_steps
+    from pipeline.training import train_steps
     from pipeline.config import TrainConfig
 
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
@@ -201,10 +201,10 @@ def serving_latency(input_shape, ingested, export_dir, batch_sizes, repeats):
     import tensorflow as tf
 
     from alexnet_keras import AlexNet
-    from pipeline import export
+    from pipeline.serving import builder
 
     model = AlexNet(variant="paper", num_classes=common.NUM_CLASSES, input_shape=input_shape)
-    version = export.export_saved_model(
+    version = builder.export_saved_model(
         model, [str(index) for index in range(common.NUM_CLASSES)], export_dir,
     )
     serve = tf.saved_model.load(version).signatures["serving_default"]
@@ -228,7 +228,7 @@ def main(argv=None):
     common.prepare_process()
     import tensorflow as tf
 
-    from pipeline import distribute
+    from pipeline.training import distribute
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.train", description=__doc__.split("\n")[0]
@@ -236,7 +236,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=8, help="timed training steps")
     parser.add_argument("--warmup-steps", type=int, default=2,
-                        help="untimed first steps of the PyTorch references (train.fit "
+                        help="untimed first steps of the PyTorch references (loop.fit "
                              "leaves out its first step, which traces)")
     parser.add_argument("--images", type=int, default=None,
                         help="JPEGs to write (default: enough for the steps)")

@@ -1,17 +1,28 @@
 """The pipeline's settings: frozen dataclasses, one per stage, validated once.
 
+Every fact about a setting is declared once, on its field (`setting`): its
+default, whether it shapes a run (a resumed run must keep it), whether the
+tuner may search it and TensorBoard's HParams dashboard shows it, and its
+command-line flag and help. The resume check (`shaping_settings`), the tuner
+(`tunable_settings`), the HParams writer (`logged_settings`) and the command
+line read them from here, so a new setting is one field.
+
 `pipeline.cli` turns flags into a `RunConfig` (each flag sets the field of the
 same name: `--batch-size` is `TrainConfig.batch_size`); it is written to the
-run directory as `config.json` and each stage receives only its own part.
-Errors name settings as `name=value` or `` `name` ``, which the command line
-shows as its flags.
+run directory as `config.json`, read back only through `RunConfig.from_json`,
+and each stage receives only its own part. Errors name settings as
+`name=value` or `` `name` ``, which the command line shows as its flags.
 """
 
 import dataclasses
 import json
-import re
+import os
+import time
+import types
+import typing
 
 from alexnet_keras import alexnet
+from pipeline.errors import ConfigError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
@@ -21,54 +32,73 @@ EXPORT_FORMATS = ("saved_model", "keras", "litert", "onnx")
 TUNERS = ("random", "hyperband", "bayesian")
 # `freeze` may hold any layer up to fc7: fc8, the classifier, always trains.
 FREEZABLE_LAYERS = alexnet.WEIGHT_LAYERS[:-1]
+# A config file larger than this is not a config.
+MAX_CONFIG_BYTES = 1 << 20
 
 
-class PipelineError(Exception):
-    """A problem the user caused and can fix: a bad flag, path, file or dataset.
+def setting(default=None, *, shapes_run, tunable=False, logged=False, ingest=False,
+            flag=None, choices=None, help=None, default_factory=None):
+    """A config field and what is true of it.
 
-    Its message is one line that names the thing and the fix; the command line
-    prints it, with settings named as flags, and exits with status 2 instead of
-    a traceback.
+    Args:
+        shapes_run: a run resumed under another value would not be the run its
+            `config.json` describes, so resuming refuses the change.
+        tunable: the tuner may search it (`tune_space`, `best_hparams.json`).
+        logged: TensorBoard's HParams dashboard shows it (tunable ones always).
+        ingest: ingest reads it; `python -m pipeline.ingest` and `evaluate`
+            take its flag too.
+        flag: its flag where that is not `--<name-with-dashes>`.
+        choices: the values it takes, shown in `--help` (the dataclass checks).
+        help: the flag's help.
     """
+    metadata = {"shapes_run": shapes_run, "tunable": tunable, "logged": logged or tunable,
+                "ingest": ingest, "flag": flag, "choices": choices, "help": help}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
 
 
-class ConfigError(PipelineError, ValueError):
-    """A setting a user gave is invalid."""
+def flag_of(field):
+    return field.metadata["flag"] or "--" + field.name.replace("_", "-")
 
 
-def first_line(error):
-    """The line of an error, or of an error message, that says what went wrong.
-
-    TensorFlow wraps an op's error in lines such as "Graph execution error:",
-    "Detected at node ..." and "[[{{node ...}}]]" and decorates it with
-    "{{function_node ...}}" and "[Op:...]": those say where, not what.
-    """
-    text = getattr(error, "message", None) or str(error)
-    text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", text)
-    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
-    for line in lines:
-        if not (line.endswith(":") or line.startswith(("<", "[[", "Detected at node"))):
-            return line
-    if lines:
-        return lines[0]
-    return type(error).__name__ if isinstance(error, BaseException) else "no details"
+def _timestamped_run_dir():
+    return os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the images come from, and what the input pipeline adds to them."""
 
-    dataset: str = "digits"
-    data_dir: str | None = None
-    ingest_dir: str | None = None
-    strict: bool = False
+    dataset: str = setting(
+        "digits", shapes_run=True, ingest=True,
+        help="digits, tfds:<name>, folder:<path> or tfrecord:<glob>")
+    data_dir: str | None = setting(
+        shapes_run=False, ingest=True,
+        help="TFDS data_dir: where tfds: datasets are (or get) prepared")
+    ingest_dir: str | None = setting(
+        shapes_run=False, ingest=True,
+        help="where the ingested shards and manifest.json are or go "
+             "(default: data/<dataset slug>, e.g. data/digits)")
+    strict: bool = setting(
+        False, shapes_run=False, ingest=True,
+        help="stop at the first corrupt or non-image file instead of skipping it")
     # Passes a 45 MP camera photo (8256x5504, 130 MB decoded) and stops a
     # 400 KB PNG that decodes to gigabytes.
-    max_pixels: int = 50_000_000
-    label_offset: int = 0
-    class_names: str | None = None
-    cache: str | None = None
-    pca_noise: bool = False
+    max_pixels: int = setting(
+        50_000_000, shapes_run=False, ingest=True,
+        help="skip images with more pixels than this, read from their headers before "
+             "decoding (and images of extreme aspect ratio)")
+    label_offset: int = setting(
+        0, shapes_run=True, ingest=True,
+        help="tfrecord: subtract from every label (1 for 1-based sets like ImageNet)")
+    class_names: str | None = setting(
+        shapes_run=True, ingest=True,
+        help="tfrecord: a comma-separated list, or a file with one name per line")
+    cache: str | None = setting(
+        shapes_run=False, help="cache decoded examples: 'memory' or a file path")
+    pca_noise: bool = setting(
+        False, shapes_run=True, help="the paper's PCA colour augmentation (colour data)")
 
     def __post_init__(self):
         if self.max_pixels < 1:
@@ -83,76 +113,107 @@ class ModelConfig:
 
     `image_size` is (height, width) and `channels` the input channels; `None`
     in either means "the dataset's and variant's own", which
-    `pipeline.model_factory` resolves when it builds the model. The pixel scale
-    is the variant's and travels with the model (`AlexNet.image_spec`).
+    `pipeline.training.models` resolves when it builds the model. The pixel
+    scale is the variant's and travels with the model (`AlexNet.image_spec`).
     """
 
-    variant: str = "paper"
-    dropout_rate: float = 0.5
-    normalization: str | None = None
-    image_size: tuple[int, int] | None = None
-    channels: int | None = None
+    variant: str = setting("paper", shapes_run=True, logged=True, choices=alexnet.VARIANTS)
+    dropout_rate: float = setting(0.5, shapes_run=True, tunable=True)
+    normalization: str | None = setting(
+        shapes_run=True, tunable=True, choices=alexnet.NORMALIZATIONS,
+        help="the variant's own when not given (lrn for paper, none for d2l)")
+    image_size: tuple[int, int] | None = setting(
+        shapes_run=True,
+        help="SIZE or HEIGHT,WIDTH; when not given: 67 for digits, else the variant's "
+             "227 or 224")
+    channels: int | None = setting(
+        shapes_run=True, choices=("1", "3"),
+        help="model input channels; the dataset's own when not given")
 
     def __post_init__(self):
+        # The architecture's own checks (variant, normalization, sizes) are
+        # AlexNet's, made when the model is built; these are the ones a config
+        # must pass before anything is ingested.
         if self.image_size is not None and (
             len(self.image_size) != 2 or min(self.image_size) < 1
         ):
             raise ConfigError(
                 f"`image_size` must be (height, width). Received: image_size={self.image_size}"
             )
-        if self.channels not in (None, 1, 3):
-            raise ConfigError(f"`channels` must be 1 or 3. Received: channels={self.channels}")
-        if self.variant not in alexnet.VARIANTS:
-            raise ConfigError(
-                f"`variant` must be one of {', '.join(alexnet.VARIANTS)}. "
-                f"Received: variant={self.variant!r}"
-            )
-        if self.normalization not in (None, *alexnet.NORMALIZATIONS):
-            raise ConfigError(
-                f"`normalization` must be one of {', '.join(alexnet.NORMALIZATIONS)}. "
-                f"Received: normalization={self.normalization!r}"
-            )
+        _check_choice("channels", self.channels, (None, 1, 3))
+        _check_choice("variant", self.variant, alexnet.VARIANTS)
+        _check_choice("normalization", self.normalization, (None, *alexnet.NORMALIZATIONS))
         if not 0 <= self.dropout_rate < 1:
             raise ConfigError(
                 f"`dropout_rate` must be in [0, 1). Received: dropout_rate={self.dropout_rate!r}"
             )
 
 
+def _check_choice(name, value, choices):
+    if value not in choices:
+        shown = ", ".join(str(choice) for choice in choices if choice is not None)
+        raise ConfigError(f"`{name}` must be one of {shown}. Received: {name}={value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How the model is trained: strategy, optimisation and the run directory."""
 
-    strategy: str = "default"
-    cpu_replicas: int | None = None
+    strategy: str = setting("default", shapes_run=False, choices=STRATEGIES)
+    cpu_replicas: int | None = setting(
+        shapes_run=False,
+        help="split the CPU into N logical devices for --strategy mirrored (without GPUs)")
     # MultiWorkerMirroredStrategy's collectives: the implementation, and the
     # size of the packs gradients are all-reduced in (0: TensorFlow chooses).
-    all_reduce: str = "auto"
-    all_reduce_pack_mb: float = 0
-    epochs: int = 10
-    steps_per_epoch: int | None = None
-    batch_size: int = 32
-    optimizer: str = "adam"
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    seed: int | None = None
-    mixed_precision: bool = False
-    jit_compile: bool = False
+    all_reduce: str = setting(
+        "auto", shapes_run=False, choices=ALL_REDUCES,
+        help="--strategy multiworker's collective implementation (auto: NCCL on GPUs, "
+             "ring otherwise)")
+    all_reduce_pack_mb: float = setting(
+        0.0, shapes_run=False,
+        help="all-reduce gradients in packs of this many MB (0: TensorFlow's choice)")
+    # Compared apart by the resume check: a larger one extends a run.
+    epochs: int = setting(10, shapes_run=False)
+    steps_per_epoch: int | None = setting(
+        shapes_run=True, help="cap on training steps per epoch")
+    batch_size: int = setting(
+        32, shapes_run=True, tunable=True, help="global batch size, split over the replicas")
+    optimizer: str = setting("adam", shapes_run=True, tunable=True, choices=OPTIMIZERS)
+    learning_rate: float = setting(1e-4, shapes_run=True, tunable=True)
+    weight_decay: float = setting(
+        0.0, shapes_run=True, tunable=True, help="L2 on the kernels (the paper: 5e-4)")
+    lr_schedule: str = setting(
+        "constant", shapes_run=True, logged=True, choices=LR_SCHEDULES,
+        help="plateau: the paper's divide-by-10 when validation loss stalls")
+    seed: int | None = setting(
+        shapes_run=True, help="make a single-replica run reproducible")
+    mixed_precision: bool = setting(
+        False, shapes_run=True, help="float16 on GPUs, bfloat16 on CPUs and TPUs")
+    jit_compile: bool = setting(
+        False, shapes_run=False, help="compile the training step with XLA")
     # float32 3x3 convolutions by Winograd F(4x4, 3x3) in the train step on a
-    # CPU, where their maps are whole 4x4 tiles (pipeline.winograd).
-    winograd: bool = True
-    output_dir: str = "runs/latest"
+    # CPU, where their maps are whole 4x4 tiles (pipeline.training.winograd).
+    winograd: bool = setting(
+        True, shapes_run=False,
+        help="on by default: 3x3 convolutions in the train step by Winograd F(4x4,3x3) "
+             "(float32 on CPUs, maps of whole 4x4 tiles); --no-winograd computes them "
+             "directly")
+    output_dir: str = setting(
+        shapes_run=False, default_factory=_timestamped_run_dir,
+        help="run directory (runs/<timestamp> when not given); rerun with the same one "
+             "to resume")
     # A warm start: the first weights from a .keras file, a run directory or
     # an export, and the layers up to `freeze` kept fixed.
-    init_from: str | None = None
-    freeze: str | None = None
+    init_from: str | None = setting(
+        shapes_run=True,
+        help="start from the weights of a .keras file, a run directory or an exported "
+             "SavedModel; fc8 is new if the class count differs")
+    freeze: str | None = setting(
+        shapes_run=True, choices=FREEZABLE_LAYERS,
+        help="with --init-from: keep the layers up to this one fixed")
 
     def __post_init__(self):
         checks = (
-            (self.strategy in STRATEGIES, "strategy", f"must be one of {', '.join(STRATEGIES)}"),
-            (self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}"),
-            (self.lr_schedule in LR_SCHEDULES, "lr_schedule",
-             f"must be one of {', '.join(LR_SCHEDULES)}"),
             (self.epochs >= 1, "epochs", "must be at least 1"),
             (self.steps_per_epoch is None or self.steps_per_epoch >= 1, "steps_per_epoch",
              "must be at least 1"),
@@ -161,8 +222,6 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.cpu_replicas is None or self.cpu_replicas >= 1, "cpu_replicas",
              "must be at least 1"),
-            (self.all_reduce in ALL_REDUCES, "all_reduce",
-             f"must be one of {', '.join(ALL_REDUCES)}"),
             (self.all_reduce_pack_mb >= 0, "all_reduce_pack_mb", "must be >= 0"),
         )
         for ok, name, requirement in checks:
@@ -170,17 +229,17 @@ class TrainConfig:
                 raise ConfigError(
                     f"`{name}` {requirement}. Received: {name}={getattr(self, name)!r}"
                 )
+        _check_choice("strategy", self.strategy, STRATEGIES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("all_reduce", self.all_reduce, ALL_REDUCES)
+        _check_choice("freeze", self.freeze, (None, *FREEZABLE_LAYERS))
         if self.strategy != "multiworker" and (
             self.all_reduce != "auto" or self.all_reduce_pack_mb
         ):
             raise ConfigError(
                 "`all_reduce` and `all_reduce_pack_mb` set the collectives of "
                 f"strategy='multiworker', not {self.strategy!r}"
-            )
-        if self.freeze is not None and self.freeze not in FREEZABLE_LAYERS:
-            raise ConfigError(
-                f"`freeze` must be one of {', '.join(FREEZABLE_LAYERS)}. "
-                f"Received: freeze={self.freeze!r}"
             )
         if self.freeze and not self.init_from:
             raise ConfigError("`freeze` keeps loaded layers fixed: give `init_from` too")
@@ -196,11 +255,22 @@ class ExportConfig:
     """Blessing, export for TF Serving, and the other files a run writes
     (`export_formats`: `.keras`, LiteRT, ONNX)."""
 
-    export_dir: str = "saved_models/alexnet"
-    bless_tolerance: float = 0.01
-    min_accuracy: float = 0.0
-    force_push: bool = False
-    export_formats: tuple[str, ...] = ("saved_model",)
+    export_dir: str = setting(
+        "saved_models/alexnet", shapes_run=False,
+        help="TF Serving base path; versions go in numbered subdirectories")
+    bless_tolerance: float = setting(
+        0.01, shapes_run=False,
+        help="push if test accuracy >= the served version's (and the best kept "
+             "version's) minus this")
+    min_accuracy: float = setting(
+        0.0, shapes_run=False, help="push only at or above this test accuracy (0: no floor)")
+    force_push: bool = setting(
+        False, shapes_run=False, help="export even if the model is worse than the served one")
+    export_formats: tuple[str, ...] = setting(
+        ("saved_model",), shapes_run=False, flag="--export-format", choices=EXPORT_FORMATS,
+        help="saved_model (always); keras: model.keras, litert: model.tflite (LiteRT), "
+             "onnx: model.onnx (needs pip install -e \".[export]\"), in the run directory, "
+             "the last two the bare network; repeatable")
 
     def __post_init__(self):
         unknown = set(self.export_formats) - set(EXPORT_FORMATS)
@@ -223,18 +293,24 @@ class ExportConfig:
 class TuneConfig:
     """The hyperparameter search that may precede training."""
 
-    tuner: str | None = None
-    max_trials: int = 10
-    tune_epochs: int = 3
-    tune_dir: str | None = None
-    tune_space: str | None = None
-    hparams: str | None = None
+    tuner: str | None = setting(
+        shapes_run=False, flag="--tune", choices=TUNERS,
+        help="search hyperparameters first, then train with the best")
+    max_trials: int = setting(10, shapes_run=False, help="trials of a random or bayesian search")
+    tune_epochs: int = setting(
+        3, shapes_run=False, help="epochs per trial (Hyperband: the most a trial gets)")
+    tune_dir: str | None = setting(
+        shapes_run=False,
+        help="keras-tuner's directory (<output-dir>/tuning when not given); reuse it to "
+             "resume a search, share it across machines")
+    tune_space: str | None = setting(
+        shapes_run=False, help="JSON file replacing entries of the search space")
+    hparams: str | None = setting(
+        shapes_run=False,
+        help="best_hparams.json of an earlier search: train with it, no search")
 
     def __post_init__(self):
-        if self.tuner not in (None, *TUNERS):
-            raise ConfigError(
-                f"`tuner` must be one of {', '.join(TUNERS)}. Received: tuner={self.tuner!r}"
-            )
+        _check_choice("tuner", self.tuner, (None, *TUNERS))
         if self.max_trials < 1 or self.tune_epochs < 1:
             raise ConfigError(
                 "`max_trials` and `tune_epochs` must be at least 1. Received: "
@@ -245,15 +321,62 @@ class TuneConfig:
                               "them: use one or the other")
 
 
+def _check_type(value, annotation, where):
+    """`value` as JSON gave it, checked against a field's annotation: raises
+    `ConfigError` naming `where` and the type expected; tuples come back from lists."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (
+        annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+    else:
+        for option in options:
+            if option is bool and isinstance(value, bool):
+                return value
+            if option is int and isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if option is float and isinstance(value, (int, float)) and not isinstance(
+                    value, bool):
+                return float(value)
+            if option is str and isinstance(value, str):
+                return value
+            if typing.get_origin(option) is tuple and isinstance(value, list):
+                items = typing.get_args(option)
+                item_type = items[0]
+                if (items[-1] is Ellipsis or len(value) == len(items)) and all(
+                        _is_json_type(item, item_type) for item in value):
+                    return tuple(value)
+    expected = " or ".join(_type_name(option) for option in options)
+    raise ConfigError(f"{where} must be {expected}. Received: {json.dumps(value)[:80]}")
+
+
+def _is_json_type(value, expected):
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(annotation):
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        if items[-1] is Ellipsis:
+            return f"a list of {items[0].__name__}"
+        return f"a list of {len(items)} {items[0].__name__}"
+    return {"int": "an integer", "float": "a number", "str": "a string",
+            "bool": "true or false"}[annotation.__name__]
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one `python -m pipeline.run` does."""
 
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    export: ExportConfig = ExportConfig()
-    tune: TuneConfig = TuneConfig()
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
 
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -261,28 +384,75 @@ class RunConfig:
     @classmethod
     def from_json(cls, text, source="the config"):
         """The `RunConfig` that `to_json` (or a run's `config.json`) wrote:
-        `RunConfig.from_json(config.to_json()) == config`. Top-level entries
-        that are not sections (`config.json`'s "ingested") are ignored."""
+        `RunConfig.from_json(config.to_json()) == config`. A partial config
+        keeps the defaults of what it leaves out; top-level entries that are
+        not sections (`config.json`'s "ingested") are ignored. Each value is
+        checked for its type and range by the same code that checks a flag."""
+        return cls(**{name: section for name, section in sections_from_json(
+            text, source, cls).items()})
+
+
+def sections_from_json(text, source, config_class=RunConfig):
+    """`{section name: config}` for the sections a `config.json` (or a partial
+    one) sets, each value checked; raises `ConfigError` naming `source`."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source} is over {MAX_CONFIG_BYTES:,} bytes: it is not a config")
+    try:
+        recorded = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise ConfigError(f"{source} is not JSON ({reason}); pass a run's config.json") from None
+    sections = {field.name: field.type for field in dataclasses.fields(config_class)}
+    if not isinstance(recorded, dict) or not set(sections) & set(recorded):
+        raise ConfigError(f"{source} holds no settings; pass a run's config.json")
+    parts = {}
+    for name, section_class in sections.items():
+        if name not in recorded:
+            parts[name] = section_class()
+            continue
+        settings = recorded[name]
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{source}: the section `{name}` must be an object of "
+                              f"settings. Received: {json.dumps(settings)[:80]}")
+        fields = {field.name: field for field in dataclasses.fields(section_class)}
+        unknown = sorted(set(settings) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{source} has settings this version does not know: "
+                f"{', '.join(f'{name}.{key}' for key in unknown)}; remove them"
+            )
         try:
-            recorded = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"{source} is not JSON ({error}); pass a run's config.json") from None
-        sections = {field.name: field.type for field in dataclasses.fields(cls)}
-        if not isinstance(recorded, dict) or not set(sections) & set(recorded):
-            raise ConfigError(f"{source} holds no settings; pass a run's config.json")
-        parts = {}
-        for name, section_class in sections.items():
-            settings = recorded.get(name, {})
-            known = {field.name for field in dataclasses.fields(section_class)}
-            unknown = sorted(set(settings) - known)
-            if unknown:
-                raise ConfigError(
-                    f"{source} has settings this version does not know: "
-                    f"{', '.join(f'{name}.{key}' for key in unknown)}; remove them"
-                )
-            # JSON has no tuples: image_size and export_formats come back as lists.
             parts[name] = section_class(**{
-                key: tuple(value) if isinstance(value, list) else value
+                key: _check_type(value, fields[key].type, f"{source}: `{key}`")
                 for key, value in settings.items()
             })
-        return cls(**parts)
+        except ConfigError as error:
+            raise ConfigError(str(error) if str(error).startswith(source)
+                              else f"{source}: {error}") from None
+    return parts
+
+
+SECTIONS = {field.name: field.type for field in dataclasses.fields(RunConfig)}
+
+
+def _settings_where(key):
+    return {
+        section: tuple(field.name for field in dataclasses.fields(config_class)
+                       if field.metadata[key])
+        for section, config_class in SECTIONS.items()
+    }
+
+
+def shaping_settings():
+    """`{section: names}` of the settings a resumed run must keep."""
+    return _settings_where("shapes_run")
+
+
+def tunable_settings():
+    """`{section: names}` of the settings the tuner may search."""
+    return _settings_where("tunable")
+
+
+def logged_settings():
+    """`{section: names}` of the settings TensorBoard's HParams dashboard shows."""
+    return _settings_where("logged")

@@ -6,9 +6,10 @@ import socket
 import pytest
 
 import testlib
-from pipeline import export
-from pipeline import ingest
 from pipeline.config import DataConfig
+from pipeline.data import ingest
+from pipeline.evaluation import metrics as evaluation
+from pipeline.serving import builder
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +41,7 @@ def trained_model(fitted_weights):
 def trained_export(tmp_path_factory, digits, fitted_weights):
     """The version directory (1) of the fitted model's export, three test images as
     its warm-up requests."""
-    return export.export_saved_model(
+    return builder.export_saved_model(
         testlib.digits_model(fitted_weights),
         digits.class_names,
         str(tmp_path_factory.mktemp("exports") / "alexnet"),
@@ -74,3 +75,11 @@ class _Ports:
 def free_port():
     """A function returning a free TCP port, a different one on every call."""
     return _Ports()
+
+
+@pytest.fixture(scope="module")
+def trained_metrics(tmp_path_factory, digits, fitted_weights):
+    """evaluate() of the trained Keras model, and the run directory it wrote."""
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    model = testlib.digits_model(fitted_weights)
+    return evaluation.evaluate(model, digits, run_dir), run_dir

@@ -28,8 +28,8 @@ from sklearn.linear_model import LogisticRegression
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from alexnet_keras import AlexNet
-from pipeline import preprocess_ops
-from pipeline import transform
+from pipeline.data import preprocess_ops
+from pipeline.data import input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_SIZE = (67, 67)
@@ -49,7 +49,7 @@ def coloured(rng, channel, height, width):
 def split_arrays(ingested, split, image_spec):
     """Images preprocessed for `image_spec` and labels of a split, in file order."""
     images, labels = [], []
-    for batch_images, batch_labels in transform.make_dataset(
+    for batch_images, batch_labels in input_pipeline.make_dataset(
         ingested, split, image_spec, 256, training=False
     ):
         images.append(batch_images.numpy())
@@ -312,7 +312,7 @@ def paused(*call_args, **call_kwargs):
     return result
 
 setattr(owner, name, paused)
-from pipeline import cli
+from pipeline.cli import main as cli
 sys.exit(cli.main(command, args))
 """
 

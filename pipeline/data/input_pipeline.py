@@ -1,0 +1,240 @@
+"""Transform: the tf.data input pipeline from ingested shards to model-ready batches.
+
+    batches = make_dataset(ingested, "train", data_config, 64, training=True)
+
+It reads shards in parallel, shards them per input pipeline, optionally caches
+decoded images, shuffles, augments (training) or preprocesses for evaluation
+with the ops of `pipeline.preprocess_ops`, batches and prefetches.
+"""
+
+import glob
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.data import ingested_dataset
+from pipeline.data import preprocess_ops
+from pipeline.config import DataConfig
+from pipeline.errors import ConfigError
+from pipeline.errors import PipelineError
+
+AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 10_000
+
+
+def epoch_seed(seed, epoch):
+    """The seed of epoch `epoch`'s order and augmentation in a run seeded with
+    `seed` (None stays None): a function of the two alone, so that a run
+    resumed at epoch k draws what the uninterrupted run drew there."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+def _parse(record):
+    image_bytes, label = ingested_dataset.parse_record(record)
+    return image_bytes, tf.cast(label, tf.int32)
+
+
+def _records(files, training, seed, input_context):
+    """Serialized examples of `files`, read in parallel, sharded per input pipeline."""
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    if pipelines > len(files):
+        # Too few files to give each pipeline its own: every pipeline reads them
+        # all, in the same order, and keeps every n-th record.
+        dataset = tf.data.TFRecordDataset(files)
+        return dataset.shard(pipelines, input_context.input_pipeline_id)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if pipelines > 1:
+        dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
+    if training:
+        dataset = dataset.shuffle(len(files), seed=seed)
+    return dataset.interleave(
+        tf.data.TFRecordDataset, cycle_length=AUTOTUNE, num_parallel_calls=AUTOTUNE
+    )
+
+
+def _cache_path(data_config, split, channels, ingested, training, input_context):
+    """One cache file per everything that changes what is cached: the split, the
+    channel count, the ingest's content, the mode and the input pipeline,
+    counted among how many (pipeline 0 of 2 holds half of what a single
+    pipeline holds). A cache made for other data must never be read back."""
+    pipeline = input_context.input_pipeline_id if input_context else 0
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    mode = "train" if training else "eval"
+    return (
+        f"{data_config.cache}-{split}-{mode}-{channels}ch-"
+        f"{ingested.fingerprint[:12]}-{pipeline}of{pipelines}"
+    )
+
+
+def _check_cache_unlocked(path, flag_value):
+    """A cache file that a run was killed while writing stays locked, and
+    TensorFlow would fail mid-training; say so before anything starts."""
+    lockfiles = sorted(tf.io.gfile.glob(glob.escape(path) + "_*.lockfile"))
+    if lockfiles:
+        lockfile = lockfiles[0]
+        raise PipelineError(
+            f"cache={flag_value}: {lockfile} exists, so another run is writing this "
+            "cache or a run was killed while writing it; if no other run uses it, "
+            "delete that file and run again (the cache is rebuilt)"
+        )
+
+
+def make_dataset(
+    ingested, split, image_spec, batch_size, training, *, data_config=DataConfig(),
+    seed=None, input_context=None,
+):
+    """Batches of (images float32 [batch, height, width, channels], labels int32).
+
+    Args:
+        ingested: the `IngestedDataset` to read.
+        split: "train", "validation" or "test".
+        image_spec: the model's `alexnet_keras.ImageSpec`: the size, channels
+            and pixel scale the batches are made for.
+        batch_size: the per-replica batch.
+        training: shuffle, augment and drop the last partial batch (static
+            shapes); otherwise `preprocess_for_eval` and every example kept.
+        data_config: its `cache` and `pca_noise` apply.
+        seed: makes the order and the augmentation reproducible.
+        input_context: a `tf.distribute.InputContext`; this pipeline then reads
+            its own shard of the data.
+
+    One pass over the split; the caller repeats it per epoch. The order is
+    deterministic only when `seed` is set.
+    """
+    if split not in ingested.splits:
+        raise PipelineError(
+            f"{ingested.directory} has no split {split!r}; "
+            f"it has {', '.join(ingested.splits)}"
+        )
+    num_examples = ingested.num_examples(split)
+    pipelines = input_context.num_input_pipelines if input_context else 1
+    if num_examples == 0 or (training and num_examples // pipelines < batch_size):
+        raise PipelineError(
+            f"the {split} split of {ingested.directory} has {num_examples} examples, too few "
+            f"for a batch of {batch_size} per replica; lower `batch_size` or add data"
+        )
+    channels = image_spec.channels
+    image_size = image_spec.image_size
+    if data_config.pca_noise and channels != 3:
+        raise PipelineError("`pca_noise` needs colour input: use channels=3")
+    files = ingested.files(split)
+
+    # A cache keeps the order it was written in: its files are read in their
+    # own order, so that what a cache holds never depends on which epoch (and
+    # so which seed) wrote it. The shuffle after it still mixes every epoch.
+    shuffle_files = training and not data_config.cache
+    dataset = _records(files, shuffle_files, seed, input_context).map(
+        _parse, num_parallel_calls=AUTOTUNE
+    )
+    if data_config.cache:
+        dataset = dataset.map(
+            lambda image_bytes, label: (
+                preprocess_ops.decode_image(image_bytes, channels), label
+            ),
+            num_parallel_calls=AUTOTUNE,
+        )
+        path = ""
+        if data_config.cache != "memory":
+            path = _cache_path(data_config, split, channels, ingested, training,
+                               input_context)
+            _check_cache_unlocked(path, data_config.cache)
+        dataset = dataset.cache(path)
+    if training:
+
+        def crop(image, crop_seed):
+            if data_config.cache:
+                return preprocess_ops.random_crop(image, crop_seed)
+            # Not decoded yet: a JPEG decodes only its crop.
+            return preprocess_ops.decode_random_crop(image, channels, crop_seed)
+
+        def augment(example, seed_pair):
+            image, label = example
+            crop_seed, flip_seed, noise_seed = tf.unstack(
+                tf.random.experimental.stateless_split(seed_pair, 3)
+            )
+            image = tf.image.resize(crop(image, crop_seed), image_size)
+            image = tf.ensure_shape(image, [*image_size, channels])
+            if ingested.flip:
+                image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+            if data_config.pca_noise:
+                image = preprocess_ops.pca_noise(image, noise_seed)
+            return image_spec.normalize(image), label
+
+        dataset = dataset.shuffle(min(num_examples, SHUFFLE_BUFFER), seed=seed)
+        # Stateless augmentation with per-example seeds from a seeded stream: the
+        # same crops and flips on every run with `seed`, new ones every epoch,
+        # and other ones in every input pipeline.
+        augment_seed = seed
+        if seed is not None and input_context:
+            augment_seed += input_context.input_pipeline_id
+        seeds = tf.data.Dataset.random(augment_seed, rerandomize_each_iteration=True)
+        seeds = seeds.batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds).map(
+            augment, num_parallel_calls=AUTOTUNE
+        )
+    else:
+
+        def evaluate(image, label):
+            if not data_config.cache:
+                image = preprocess_ops.decode_image(image, channels)
+            return preprocess_ops.preprocess_for_eval(image, image_spec), label
+
+        dataset = dataset.map(evaluate, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(
+        batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE
+    )
+    options = tf.data.Options()
+    # Out-of-order reads and maps are faster; a seeded run gives up that speed
+    # for a reproducible order.
+    options.deterministic = seed is not None
+    return dataset.with_options(options).prefetch(AUTOTUNE)
+
+
+def distribute_dataset(
+    strategy, ingested, split, image_spec, global_batch_size, training, *,
+    data_config=DataConfig(), seed=None, repeat=False,
+):
+    """`make_dataset` for every input pipeline of `strategy`, each replica getting
+    `global_batch_size / num_replicas` examples per step, prefetched to its device.
+
+    With `repeat`, every pipeline cycles through its shard forever, so that all
+    workers can run the same number of steps whatever the size of their shards.
+    """
+    check_batch_split(global_batch_size, strategy.num_replicas_in_sync)
+
+    def dataset_fn(input_context):
+        batch_size = input_context.get_per_replica_batch_size(global_batch_size)
+        batches = make_dataset(
+            ingested, split, image_spec, batch_size, training, data_config=data_config,
+            seed=seed, input_context=input_context,
+        )
+        return batches.repeat() if repeat else batches
+
+    return strategy.distribute_datasets_from_function(
+        dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)
+    )
+
+
+def check_batch_split(global_batch_size, replicas):
+    """Raises `ConfigError` unless `global_batch_size` splits evenly over `replicas`."""
+    if global_batch_size % replicas:
+        raise ConfigError(
+            f"batch_size={global_batch_size} does not split evenly over {replicas} "
+            f"replicas; use a multiple of {replicas}"
+        )
+
+
+def steps_per_epoch(train_config, ingested, replicas):
+    """Full global batches per epoch, capped by `steps_per_epoch`."""
+    global_batch_size = train_config.batch_size
+    check_batch_split(global_batch_size, replicas)
+    num_train = ingested.num_examples("train")
+    steps = num_train // global_batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"batch_size={global_batch_size} is larger than the {num_train} training "
+            "examples; use a smaller batch"
+        )
+    return min(steps, train_config.steps_per_epoch or steps)

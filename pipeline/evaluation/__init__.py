@@ -1,0 +1,1 @@
+"""The evaluation stage: a split's metrics and their pictures (`metrics`)."""

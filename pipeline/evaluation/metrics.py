@@ -1,0 +1,193 @@
+"""The evaluator: a split's accuracy, top-5, per-class precision and recall,
+confusion matrix, and the pictures of them.
+
+`evaluate` measures a trained Keras model (`python -m pipeline.run`);
+`evaluate_encoded` measures an export through its `serving_default`, encoded
+images in, so the export's own preprocessing is measured too (`python -m
+pipeline.evaluate`).
+"""
+
+import logging
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from sklearn import metrics as sklearn_metrics
+
+from pipeline import plots
+from pipeline.data import input_pipeline
+from pipeline.data import preprocess_ops
+from pipeline.errors import PipelineError
+
+BATCH_SIZE = 64
+MISCLASSIFIED_SHOWN = 8
+
+logger = logging.getLogger(__name__)
+
+
+class _Misclassified:
+    """Keeps the first few misclassified images for a picture."""
+
+    def __init__(self):
+        self.images, self.true, self.predicted = [], [], []
+
+    def add(self, images, labels, predictions):
+        for index in np.flatnonzero(labels != predictions):
+            if len(self.images) == MISCLASSIFIED_SHOWN:
+                return
+            self.images.append(np.asarray(images[index]))
+            self.true.append(int(labels[index]))
+            self.predicted.append(int(predictions[index]))
+
+
+def _predict_keras(model, ingested, split, misclassified):
+    @tf.function(reduce_retracing=True)
+    def probabilities_of(images):
+        return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+
+    dataset = input_pipeline.make_dataset(
+        ingested, split, model.image_spec, BATCH_SIZE, training=False
+    )
+    all_probabilities, all_labels = [], []
+    for images, labels in dataset:
+        probabilities = probabilities_of(images).numpy()
+        labels = labels.numpy()
+        misclassified.add(images.numpy(), labels, probabilities.argmax(axis=1))
+        all_probabilities.append(probabilities)
+        all_labels.append(labels)
+    return np.concatenate(all_probabilities), np.concatenate(all_labels)
+
+
+def _predict_encoded(predict_fn, ingested, split, misclassified):
+    all_probabilities, all_labels = [], []
+    for encoded, labels in ingested.encoded_batches(split, BATCH_SIZE):
+        probabilities = np.asarray(predict_fn(tf.constant(encoded)))
+        predictions = probabilities.argmax(axis=1)
+        needed = MISCLASSIFIED_SHOWN - len(misclassified.images)
+        # Only the images shown are decoded, for display, at the dataset's channels.
+        shown = {
+            i: preprocess_ops.decode_image(encoded[i], ingested.channels).numpy()
+            for i in np.flatnonzero(labels != predictions)[:needed]
+        }
+        misclassified.add(
+            [shown.get(i) for i in range(len(labels))], labels, predictions
+        )
+        all_probabilities.append(probabilities)
+        all_labels.append(labels)
+    return np.concatenate(all_probabilities), np.concatenate(all_labels)
+
+
+def _metrics(split, labels, probabilities, class_names):
+    classes = list(range(len(class_names)))
+    if probabilities.shape[1] != len(class_names):
+        raise PipelineError(
+            f"the model gives {probabilities.shape[1]} class probabilities but the "
+            f"dataset has {len(class_names)} classes; evaluate it on the dataset it "
+            "was trained for"
+        )
+    predictions = probabilities.argmax(axis=1)
+    precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=classes, zero_division=0
+    )
+    result = {
+        f"{split}_accuracy": float(sklearn_metrics.accuracy_score(labels, predictions)),
+    }
+    if len(classes) > 5:
+        result[f"{split}_top5_accuracy"] = float(
+            sklearn_metrics.top_k_accuracy_score(
+                labels, probabilities, k=5, labels=classes
+            )
+        )
+    result["num_examples"] = int(len(labels))
+    result["per_class"] = {
+        name: {"precision": float(p), "recall": float(r), "support": int(s)}
+        for name, p, r, s in zip(class_names, precision, recall, support)
+    }
+    result["confusion_matrix"] = sklearn_metrics.confusion_matrix(
+        labels, predictions, labels=classes
+    ).tolist()
+    return result
+
+
+def _table(split, metrics):
+    line = f"{split} accuracy {metrics[f'{split}_accuracy']:.4f}"
+    if f"{split}_top5_accuracy" in metrics:
+        line += f", top-5 {metrics[f'{split}_top5_accuracy']:.4f}"
+    lines = [
+        f"{line} on {metrics['num_examples']} examples",
+        f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}",
+    ]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"{name[:20]:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} "
+            f"{row['support']:>8d}"
+        )
+    return "\n".join(lines)
+
+
+def _check_split(ingested, split):
+    if not ingested.num_examples(split):
+        raise PipelineError(
+            f"{ingested.directory} has no {split} examples; use another `split`"
+        )
+
+
+def _report(split, labels, probabilities, ingested, misclassified, output_dir):
+    """The metrics of `probabilities` against `labels`, with the confusion matrix
+    and the misclassified images drawn into `output_dir`."""
+    class_names = list(ingested.class_names)
+    metrics = _metrics(split, labels, probabilities, class_names)
+    tf.io.gfile.makedirs(output_dir)
+    plots.confusion_matrix(
+        metrics["confusion_matrix"],
+        class_names,
+        os.path.join(output_dir, "confusion_matrix.png"),
+    )
+    plots.misclassified(
+        misclassified.images,
+        [class_names[label] for label in misclassified.true],
+        [class_names[label] for label in misclassified.predicted],
+        os.path.join(output_dir, "misclassified.png"),
+    )
+    logger.info("%s", _table(split, metrics))
+    return metrics
+
+
+def evaluate(model, ingested, run_dir, split="test"):
+    """Metrics of a Keras AlexNet on an ingested split, with pictures written to `run_dir`.
+
+    Args:
+        model: an AlexNet; its images are preprocessed for its own
+            `image_spec`, as for evaluation.
+        ingested: the `IngestedDataset` to evaluate on.
+        run_dir: where `confusion_matrix.png`, `misclassified.png` and
+            `conv1_kernels.png` go.
+        split: "train", "validation" or "test"; it prefixes the accuracy keys.
+
+    Returns:
+        `{split}_accuracy`, `{split}_top5_accuracy` (more than 5 classes only),
+        `num_examples`, `per_class` ({name: {precision, recall, support}}) and
+        `confusion_matrix` (rows are true classes, columns predicted ones).
+    """
+    _check_split(ingested, split)
+    misclassified = _Misclassified()
+    probabilities, labels = _predict_keras(model, ingested, split, misclassified)
+    metrics = _report(split, labels, probabilities, ingested, misclassified, run_dir)
+    if any(layer.name == "conv1" for layer in model.layers):
+        plots.conv1_kernels(
+            keras.ops.convert_to_numpy(model.get_layer("conv1").kernel),
+            os.path.join(run_dir, "conv1_kernels.png"),
+        )
+    return metrics
+
+
+def evaluate_encoded(predict_fn, ingested, output_dir, split="test"):
+    """`evaluate`'s metrics and pictures for `predict_fn`, which takes a string
+    tensor [batch] of encoded images and returns class probabilities [batch,
+    classes] (an export's `serving_default`): what is measured includes the
+    preprocessing inside it."""
+    _check_split(ingested, split)
+    misclassified = _Misclassified()
+    probabilities, labels = _predict_encoded(predict_fn, ingested, split, misclassified)
+    return _report(split, labels, probabilities, ingested, misclassified, output_dir)

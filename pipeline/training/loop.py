@@ -1,0 +1,316 @@
+"""The trainer: one custom training loop for every `tf.distribute` strategy.
+
+Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
+(keras-team/keras#20585), so training runs its own step through
+`strategy.run` inside a `tf.function`, the same code on one CPU, several GPUs
+or several machines. It prints Keras' progress bar, checkpoints every epoch
+and resumes from the last finished one, and writes `history.csv`, TensorBoard
+logs (see `pipeline.training.summaries`) and `training_curves.png` to the run directory.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+import time
+
+import keras
+import tensorflow as tf
+
+from pipeline import plots
+from pipeline.data import input_pipeline
+from pipeline.errors import PipelineError
+from pipeline.storage import atomic
+from pipeline.training import history
+from pipeline.training import models
+from pipeline.training import optimizers
+from pipeline.training import summaries
+from pipeline.training import train_steps
+from pipeline.training import warm_start
+
+log = logging.getLogger(__name__)
+
+
+def _current_learning_rate(optimizer):
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class _Plateau:
+    """The paper's schedule: divide the learning rate by 10 when the validation
+    loss stops improving for `patience` epochs, at most three times.
+
+    Its state is held in variables so that it is checkpointed with the run.
+    """
+
+    def __init__(self, patience=2, max_reductions=3):
+        self.patience = patience
+        self.max_reductions = max_reductions
+        self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.reductions = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def trackables(self):
+        return {"best": self.best, "wait": self.wait, "reductions": self.reductions}
+
+    def update(self, val_loss, optimizer):
+        if val_loss < self.best.numpy() - 1e-4:
+            self.best.assign(val_loss)
+            self.wait.assign(0)
+            return
+        self.wait.assign_add(1)
+        if self.wait.numpy() >= self.patience and self.reductions.numpy() < self.max_reductions:
+            optimizer.learning_rate = _current_learning_rate(optimizer) / 10
+            self.reductions.assign_add(1)
+            self.wait.assign(0)
+            log.info("Validation loss stopped improving: learning rate divided by 10, now %g",
+                     _current_learning_rate(optimizer))
+
+
+# Shown as given: the loop passes running means, not per-step values.
+_SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
+
+
+def fit(model, optimizer, strategy, train_config, data_config, ingested,
+        initial_epoch=0, callbacks=()):
+    """Trains `model` from `initial_epoch` to `train_config.epochs`; the epoch loop.
+
+    Prints `Epoch k/N` and Keras' progress bar, validates after every epoch and
+    calls the Keras `callbacks` (`on_epoch_end` gets `loss`, `accuracy`,
+    `val_loss`, `val_accuracy`, `learning_rate` and `images_per_second`), so
+    run-level bookkeeping and keras-tuner's callbacks plug in alike. Returns
+    the logs of the epochs it ran.
+    """
+    global_batch_size = train_config.batch_size
+    steps = input_pipeline.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
+
+    def train_batches(epoch):
+        # Each epoch's own dataset, seeded by the run's seed and the epoch: a
+        # resumed run sees the batches the uninterrupted one saw.
+        return iter(input_pipeline.distribute_dataset(
+            strategy, ingested, "train", model.image_spec, global_batch_size,
+            training=True, data_config=data_config,
+            seed=input_pipeline.epoch_seed(train_config.seed, epoch), repeat=True,
+        ))
+
+    validation = input_pipeline.make_dataset(
+        ingested, "validation", model.image_spec, global_batch_size, training=False
+    )
+    train_step = train_steps.make_train_step(
+        model, optimizer, strategy, global_batch_size, train_config.weight_decay,
+        train_config.jit_compile, train_config.winograd,
+    )
+    eval_step = train_steps.make_eval_step(model)
+    callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)
+    interactive = sys.stdout.isatty()
+    logs_per_epoch = []
+    callbacks.on_train_begin()
+    for epoch in range(initial_epoch, train_config.epochs):
+        print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
+        callbacks.on_epoch_begin(epoch)
+        progress = keras.utils.Progbar(
+            steps, verbose=1 if interactive else 2, unit_name="step",
+            stateful_metrics=_SHOWN_METRICS,
+        )
+        learning_rate = _current_learning_rate(optimizer)
+        # The last epoch's iterator goes first: one that stopped before the
+        # end of a `cache` file still holds the file's lock.
+        train_iterator = None
+        train_iterator = train_batches(epoch)
+        loss_sum = correct = count = 0.0
+        warmed_up = time.perf_counter()
+        for step in range(steps):
+            batch_loss, batch_correct, batch_count = train_step(train_iterator)
+            loss_sum += float(batch_loss)
+            correct += float(batch_correct)
+            count += float(batch_count)
+            if step == 0 and steps > 1:
+                # The first step traces and compiles; images/s counts the rest.
+                warmed_up = time.perf_counter()
+            if step < steps - 1:
+                progress.update(
+                    step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)]
+                )
+        elapsed = time.perf_counter() - warmed_up
+        timed_images = count * (steps - 1) / steps if steps > 1 else count
+        validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
+        logs = {
+            "loss": loss_sum / count,
+            "accuracy": correct / count,
+            "val_loss": validation_metrics["loss"],
+            "val_accuracy": validation_metrics["accuracy"],
+            "learning_rate": learning_rate,
+            "images_per_second": timed_images / elapsed if elapsed > 0 else float("nan"),
+        }
+        progress.update(
+            steps,
+            [(key, logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")]
+            + [("images/s", logs["images_per_second"])],
+            finalize=True,
+        )
+        logs_per_epoch.append(logs)
+        callbacks.on_epoch_end(epoch, logs)
+    callbacks.on_train_end()
+    return logs_per_epoch
+
+
+class _HistoryRecorder(keras.callbacks.Callback):
+    """Writes each epoch to `history.csv`."""
+
+    def __init__(self, run_dir, rows):
+        super().__init__()
+        self.history_path = os.path.join(run_dir, "history.csv")
+        self.rows = rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rows.append({"epoch": epoch + 1, **logs})
+        history.write(self.history_path, self.rows)
+
+
+class _PlateauSchedule(keras.callbacks.Callback):
+    """Applies `_Plateau` to the optimizer after every epoch."""
+
+    def __init__(self, plateau, optimizer):
+        super().__init__()
+        self.plateau = plateau
+        self.optimizer = optimizer
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.plateau.update(logs["val_loss"], self.optimizer)
+
+
+class _Checkpointer(keras.callbacks.Callback):
+    """Saves the run's state as checkpoint `epoch + 1` after every epoch, last,
+    so a checkpoint holds everything the epoch changed; its number is the
+    epoch a resumed run starts after."""
+
+    def __init__(self, manager):
+        super().__init__()
+        self.manager = manager
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+def _random_states(model):
+    """The model's random-number state (its dropout layers' seed generators):
+    Keras keeps it apart from the weights, and a checkpoint without it would
+    resume with other dropout masks than the uninterrupted run."""
+    weights = {id(variable) for variable in model.non_trainable_weights}
+    return [variable for variable in model.non_trainable_variables
+            if id(variable) not in weights]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """The trained model, every epoch's `history.csv` row, and where this run began."""
+
+    model: keras.Model
+    history: list
+    initial_epoch: int
+    epochs: int
+    # What `init_from` loaded, when this process started the run from it.
+    warm_start: "warm_start.WarmStart | None" = None
+
+    def summary(self):
+        """The figures `metrics.json` reports of training."""
+        last = self.history[-1] if self.history else {}
+        summary = {"images_per_second": last.get("images_per_second"), "epochs": self.epochs,
+                   "resumed_from_epoch": self.initial_epoch}
+        if self.warm_start:
+            summary["warm_start"] = dataclasses.asdict(self.warm_start)
+        return summary
+
+
+# Checkpoints kept per worker: the last two epochs, so that workers killed
+# between one epoch's saves still share one of them.
+_CHECKPOINTS_KEPT = 2
+
+
+def _saved_epochs(manager):
+    """The epochs whose checkpoint `manager` holds (checkpoint k is epoch k's end)."""
+    return [int(path.rsplit("-", 1)[1]) for path in manager.checkpoints]
+
+
+def newest_common_epoch(saved_epochs_per_replica):
+    """The newest epoch that every replica has a checkpoint of, 0 (the start)
+    if there is none; each replica's list may be padded with zeros."""
+    common = set.intersection(*(set(epochs) for epochs in saved_epochs_per_replica))
+    return max(common | {0})
+
+
+def _agreed_epoch(strategy, manager):
+    """The epoch to resume from, the same in every replica of `strategy`.
+
+    Every worker keeps its own checkpoints, in its own run directory, so no
+    file system needs to be shared; a worker killed before saving its last
+    epoch holds one epoch less than the others, and all of them resume from
+    the newest epoch every one of them holds.
+    """
+    saved = _saved_epochs(manager)[-_CHECKPOINTS_KEPT:]
+    padded = tf.constant(saved + [0] * (_CHECKPOINTS_KEPT - len(saved)), tf.int64)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        per_replica = strategy.experimental_distribute_values_from_function(
+            lambda context: padded
+        )
+        padded = strategy.gather(per_replica, axis=0)
+    return newest_common_epoch(tf.reshape(padded, [-1, _CHECKPOINTS_KEPT]).numpy().tolist())
+
+
+def train(strategy, chief, model_config, train_config, data_config, ingested, run_dir):
+    """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
+
+    `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
+    and the run's hyperparameters under `logs/` and checkpoints under
+    `checkpoints/`. Every worker of a multi-worker run checkpoints into its
+    own run directory, and all resume from the newest epoch that each of them
+    holds; a worker other than the chief removes its checkpoints once
+    training is done.
+    Returns the trained model, the whole history and the epoch it started from.
+    """
+    steps = input_pipeline.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
+    with strategy.scope():
+        model = models.build_model(model_config, ingested.num_classes)
+        if train_config.freeze:
+            warm_start.freeze(model, train_config.freeze)
+        optimizer = optimizers.make_optimizer(train_config, steps, model.trainable_variables)
+        plateau = _Plateau()
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, random_states=_random_states(model),
+        **plateau.trackables()
+    )
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
+                                         max_to_keep=_CHECKPOINTS_KEPT)
+    initial_epoch = _agreed_epoch(strategy, manager)
+    started_from = None
+    if initial_epoch:
+        path = os.path.join(checkpoint_dir, f"ckpt-{initial_epoch}")
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError):
+            raise PipelineError(
+                f"the checkpoint {path} is of another model or optimizer, or unreadable; "
+                "resume with the same flags or use a new `output_dir`"
+            ) from None
+        log.info("Resuming from %s (epoch %d finished)", path, initial_epoch)
+    elif train_config.init_from:
+        started_from = warm_start.load(model, train_config.init_from)
+    rows = history.epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
+    callbacks = [
+        summaries.TensorBoard(summaries.log_dir(run_dir)),
+        summaries.hparams_callback(run_dir, model, train_config),
+        _HistoryRecorder(run_dir, rows),
+    ]
+    if train_config.lr_schedule == "plateau":
+        callbacks.append(_PlateauSchedule(plateau, optimizer))
+    callbacks.append(_Checkpointer(manager))
+    fit(model, optimizer, strategy, train_config, data_config, ingested,
+        initial_epoch, callbacks)
+    if not chief:
+        # Only the chief's checkpoints outlive the run; a killed worker's are
+        # what its next run resumes from, and that run removes them.
+        atomic.remove(checkpoint_dir)
+    if rows:
+        plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
+    return TrainResult(model, rows, initial_epoch, train_config.epochs, started_from)

@@ -1,0 +1,163 @@
+"""Warm starts: a new run's first weights from an earlier model, and layers held fixed.
+
+    python -m pipeline.run --dataset folder:flowers --init-from runs/digits --freeze conv5
+
+`--init-from` takes a `.keras` file, a run directory (its newest checkpoint) or
+a SavedModel this package exported (a version directory, or its base directory
+for the newest version). Every layer is loaded by name; fc8 is left new when
+the class counts differ, which is how a model trained on one dataset is
+fine-tuned on another. `--freeze` keeps the layers up to the one it names
+fixed (BatchNormalization among them then uses its moving statistics).
+"""
+
+import dataclasses
+import json
+import logging
+import os
+
+import keras
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from alexnet_keras import alexnet
+from pipeline.storage import saved_models
+from pipeline.errors import PipelineError
+
+log = logging.getLogger(__name__)
+
+_HEAD = alexnet.WEIGHT_LAYERS[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """What `load` did: the source, and the layers it loaded or left new, by name."""
+
+    source: str
+    loaded: tuple[str, ...]
+    new: tuple[str, ...]
+
+
+def _from_keras_file(path):
+    model = keras.saving.load_model(path, compile=False)
+    weights = {weight.path: keras.ops.convert_to_numpy(weight) for weight in model.weights}
+    return weights, getattr(model, "variant", None)
+
+
+def _from_saved_model(path):
+    loaded = tf.saved_model.load(saved_models.resolve_saved_model(path))
+    # Keras names a layer's variables "<layer>/<weight>:0". The variant is not
+    # recorded: only the shapes are checked.
+    weights = {variable.name.rsplit(":", 1)[0]: variable.numpy()
+               for variable in loaded.variables}
+    return weights, None
+
+
+def _from_run_dir(path):
+    checkpoint = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
+    config_path = os.path.join(path, "config.json")
+    if checkpoint is None or not tf.io.gfile.exists(config_path):
+        raise PipelineError(
+            f"`init_from` {path} is a directory without a run's checkpoints and "
+            "config.json; pass a run directory, a .keras file or a SavedModel"
+        )
+    with tf.io.gfile.GFile(config_path) as file:
+        settings = json.load(file)["model"]
+    settings["image_size"] = tuple(settings["image_size"])
+    # The checkpoint knows layers by position: the run's own architecture
+    # names them. Its class count does not change the positions.
+    source = alexnet.AlexNet(
+        variant=settings["variant"], num_classes=1,
+        input_shape=(*settings["image_size"], settings["channels"]),
+        normalization=settings["normalization"],
+    )
+    reader = tf.train.load_checkpoint(checkpoint)
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+
+    def children(node_id):
+        return {child.local_name: child.node_id for child in graph.nodes[node_id].children}
+
+    # The checkpoint holds the model as its "model" object; each layer is an
+    # operation of it, by position, and each weight a child of that.
+    operations = children(children(children(0)["model"])["_operations"])
+    weights = {}
+    for index, layer in enumerate(source.layers):
+        if str(index) not in operations:
+            continue
+        for name, node_id in children(operations[str(index)]).items():
+            for attribute in graph.nodes[node_id].attributes:
+                # Keras keeps a kernel as `_kernel` (behind its LoRA property).
+                weights[f"{layer.name}/{name.lstrip('_')}"] = reader.get_tensor(
+                    attribute.checkpoint_key
+                )
+    return weights, settings["variant"]
+
+
+def source_weights(path):
+    """Every weight of the model at `path`, as `{"<layer>/<weight>": array}`,
+    and its AlexNet variant where the source records it (else None)."""
+    if str(path).endswith(".keras"):
+        if not tf.io.gfile.exists(path):
+            raise PipelineError(f"`init_from` {path} does not exist; pass an existing "
+                                ".keras file")
+        return _from_keras_file(path)
+    if not tf.io.gfile.isdir(path):
+        raise PipelineError(
+            f"`init_from` {path} is neither a .keras file nor a directory; pass a .keras "
+            "file, a run directory or a SavedModel"
+        )
+    if tf.io.gfile.exists(os.path.join(path, "checkpoints")):
+        return _from_run_dir(path)
+    return _from_saved_model(path)
+
+
+def load(model, path, source=None):
+    """Sets `model`'s weights from the model at `path`, layer by layer.
+
+    fc8 stays as initialised when its shape differs (another class count);
+    any other layer that is missing or of another shape raises `PipelineError`
+    naming the first one, since the source is then another architecture.
+    `source` is `source_weights(path)` when the caller already read it (a
+    search loads the same source into every trial).
+    """
+    weights, variant = source or source_weights(path)
+    if variant is not None and variant != model.variant:
+        # At some input sizes every shape matches, but the variants scale
+        # pixels differently and only "paper" has LRN.
+        raise PipelineError(
+            f"`init_from` {path} is a {variant!r} AlexNet and this run trains a "
+            f"{model.variant!r} one; use variant={variant!r} or another source"
+        )
+    loaded, new = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        values = [weights.get(weight.path) for weight in layer.weights]
+        fits = [value is not None and tuple(value.shape) == tuple(weight.shape)
+                for weight, value in zip(layer.weights, values)]
+        if all(fits):
+            layer.set_weights(values)
+            loaded.append(layer.name)
+        elif layer.name == _HEAD:
+            new.append(layer.name)
+        else:
+            weight, value = next((weight, value) for weight, value, fit
+                                 in zip(layer.weights, values, fits) if not fit)
+            found = "no such weight" if value is None else f"shape {tuple(value.shape)}"
+            raise PipelineError(
+                f"`init_from` {path} does not fit this model: {weight.path} has "
+                f"{found} there and shape {tuple(weight.shape)} here; start from a model "
+                "of the same `variant`, `normalization`, `channels` and `image_size`"
+            )
+    log.info("Initialised from %s: loaded %s%s", path, ", ".join(loaded),
+             f"; new: {', '.join(new)} (another number of classes)" if new else "")
+    return WarmStart(str(path), tuple(loaded), tuple(new))
+
+
+def freeze(model, up_to):
+    """Makes the layers of `model` up to the one named `up_to` (included) not
+    trainable; call it before the optimizer is built."""
+    names = [layer.name for layer in model.layers]
+    for layer in model.layers[:names.index(up_to) + 1]:
+        layer.trainable = False
+    log.info("Frozen: the layers up to %s", up_to)

@@ -1,0 +1,185 @@
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from matplotlib import image as matplotlib_image
+from sklearn import metrics as sklearn_metrics
+
+import testlib
+from pipeline.cli import main as cli
+from pipeline.evaluation import metrics as evaluation
+from pipeline.errors import PipelineError
+
+
+def assert_png(path):
+    assert os.path.getsize(path) > 1000
+    picture = matplotlib_image.imread(path)
+    assert picture.ndim == 3 and min(picture.shape[:2]) > 100
+
+
+def test_metrics_on_a_known_case():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    # Predicted: 0, 1, 1, 1, 2, 0.
+    probabilities = np.array(
+        [
+            [0.8, 0.1, 0.1],
+            [0.3, 0.6, 0.1],
+            [0.1, 0.7, 0.2],
+            [0.2, 0.5, 0.3],
+            [0.1, 0.1, 0.8],
+            [0.5, 0.1, 0.4],
+        ]
+    )
+    metrics = evaluation._metrics("test", labels, probabilities, ["a", "b", "c"])
+    assert metrics["test_accuracy"] == pytest.approx(4 / 6)
+    assert "test_top5_accuracy" not in metrics
+    assert metrics["num_examples"] == 6
+    assert metrics["per_class"] == {
+        "a": {
+            "precision": pytest.approx(1 / 2),
+            "recall": pytest.approx(1 / 2),
+            "support": 2,
+        },
+        "b": {
+            "precision": pytest.approx(2 / 3),
+            "recall": pytest.approx(1.0),
+            "support": 2,
+        },
+        "c": {
+            "precision": pytest.approx(1.0),
+            "recall": pytest.approx(1 / 2),
+            "support": 2,
+        },
+    }
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    with pytest.raises(
+        PipelineError, match="3 class probabilities but the dataset has 4"
+    ):
+        evaluation._metrics("test", labels, probabilities, ["a", "b", "c", "d"])
+
+
+def test_evaluate_a_predict_fn_agrees_with_sklearn(tmp_path, digits):
+    ingested = digits
+
+    def scores(image_bytes):
+        # Arbitrary but fixed per image: a hash of its bytes.
+        digest = hashlib.sha256(image_bytes).digest()
+        return np.frombuffer(digest[:10], dtype=np.uint8).astype(np.float64) + 1
+
+    def predict_fn(image_bytes):
+        rows = np.stack([scores(image) for image in image_bytes.numpy()])
+        return rows / rows.sum(axis=1, keepdims=True)
+
+    encoded, labels = testlib.encoded_split(ingested, "test")
+    probabilities = predict_fn(tf.constant(encoded))
+    predictions = probabilities.argmax(axis=1)
+
+    metrics = evaluation.evaluate_encoded(predict_fn, ingested, str(tmp_path))
+    assert (
+        metrics["num_examples"]
+        == ingested.num_examples("test")
+        == len(labels)
+    )
+    assert metrics["test_accuracy"] == pytest.approx(
+        sklearn_metrics.accuracy_score(labels, predictions)
+    )
+    assert metrics["test_top5_accuracy"] == pytest.approx(
+        sklearn_metrics.top_k_accuracy_score(
+            labels, probabilities, k=5, labels=range(10)
+        )
+    )
+    precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
+        labels, predictions, labels=range(10), zero_division=0
+    )
+    assert list(metrics["per_class"]) == list(ingested.class_names)
+    for index, row in enumerate(metrics["per_class"].values()):
+        assert row == {
+            "precision": pytest.approx(precision[index]),
+            "recall": pytest.approx(recall[index]),
+            "support": support[index],
+        }
+    np.testing.assert_array_equal(
+        metrics["confusion_matrix"],
+        sklearn_metrics.confusion_matrix(labels, predictions, labels=range(10)),
+    )
+    assert_png(tmp_path / "confusion_matrix.png")
+    assert_png(tmp_path / "misclassified.png")
+    # Figure 3 needs the kernels, which only a Keras model has.
+    assert not (tmp_path / "conv1_kernels.png").exists()
+
+
+def test_evaluate_a_keras_model(trained_metrics, digits):
+    metrics, run_dir = trained_metrics
+    ingested = digits
+    assert metrics["test_accuracy"] > 0.9
+    assert metrics["test_top5_accuracy"] >= metrics["test_accuracy"]
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10)
+    assert (
+        matrix.sum()
+        == metrics["num_examples"]
+        == ingested.num_examples("test")
+    )
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(metrics["test_accuracy"])
+    assert [row["support"] for row in metrics["per_class"].values()] == matrix.sum(
+        axis=1
+    ).tolist()
+    for name in ("confusion_matrix.png", "conv1_kernels.png", "misclassified.png"):
+        assert_png(os.path.join(run_dir, name))
+
+
+def test_cli_measures_the_export_through_its_own_signature(
+    tmp_path, monkeypatch, trained_metrics, trained_export
+):
+    monkeypatch.chdir(tmp_path)  # the dataset is ingested into ./data/digits
+    exit_code = cli.main(
+        "evaluate", [
+            "--saved-model",
+            os.path.dirname(trained_export),
+            "--dataset",
+            "digits",
+            "--output-dir",
+            "out",
+        ]
+    )
+    assert exit_code == 0
+    assert (tmp_path / "data" / "digits" / "manifest.json").exists()
+    with open(tmp_path / "out" / "evaluation.json") as file:
+        metrics = json.load(file)
+    # Encoded test images through the export's in-graph decoding and
+    # preprocessing score exactly what the Keras model scored on the same split.
+    keras_metrics = trained_metrics[0]
+    assert metrics["test_accuracy"] == pytest.approx(keras_metrics["test_accuracy"])
+    assert metrics["confusion_matrix"] == keras_metrics["confusion_matrix"]
+    assert metrics["saved_model"].endswith(os.path.join("alexnet", "1"))
+    for name in ("confusion_matrix.png", "misclassified.png"):
+        assert_png(tmp_path / "out" / name)
+
+
+def test_cli_reuses_the_ingest_dir_it_is_given(
+    tmp_path, monkeypatch, digits, trained_metrics, trained_export
+):
+    monkeypatch.chdir(tmp_path)
+    ingested = digits
+    exit_code = cli.main("evaluate", [
+        "--saved-model", os.path.dirname(trained_export),
+        "--ingest-dir", ingested.directory, "--output-dir", "out",
+    ])
+    assert exit_code == 0
+    assert not (tmp_path / "data").exists()  # nothing ingested again
+    with open(tmp_path / "out" / "evaluation.json") as file:
+        metrics = json.load(file)
+    assert metrics["test_accuracy"] == pytest.approx(trained_metrics[0]["test_accuracy"])
+
+
+def test_cli_names_a_missing_export(tmp_path, capsys):
+    exit_code = cli.main(
+        "evaluate", ["--saved-model", str(tmp_path / "nothing"), "--dataset", "digits"]
+    )
+    assert exit_code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m pipeline.evaluate: error: ")
+    assert str(tmp_path / "nothing") in error and error.count("\n") == 1

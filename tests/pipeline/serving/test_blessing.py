@@ -1,0 +1,228 @@
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import testlib
+from alexnet_keras import AlexNet
+from pipeline.cli import main as cli
+from pipeline.serving import blessing
+from pipeline.serving import builder
+from pipeline.evaluation import metrics as evaluation
+from pipeline.storage import saved_models
+from pipeline.data import ingest
+from pipeline.config import DataConfig
+
+
+def copy_of_the_export(trained_export, tmp_path):
+    """A base directory whose newest version (1) is the trained model."""
+    base = tmp_path / "alexnet"
+    shutil.copytree(trained_export, base / "1")
+    return str(base)
+
+
+def test_the_first_model_is_always_blessed(tmp_path, digits):
+    ingested = digits
+    result = blessing.bless(
+        0.1, str(tmp_path / "alexnet"), ingested, 0.01, False
+    )
+    assert result == blessing.Blessing(True, result.reason, 0.1, None, None)
+    assert "first model" in result.reason
+
+
+def test_a_worse_model_is_not_pushed_unless_forced(
+    tmp_path, digits, trained_metrics, trained_export, fitted_weights
+):
+    ingested = digits
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    worse = testlib.worse_model(fitted_weights)
+    candidate = evaluation.evaluate(worse, ingested, str(tmp_path / "run"))
+    assert candidate["test_accuracy"] < 0.2
+
+    result = blessing.bless(
+        candidate["test_accuracy"], export_dir, ingested, 0.01, False
+    )
+    assert result.blessed is False
+    assert result.baseline_version == 1
+    # The served version, measured now through its own signature, scores what the
+    # trained Keras model scored.
+    assert result.baseline_accuracy == pytest.approx(
+        trained_metrics[0]["test_accuracy"]
+    )
+    assert (
+        "below version 1's" in result.reason and "`force_push`" in result.reason
+    )
+    assert saved_models.versions(export_dir) == [1]
+
+    forced = blessing.bless(
+        candidate["test_accuracy"], export_dir, ingested, 0.01, True
+    )
+    assert forced.blessed is True and "forced" in forced.reason
+    assert forced.baseline_accuracy == result.baseline_accuracy
+    pushed = builder.export_saved_model(
+        worse, list(ingested.class_names), export_dir
+    )
+    assert os.path.basename(pushed) == "2"
+
+
+def test_tolerance_decides_near_ties(
+    tmp_path, digits, trained_metrics, trained_export
+):
+    ingested = digits
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    baseline = trained_metrics[0]["test_accuracy"]
+    equal = blessing.bless(baseline, export_dir, ingested, 0.0, False)
+    assert equal.blessed is True
+    slightly_worse = blessing.bless(
+        baseline - 0.005, export_dir, ingested, 0.01, False
+    )
+    assert slightly_worse.blessed is True
+    assert (
+        blessing.bless(
+            baseline - 0.02, export_dir, ingested, 0.01, False
+        ).blessed
+        is False
+    )
+
+
+def test_an_export_for_other_classes_is_not_compared(
+    tmp_path, digits, capsys, monkeypatch
+):
+    ingested = digits
+    monkeypatch.chdir(tmp_path)  # the command line ingests into ./data/digits
+    export_dir = str(tmp_path / "alexnet")
+    other = AlexNet(variant="paper", num_classes=3, input_shape=(67, 67, 3))
+    builder.export_saved_model(other, ["cat", "dog", "fox"], export_dir)
+
+    result = blessing.bless(0.9, export_dir, ingested, 0.01, False)
+    assert result.blessed is False and result.baseline_accuracy is None
+    assert "cannot be compared" in result.reason
+    forced = blessing.bless(0.9, export_dir, ingested, 0.01, True)
+    assert forced.blessed is True and "forced" in forced.reason
+
+    exit_code = cli.main(
+        "evaluate", ["--saved-model", export_dir, "--dataset", "digits", "--output-dir", "out"]
+    )
+    assert exit_code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("python -m pipeline.evaluate: error: ")
+    assert "has 3 classes but digits has 10" in error and error.count("\n") == 1
+
+
+def _other_kind(version_dir):
+    """A SavedModel of another kind: its serving_default takes float features."""
+    module = tf.Module()
+    module.scale = tf.Variable(2.0)
+    module.serve = tf.function(lambda x: {"y": x * module.scale},
+                               input_signature=[tf.TensorSpec([None, 4], tf.float32, "x")])
+    tf.saved_model.save(module, version_dir, signatures={"serving_default": module.serve})
+
+
+def test_a_baseline_that_cannot_be_scored_is_named_and_never_crashes(
+    tmp_path, digits, trained_metrics, trained_export
+):
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    good = trained_metrics[0]["test_accuracy"]
+    _other_kind(os.path.join(export_dir, "2"))
+    # A half-copied version: its variables, no saved_model.pb.
+    shutil.copytree(os.path.join(trained_export, "variables"),
+                    os.path.join(export_dir, "3", "variables"))
+    for newest, problem in ((2, "cannot be run on the test images"),
+                            (3, "cannot be run on the test images")):
+        kept = os.path.join(tmp_path, "kept")
+        if newest == 2:
+            shutil.move(os.path.join(export_dir, "3"), kept)
+        else:
+            shutil.move(kept, os.path.join(export_dir, "3"))
+        result = blessing.bless(good, export_dir, digits, 0.01, False)
+        assert result.blessed is False
+        assert result.baseline_version == newest and result.baseline_accuracy is None
+        assert result.reason.startswith(f"the served version {newest} cannot be compared: ")
+        assert problem in result.reason and "`force_push`" in result.reason
+        assert any(item.startswith(f"version {newest}: ") for item in result.unscored)
+        # Version 1 was still scored, and is the best kept.
+        assert result.best_version == 1 and result.best_accuracy == pytest.approx(good)
+        forced = blessing.bless(good, export_dir, digits, 0.01, True)
+        assert forced.blessed is True and forced.unscored == result.unscored
+
+
+@pytest.fixture()
+def worse_version_2(tmp_path, digits, trained_export, fitted_weights):
+    """A base directory holding the trained model as version 1 and, served as
+    the newest, a much worse one as version 2."""
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    builder.export_saved_model(testlib.worse_model(fitted_weights), digits.class_names,
+                               export_dir)
+    return export_dir
+
+
+def test_the_baseline_is_the_version_models_config_pins(
+    tmp_path, digits, trained_metrics, worse_version_2
+):
+    export_dir = worse_version_2
+    good = trained_metrics[0]["test_accuracy"]
+    worse = blessing.bless(good, export_dir, digits, 0.01, False)
+    assert worse.baseline_version == 2 and worse.baseline_accuracy < 0.2
+    assert worse.best_version == 1 and worse.blessed is True
+
+    (tmp_path / "models.config").write_text(
+        'model_config_list { config { name: "alexnet" base_path: "/models/alexnet" '
+        'model_platform: "tensorflow" model_version_policy { specific { versions: 1 } } } }'
+    )
+    pinned = blessing.bless(good, export_dir, digits, 0.01, False)
+    assert pinned.baseline_version == 1
+    assert pinned.baseline_accuracy == pytest.approx(good)
+
+
+def test_a_chain_of_slightly_worse_models_stops_at_the_best_kept(
+    digits, trained_metrics, worse_version_2
+):
+    export_dir = worse_version_2
+    good = trained_metrics[0]["test_accuracy"]
+    result = blessing.bless(good - 0.05, export_dir, digits, 0.01, False)
+    assert result.blessed is False and result.baseline_version == 2
+    assert f"below the best kept version 1's {good:.4f} minus the tolerance 0.01" in result.reason
+    assert blessing.bless(good - 0.005, export_dir, digits, 0.01, False).blessed is True
+
+
+def test_min_accuracy_is_a_floor_even_for_the_first_model(tmp_path, digits):
+    export_dir = str(tmp_path / "alexnet")
+    low = blessing.bless(0.5, export_dir, digits, 0.01, False, min_accuracy=0.9)
+    assert low.blessed is False
+    assert "test accuracy 0.5000 is below `min_accuracy` 0.9" in low.reason
+    assert blessing.bless(0.95, export_dir, digits, 0.01, False, min_accuracy=0.9).blessed
+    forced = blessing.bless(0.5, export_dir, digits, 0.01, True, min_accuracy=0.9)
+    assert forced.blessed is True and "forced" in forced.reason
+
+
+def test_the_baseline_is_scored_on_none_of_its_own_training_images(tmp_path):
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+
+    def add(names):
+        for class_name in ("cat", "dog"):
+            for name in names:
+                pixels = rng.integers(0, 256, (8, 8, 3), np.uint8)
+                os.makedirs(root / class_name, exist_ok=True)
+                (root / class_name / name).write_bytes(testlib.encode(pixels, "png"))
+
+    add([f"{index}.png" for index in range(60)])
+    config = DataConfig(dataset=f"folder:{root}")
+    first = ingest.ingest(config, str(tmp_path / "ingested"))
+    model = AlexNet(variant="paper", num_classes=2, input_shape=(67, 67, 3))
+    export_dir = str(tmp_path / "alexnet")
+    builder.export_saved_model(model, first.class_names, export_dir)
+    trained_on = {image for batch, _ in first.encoded_batches("train", 64) for image in batch}
+
+    add([f"new{index}.png" for index in range(40)])
+    grown = ingest.ingest(config, str(tmp_path / "ingested"))
+    scored = {image for batch, _ in grown.encoded_batches("test", 64) for image in batch}
+    result = blessing.bless(0.5, export_dir, grown, 0.01, False)
+    assert result.baseline_version == 1 and result.baseline_accuracy is not None
+    # The blessing scored version 1 on the grown ingest's test split, which
+    # holds new images and none the version was trained on.
+    assert len(scored) == grown.num_examples("test") > 0
+    assert not scored & trained_on
+    assert scored - {image for batch, _ in first.encoded_batches("test", 64) for image in batch}

@@ -1,0 +1,112 @@
+"""The LiteRT and ONNX exports, each run by its own runtime on real test images."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import testlib
+from alexnet_keras import AlexNet
+from pipeline.cli import main as cli
+from pipeline.serving import runtimes
+
+
+def softmax(logits):
+    return tf.nn.softmax(logits).numpy()
+
+
+@pytest.fixture(scope="module")
+def paper_weights(digits):
+    """Weights of a digits paper AlexNet (LRN) with a clear accuracy: Glorot
+    kernels (the paper's N(0, 0.01) makes fc7 nearly constant, see
+    testlib.fit_weights), so the activations LRN sees are large enough for it to
+    matter, and fc8 fitted."""
+    keras.utils.set_random_seed(1)
+    model = paper_digits_model()
+    initializer = keras.initializers.GlorotUniform(seed=1)
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            layer.kernel.assign(initializer(layer.kernel.shape))
+            layer.bias.assign(tf.zeros_like(layer.bias))
+    testlib.fit_fc8(model, digits)
+    return model.get_weights()
+
+
+def paper_digits_model(weights=None):
+    model = AlexNet(variant="paper", num_classes=10,
+                    input_shape=(*testlib.IMAGE_SIZE, testlib.CHANNELS))
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+@pytest.fixture(params=["paper", "d2l"])
+def model(request, fitted_weights, paper_weights):
+    if request.param == "paper":
+        return paper_digits_model(paper_weights)
+    return testlib.digits_model(fitted_weights)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+def test_each_runtime_answers_as_the_keras_model(tmp_path, digits, model, export_format):
+    path = runtimes.export_file(
+        model, export_format, tmp_path / runtimes.FILE_NAMES[export_format]
+    )
+    assert os.listdir(tmp_path) == [runtimes.FILE_NAMES[export_format]]
+    encoded, labels = testlib.encoded_split(digits, "test")
+    images = testlib.preprocessed(encoded, model.image_spec)
+    expected = softmax(model.predict(images, verbose=0))
+    # The model knows digits, so agreeing on the class means something.
+    assert np.mean(expected.argmax(axis=1) == labels) >= 0.85
+
+    probabilities = softmax(testlib.RUNTIMES[export_format](path, images))
+    assert probabilities.shape == (len(labels), 10)
+    np.testing.assert_array_equal(probabilities.argmax(axis=1), expected.argmax(axis=1))
+    np.testing.assert_allclose(probabilities, expected, atol=testlib.RUNTIME_TOLERANCE)
+    # A single image, as a phone sends it.
+    np.testing.assert_allclose(softmax(testlib.RUNTIMES[export_format](path, images[:1])),
+                               expected[:1], atol=testlib.RUNTIME_TOLERANCE)
+    name, shape = testlib.input_of(export_format, path)
+    assert "image" in name and shape == [None, *model.image_spec.shape]
+
+
+@pytest.mark.slow
+def test_a_mixed_precision_model_is_exported_in_float32(tmp_path, digits, paper_weights):
+    # Exported as it computes, in bfloat16, the LiteRT file would need
+    # TensorFlow ops its runtime lacks, and ONNX Runtime would refuse the ONNX one.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = paper_digits_model(paper_weights)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert model.dtype_policy.compute_dtype == "bfloat16"
+    encoded, _ = testlib.encoded_split(digits, "test")
+    images = testlib.preprocessed(encoded[:16], model.image_spec)
+    expected = softmax(paper_digits_model(paper_weights).predict(images, verbose=0))
+    for export_format, file_name in runtimes.FILE_NAMES.items():
+        path = runtimes.export_file(model, export_format, tmp_path / file_name)
+        probabilities = softmax(testlib.RUNTIMES[export_format](path, images))
+        np.testing.assert_allclose(probabilities, expected, atol=testlib.RUNTIME_TOLERANCE,
+                                   err_msg=export_format)
+    assert model.dtype_policy.compute_dtype == "bfloat16"
+
+
+def test_a_missing_converter_stops_the_run_before_training(
+    tmp_path, digits_dir, monkeypatch, capsys
+):
+    # What Python does when the package is not installed, for this process only.
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)
+    argv = ["--ingest-dir", digits_dir, "--output-dir", str(tmp_path / "run"),
+            "--export-dir", str(tmp_path / "models"), "--export-format", "onnx"]
+    assert cli.main("run", argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("python -m pipeline.run: error: --export-format onnx needs "
+                            "the tf2onnx package")
+    assert 'pip install -e ".[export]"' in error and "\n" not in error
+    assert not (tmp_path / "run").exists()
+    # LiteRT's converter is TensorFlow's own: nothing more to install.
+    runtimes.check_installed(("saved_model", "keras", "litert"))

@@ -1,0 +1,179 @@
+"""Warm starts (`--init-from`, `--freeze`): every kind of source, the new fc8,
+the error for another architecture, and a fine-tuning run end to end."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+import testlib
+from alexnet_keras import AlexNet
+from pipeline import config as config_lib
+from pipeline.serving import builder
+from pipeline.training import warm_start
+from pipeline.errors import PipelineError
+
+FEATURE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7")
+
+
+def small_model(num_classes, seed, **kwargs):
+    keras.utils.set_random_seed(seed)
+    kwargs.setdefault("input_shape", (67, 67, 1))
+    return AlexNet(num_classes=num_classes, **kwargs)
+
+
+def weights_of(model, names):
+    return {name: [w.copy() for w in model.get_layer(name).get_weights()] for name in names}
+
+
+def assert_same(first, second):
+    assert first.keys() == second.keys()
+    for name in first:
+        for a, b in zip(first[name], second[name], strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_a_keras_file_loads_up_to_fc7_when_the_classes_differ(tmp_path):
+    source = small_model(6, seed=1)
+    source.save(tmp_path / "source.keras")
+    target = small_model(4, seed=2)
+    head = target.get_layer("fc8").get_weights()
+
+    started = warm_start.load(target, str(tmp_path / "source.keras"))
+
+    assert started.loaded == FEATURE_LAYERS and started.new == ("fc8",)
+    assert_same(weights_of(target, FEATURE_LAYERS), weights_of(source, FEATURE_LAYERS))
+    for before, after in zip(head, target.get_layer("fc8").get_weights()):
+        np.testing.assert_array_equal(before, after)
+
+
+def test_an_export_loads_whole_when_the_classes_match(tmp_path):
+    source = small_model(3, seed=1)
+    builder.export_saved_model(source, ["a", "b", "c"], str(tmp_path / "models"))
+    target = small_model(3, seed=2)
+
+    # The base directory stands for its newest version.
+    started = warm_start.load(target, str(tmp_path / "models"))
+
+    assert started.loaded == (*FEATURE_LAYERS, "fc8") and started.new == ()
+    images = np.random.default_rng(0).uniform(-100, 100, (2, 67, 67, 1)).astype("float32")
+    np.testing.assert_array_equal(target.predict(images, verbose=0),
+                                  source.predict(images, verbose=0))
+
+
+def test_a_run_directory_loads_its_newest_checkpoint(tmp_path):
+    source = small_model(5, seed=1, normalization="batchnorm")
+    run_dir = tmp_path / "run"
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=source), str(run_dir / "checkpoints"), max_to_keep=2
+    )
+    manager.save(checkpoint_number=1)
+    source.get_layer("conv3").kernel.assign(source.get_layer("conv3").kernel * 2)
+    manager.save(checkpoint_number=2)
+    model_config = config_lib.ModelConfig(normalization="batchnorm", image_size=(67, 67),
+                                          channels=1)
+    (run_dir / "config.json").write_text(json.dumps(
+        {"model": dataclasses.asdict(config_lib.RunConfig(model=model_config).model)}
+    ))
+    target = small_model(5, seed=2, normalization="batchnorm")
+
+    started = warm_start.load(target, str(run_dir))
+
+    batchnorms = tuple(f"bn{index}" for index in range(1, 6))
+    assert set(started.loaded) == {*FEATURE_LAYERS, *batchnorms, "fc8"}
+    assert_same(weights_of(target, started.loaded), weights_of(source, started.loaded))
+
+
+@pytest.mark.parametrize("kwargs, mismatch", [
+    ({"input_shape": (67, 67, 3)}, "conv1/kernel has shape (11, 11, 1, 96) there and "
+                                   "shape (11, 11, 3, 96) here"),
+    ({"input_shape": (100, 100, 1)}, "fc6/kernel has shape (256, 4096) there and "
+                                     "shape (1024, 4096) here"),
+    ({"variant": "d2l"}, "is a 'paper' AlexNet and this run trains a 'd2l' one"),
+    ({"normalization": "batchnorm"}, "bn1/gamma has no such weight there"),
+])
+def test_another_architecture_is_one_line_naming_the_first_mismatch(tmp_path, kwargs,
+                                                                    mismatch):
+    small_model(6, seed=1).save(tmp_path / "source.keras")
+    target = small_model(6, seed=2, **kwargs)
+    with pytest.raises(PipelineError) as error:
+        warm_start.load(target, str(tmp_path / "source.keras"))
+    assert mismatch in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("path, message", [
+    ("missing.keras", "does not exist"),
+    ("missing", "neither a .keras file nor a directory"),
+    (".", "without a run's checkpoints"),
+])
+def test_a_bad_source_is_named(tmp_path, monkeypatch, path, message):
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("checkpoints")
+    with pytest.raises(PipelineError, match=message):
+        warm_start.load(small_model(2, seed=1), path)
+
+
+def test_freeze_keeps_the_layers_up_to_the_one_named():
+    model = small_model(2, seed=1)
+    warm_start.freeze(model, "conv5")
+    trainable = {variable.path.split("/")[0] for variable in model.trainable_variables}
+    assert trainable == {"fc6", "fc7", "fc8"}
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"freeze": "conv5"}, "give `init_from` too"),
+    ({"freeze": "fc8", "init_from": "x.keras"}, "`freeze` must be one of conv1, conv2"),
+])
+def test_freeze_settings_are_checked(settings, message):
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.TrainConfig(**settings)
+
+
+def write_digit_folder(root, digits):
+    """The embedded digits of the classes `digits` as PNG files in class folders."""
+    data = load_digits()
+    for index, (image, label) in enumerate(zip(data.images, data.target)):
+        if label in digits:
+            os.makedirs(root / str(label), exist_ok=True)
+            pixels = (image * 255 / 16).astype(np.uint8)[..., np.newaxis]
+            (root / str(label) / f"{index}.png").write_bytes(testlib.encode(pixels, "png"))
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_other_classes_moves_only_the_unfrozen_layers(tmp_path):
+    """Trains on digits 0-5, fine-tunes on 6-9 from that run with conv1-fc6
+    frozen: those equal the source's, fc7 moved and fc8 is new."""
+    write_digit_folder(tmp_path / "first", range(0, 6))
+    write_digit_folder(tmp_path / "second", range(6, 10))
+    common = ["--image-size", "67", "--batch-size", "16", "--steps-per-epoch", "3",
+              "--epochs", "1", "--export-dir", str(tmp_path / "models")]
+
+    def run(*flags):
+        result = subprocess.run(
+            [sys.executable, "-m", "pipeline.run", *common, *flags], capture_output=True,
+            text=True, env=testlib.child_env(), timeout=900, cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    run("--dataset", f"folder:{tmp_path / 'first'}", "--output-dir", "first")
+    run("--dataset", f"folder:{tmp_path / 'second'}", "--output-dir", "second",
+        "--init-from", "first", "--freeze", "fc6", "--export-format", "keras")
+
+    source, _ = warm_start.source_weights(str(tmp_path / "first"))
+    tuned = keras.saving.load_model(tmp_path / "second" / "model.keras")
+    for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6"):
+        for weight in tuned.get_layer(name).weights:
+            np.testing.assert_array_equal(weight.numpy(), source[weight.path], weight.path)
+    assert not np.array_equal(tuned.get_layer("fc7").kernel.numpy(), source["fc7/kernel"])
+    assert tuned.get_layer("fc8").kernel.shape == (4096, 4)
+    assert source["fc8/kernel"].shape == (4096, 6)
+    metrics = json.loads((tmp_path / "second" / "metrics.json").read_text())
+    assert metrics["warm_start"] == {"source": "first", "loaded": list(FEATURE_LAYERS),
+                                     "new": ["fc8"]}
