@@ -18,10 +18,9 @@ import dataclasses
 import json
 import os
 import time
-import types
-import typing
 
 from alexnet_keras import alexnet
+from pipeline import json_values
 from pipeline.errors import ConfigError
 
 STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
@@ -321,53 +320,6 @@ class TuneConfig:
                               "them: use one or the other")
 
 
-def _check_type(value, annotation, where):
-    """`value` as JSON gave it, checked against a field's annotation: raises
-    `ConfigError` naming `where` and the type expected; tuples come back from lists."""
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (
-        annotation,)
-    if value is None:
-        if type(None) in options:
-            return None
-    else:
-        for option in options:
-            if option is bool and isinstance(value, bool):
-                return value
-            if option is int and isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if option is float and isinstance(value, (int, float)) and not isinstance(
-                    value, bool):
-                return float(value)
-            if option is str and isinstance(value, str):
-                return value
-            if typing.get_origin(option) is tuple and isinstance(value, list):
-                items = typing.get_args(option)
-                item_type = items[0]
-                if (items[-1] is Ellipsis or len(value) == len(items)) and all(
-                        _is_json_type(item, item_type) for item in value):
-                    return tuple(value)
-    expected = " or ".join(_type_name(option) for option in options)
-    raise ConfigError(f"{where} must be {expected}. Received: {json.dumps(value)[:80]}")
-
-
-def _is_json_type(value, expected):
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def _type_name(annotation):
-    if annotation is type(None):
-        return "null"
-    if typing.get_origin(annotation) is tuple:
-        items = typing.get_args(annotation)
-        if items[-1] is Ellipsis:
-            return f"a list of {items[0].__name__}"
-        return f"a list of {len(items)} {items[0].__name__}"
-    return {"int": "an integer", "float": "a number", "str": "a string",
-            "bool": "true or false"}[annotation.__name__]
-
-
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Everything one `python -m pipeline.run` does."""
@@ -388,11 +340,15 @@ class RunConfig:
         keeps the defaults of what it leaves out; top-level entries that are
         not sections (`config.json`'s "ingested") are ignored. Each value is
         checked for its type and range by the same code that checks a flag."""
-        return cls(**{name: section for name, section in sections_from_json(
-            text, source, cls).items()})
+        return cls(**sections_from_json(text, source))
 
 
-def sections_from_json(text, source, config_class=RunConfig):
+# The sections of a `RunConfig`, by name: what the command line, the JSON reader
+# and the settings' lists go through.
+SECTIONS = {field.name: field.type for field in dataclasses.fields(RunConfig)}
+
+
+def sections_from_json(text, source):
     """`{section name: config}` for the sections a `config.json` (or a partial
     one) sets, each value checked; raises `ConfigError` naming `source`."""
     if len(text) > MAX_CONFIG_BYTES:
@@ -402,11 +358,10 @@ def sections_from_json(text, source, config_class=RunConfig):
     except (json.JSONDecodeError, RecursionError) as error:
         reason = "nested too deeply" if isinstance(error, RecursionError) else error
         raise ConfigError(f"{source} is not JSON ({reason}); pass a run's config.json") from None
-    sections = {field.name: field.type for field in dataclasses.fields(config_class)}
-    if not isinstance(recorded, dict) or not set(sections) & set(recorded):
+    if not isinstance(recorded, dict) or not set(SECTIONS) & set(recorded):
         raise ConfigError(f"{source} holds no settings; pass a run's config.json")
     parts = {}
-    for name, section_class in sections.items():
+    for name, section_class in SECTIONS.items():
         if name not in recorded:
             parts[name] = section_class()
             continue
@@ -423,16 +378,13 @@ def sections_from_json(text, source, config_class=RunConfig):
             )
         try:
             parts[name] = section_class(**{
-                key: _check_type(value, fields[key].type, f"{source}: `{key}`")
+                key: json_values.checked(value, fields[key].type, f"{source}: `{key}`")
                 for key, value in settings.items()
             })
         except ConfigError as error:
             raise ConfigError(str(error) if str(error).startswith(source)
                               else f"{source}: {error}") from None
     return parts
-
-
-SECTIONS = {field.name: field.type for field in dataclasses.fields(RunConfig)}
 
 
 def _settings_where(key):

@@ -9,13 +9,12 @@ version of the data is a sub-directory `v-<fingerprint[:12]>/` of the output
 directory holding `<split>-NNNNN.tfrecord` shards (features `image/encoded`
 with the original bytes, `image/format`, `image/height`, `image/width` and a
 0-based `image/class/label`) and its `manifest.json`; the output directory's
-own `manifest.json` names the current version (see `pipeline.artifact`).
+own `manifest.json` names the current version (see `pipeline.data.ingested_dataset`).
 
-Splits: the source's own where it has them. A missing validation or test split
-is carved out of train by a stable hash of each example's identity (its path in
-the folder, its index in the set): `VALIDATION_FRACTION` and `TEST_FRACTION`
-of it each, so a source without splits of its own becomes about 80/10/10, and
-adding images never moves the others between splits.
+Splits: the source's own where it has them; a missing validation or test split
+is carved out of train by a stable hash of each example's identity
+(`pipeline.data.splits`), so adding images never moves the others between
+splits.
 
 Ingest never removes what it did not write. A new output directory appears
 complete in one rename; a re-run on an unchanged source (same fingerprint)
@@ -39,21 +38,17 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import ingested_dataset
-from pipeline.data import image_formats
-from pipeline.data import sources
-from pipeline.storage import atomic
 from pipeline.config import DataConfig
+from pipeline.data import image_formats
+from pipeline.data import ingested_dataset
+from pipeline.data import sources
+from pipeline.data import splits
 from pipeline.errors import PipelineError
 from pipeline.errors import first_line
+from pipeline.storage import atomic
 
 logger = logging.getLogger(__name__)
 
-VALIDATION_FRACTION = 0.1
-TEST_FRACTION = 0.1
-# Fixed, so a split never changes between runs (and not `seed`, which varies
-# training only).
-SPLIT_SEED = 2012
 # ~1000 records per shard: enough files for every worker of a multi-worker run
 # to read its own on a large set, few enough to keep small sets in one file.
 SHARD_SIZE = 1024
@@ -79,55 +74,6 @@ def default_ingest_dir(spec):
     name = os.path.basename(location if kind == "folder" else os.path.dirname(location))
     digest = hashlib.sha256(location.encode()).hexdigest()[:8]
     return os.path.join("data", f"{kind}-{_slug(name)}-{digest}")
-
-
-def _unit_hash(example_id):
-    """A stable number in [0, 1) for an example's identity."""
-    digest = hashlib.sha256(os.fsencode(f"{SPLIT_SEED}/{example_id}")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
-def _hash_split(ids, fractions):
-    """Indices per part: each `fractions` part, then "train" for the rest.
-
-    Each example's part depends on its own identity only: the parts take
-    consecutive bands of the hash range, so adding or removing examples never
-    moves another one, and every class lands in each part in proportion, give
-    or take binomial noise: a standard deviation of sqrt(n * f * (1 - f)) per
-    class, 4 examples for a 180-example class at 10% (exact counts would need
-    a rank within the class, which an added example shifts).
-    """
-    hashes = np.array([_unit_hash(example_id) for example_id in ids], dtype=np.float64)
-    parts, low = {}, 0.0
-    for name, fraction in fractions.items():
-        parts[name] = np.flatnonzero((hashes >= low) & (hashes < low + fraction))
-        low += fraction
-    parts["train"] = np.flatnonzero(hashes >= low)
-    return parts
-
-
-def _plan(source_splits):
-    """Which output split each source example goes to: {source split: array}."""
-    if "train" not in source_splits:
-        raise PipelineError(
-            f"the source has splits {sorted(source_splits)} but no train split"
-        )
-    ignored = sorted(set(source_splits) - set(ingested_dataset.SPLITS))
-    if ignored:
-        logger.info("ignoring source splits %s", ", ".join(ignored))
-    carve = {}
-    if "test" not in source_splits:
-        carve["test"] = TEST_FRACTION
-    if "validation" not in source_splits:
-        carve["validation"] = VALIDATION_FRACTION
-    plan = {}
-    for name in set(source_splits) & set(ingested_dataset.SPLITS):
-        plan[name] = np.full(len(source_splits[name].labels), name, dtype=object)
-    for part, indices in _hash_split(source_splits["train"].ids, carve).items():
-        plan["train"][indices] = part
-        if part != "train":
-            logger.info("%s: %d examples carved out of train", part, len(indices))
-    return plan
 
 
 class _Checked(NamedTuple):
@@ -230,7 +176,7 @@ def _write(source, fingerprint, directory, data_config):
         raise PipelineError(
             f"{source.spec} has {len(class_names)} class(es); a classifier needs two"
         )
-    plan = _plan(source_splits)
+    plan = splits.plan(source_splits)
     expected = collections.Counter(
         destination for source_split in plan for destination in plan[source_split]
     )
@@ -249,7 +195,7 @@ def _write(source, fingerprint, directory, data_config):
         # this thread, not whenever (and on whichever thread) the garbage
         # collector finalises the generator.
         with contextlib.closing(
-            _checked_records(split, SPLIT_SEED, data_config.max_pixels)
+            _checked_records(split, splits.SPLIT_SEED, data_config.max_pixels)
         ) as records:
             for done, checked in enumerate(records, start=1):
                 if done % 10000 == 0:
@@ -398,9 +344,9 @@ def ingest(data_config: DataConfig,
     settings = [
         source.fingerprint,
         ingested_dataset.FORMAT_VERSION,
-        VALIDATION_FRACTION,
-        TEST_FRACTION,
-        SPLIT_SEED,
+        splits.VALIDATION_FRACTION,
+        splits.TEST_FRACTION,
+        splits.SPLIT_SEED,
         data_config.max_pixels,
         image_formats.MAX_ASPECT_RATIO,
     ]

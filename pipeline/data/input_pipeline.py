@@ -81,6 +81,75 @@ def _check_cache_unlocked(path, flag_value):
         )
 
 
+def _read(ingested, split, channels, training, data_config, seed, input_context):
+    """(encoded image, label) pairs of one pipeline's shard of `split`, or
+    (decoded image, label) pairs when `data_config.cache` keeps them."""
+    # A cache keeps the order it was written in: its files are read in their
+    # own order, so that what a cache holds never depends on which epoch (and
+    # so which seed) wrote it. The shuffle after it still mixes every epoch.
+    shuffle_files = training and not data_config.cache
+    dataset = _records(ingested.files(split), shuffle_files, seed, input_context).map(
+        _parse, num_parallel_calls=AUTOTUNE
+    )
+    if not data_config.cache:
+        return dataset
+    dataset = dataset.map(
+        lambda image_bytes, label: (preprocess_ops.decode_image(image_bytes, channels), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    path = ""
+    if data_config.cache != "memory":
+        path = _cache_path(data_config, split, channels, ingested, training, input_context)
+        _check_cache_unlocked(path, data_config.cache)
+    return dataset.cache(path)
+
+
+def _augmented(dataset, ingested, split, image_spec, data_config, seed, input_context):
+    """The training map: shuffled, a random crop resized to the model's input,
+    a flip where the classes allow it, PCA noise if asked, normalised."""
+    channels, image_size = image_spec.channels, image_spec.image_size
+
+    def crop(image, crop_seed):
+        if data_config.cache:
+            return preprocess_ops.random_crop(image, crop_seed)
+        # Not decoded yet: a JPEG decodes only its crop.
+        return preprocess_ops.decode_random_crop(image, channels, crop_seed)
+
+    def augment(example, seed_pair):
+        image, label = example
+        crop_seed, flip_seed, noise_seed = tf.unstack(
+            tf.random.experimental.stateless_split(seed_pair, 3)
+        )
+        image = tf.image.resize(crop(image, crop_seed), image_size)
+        image = tf.ensure_shape(image, [*image_size, channels])
+        if ingested.flip:
+            image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+        if data_config.pca_noise:
+            image = preprocess_ops.pca_noise(image, noise_seed)
+        return image_spec.normalize(image), label
+
+    dataset = dataset.shuffle(min(ingested.num_examples(split), SHUFFLE_BUFFER), seed=seed)
+    # Stateless augmentation with per-example seeds from a seeded stream: the
+    # same crops and flips on every run with `seed`, new ones every epoch,
+    # and other ones in every input pipeline.
+    augment_seed = seed
+    if seed is not None and input_context:
+        augment_seed += input_context.input_pipeline_id
+    seeds = tf.data.Dataset.random(augment_seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+
+
+def _preprocessed_for_eval(dataset, image_spec, data_config):
+    """The evaluation map: `preprocess_for_eval`, as serving preprocesses."""
+
+    def preprocess(image, label):
+        if not data_config.cache:
+            image = preprocess_ops.decode_image(image, image_spec.channels)
+        return preprocess_ops.preprocess_for_eval(image, image_spec), label
+
+    return dataset.map(preprocess, num_parallel_calls=AUTOTUNE)
+
+
 def make_dataset(
     ingested, split, image_spec, batch_size, training, *, data_config=DataConfig(),
     seed=None, input_context=None,
@@ -115,73 +184,15 @@ def make_dataset(
             f"the {split} split of {ingested.directory} has {num_examples} examples, too few "
             f"for a batch of {batch_size} per replica; lower `batch_size` or add data"
         )
-    channels = image_spec.channels
-    image_size = image_spec.image_size
-    if data_config.pca_noise and channels != 3:
+    if data_config.pca_noise and image_spec.channels != 3:
         raise PipelineError("`pca_noise` needs colour input: use channels=3")
-    files = ingested.files(split)
-
-    # A cache keeps the order it was written in: its files are read in their
-    # own order, so that what a cache holds never depends on which epoch (and
-    # so which seed) wrote it. The shuffle after it still mixes every epoch.
-    shuffle_files = training and not data_config.cache
-    dataset = _records(files, shuffle_files, seed, input_context).map(
-        _parse, num_parallel_calls=AUTOTUNE
-    )
-    if data_config.cache:
-        dataset = dataset.map(
-            lambda image_bytes, label: (
-                preprocess_ops.decode_image(image_bytes, channels), label
-            ),
-            num_parallel_calls=AUTOTUNE,
-        )
-        path = ""
-        if data_config.cache != "memory":
-            path = _cache_path(data_config, split, channels, ingested, training,
-                               input_context)
-            _check_cache_unlocked(path, data_config.cache)
-        dataset = dataset.cache(path)
+    dataset = _read(ingested, split, image_spec.channels, training, data_config, seed,
+                    input_context)
     if training:
-
-        def crop(image, crop_seed):
-            if data_config.cache:
-                return preprocess_ops.random_crop(image, crop_seed)
-            # Not decoded yet: a JPEG decodes only its crop.
-            return preprocess_ops.decode_random_crop(image, channels, crop_seed)
-
-        def augment(example, seed_pair):
-            image, label = example
-            crop_seed, flip_seed, noise_seed = tf.unstack(
-                tf.random.experimental.stateless_split(seed_pair, 3)
-            )
-            image = tf.image.resize(crop(image, crop_seed), image_size)
-            image = tf.ensure_shape(image, [*image_size, channels])
-            if ingested.flip:
-                image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-            if data_config.pca_noise:
-                image = preprocess_ops.pca_noise(image, noise_seed)
-            return image_spec.normalize(image), label
-
-        dataset = dataset.shuffle(min(num_examples, SHUFFLE_BUFFER), seed=seed)
-        # Stateless augmentation with per-example seeds from a seeded stream: the
-        # same crops and flips on every run with `seed`, new ones every epoch,
-        # and other ones in every input pipeline.
-        augment_seed = seed
-        if seed is not None and input_context:
-            augment_seed += input_context.input_pipeline_id
-        seeds = tf.data.Dataset.random(augment_seed, rerandomize_each_iteration=True)
-        seeds = seeds.batch(2)
-        dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            augment, num_parallel_calls=AUTOTUNE
-        )
+        dataset = _augmented(dataset, ingested, split, image_spec, data_config, seed,
+                             input_context)
     else:
-
-        def evaluate(image, label):
-            if not data_config.cache:
-                image = preprocess_ops.decode_image(image, channels)
-            return preprocess_ops.preprocess_for_eval(image, image_spec), label
-
-        dataset = dataset.map(evaluate, num_parallel_calls=AUTOTUNE)
+        dataset = _preprocessed_for_eval(dataset, image_spec, data_config)
     dataset = dataset.batch(
         batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE
     )

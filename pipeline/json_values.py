@@ -1,0 +1,59 @@
+"""Values read from JSON checked against a config field's type annotation.
+
+JSON has no tuples and does not tell 3 from 3.0 from true as Python's
+dataclasses would need: `checked` accepts exactly what a flag of that type
+would, so a config file is held to the same rules as the command line.
+"""
+
+import json
+import types
+import typing
+
+from pipeline.errors import ConfigError
+
+
+def checked(value, annotation, where):
+    """`value` as JSON gave it, checked against a field's annotation: raises
+    `ConfigError` naming `where` and the type expected; tuples come back from lists."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (
+        annotation,)
+    if value is None:
+        if type(None) in options:
+            return None
+    else:
+        for option in options:
+            if option is bool and isinstance(value, bool):
+                return value
+            if option is int and isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if option is float and isinstance(value, (int, float)) and not isinstance(
+                    value, bool):
+                return float(value)
+            if option is str and isinstance(value, str):
+                return value
+            if typing.get_origin(option) is tuple and isinstance(value, list):
+                items = typing.get_args(option)
+                item_type = items[0]
+                if (items[-1] is Ellipsis or len(value) == len(items)) and all(
+                        _is_json_type(item, item_type) for item in value):
+                    return tuple(value)
+    expected = " or ".join(_type_name(option) for option in options)
+    raise ConfigError(f"{where} must be {expected}. Received: {json.dumps(value)[:80]}")
+
+
+def _is_json_type(value, expected):
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(annotation):
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is tuple:
+        items = typing.get_args(annotation)
+        if items[-1] is Ellipsis:
+            return f"a list of {items[0].__name__}"
+        return f"a list of {len(items)} {items[0].__name__}"
+    return {"int": "an integer", "float": "a number", "str": "a string",
+            "bool": "true or false"}[annotation.__name__]
