@@ -62,12 +62,15 @@ def minimum_input_size(variant):
     return size
 
 
-def _check_arguments(variant, num_classes, dropout_rate, normalization):
+def check_arguments(variant, num_classes, dropout_rate, normalization):
+    """Raises `ValueError` naming the first argument `AlexNet` would refuse."""
     if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {VARIANTS}. Received: variant={variant!r}")
+        raise ValueError(
+            f"`variant` must be one of {', '.join(VARIANTS)}. Received: variant={variant!r}"
+        )
     if normalization not in (None, *NORMALIZATIONS):
         raise ValueError(
-            f"`normalization` must be one of {NORMALIZATIONS}. "
+            f"`normalization` must be one of {', '.join(NORMALIZATIONS)}. "
             f"Received: normalization={normalization!r}"
         )
     if not isinstance(num_classes, int) or num_classes < 1:
@@ -177,7 +180,7 @@ class AlexNet(keras.Model):
         crop_fraction=EVAL_CROP_FRACTION,
         **kwargs,
     ):
-        _check_arguments(variant, num_classes, dropout_rate, normalization)
+        check_arguments(variant, num_classes, dropout_rate, normalization)
         defaults = _VARIANT_DEFAULTS[variant]
         normalization = normalization or defaults["normalization"]
         input_shape = _checked_input_shape(variant, input_shape or defaults["input_shape"])

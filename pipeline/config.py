@@ -130,9 +130,12 @@ class ModelConfig:
         help="model input channels; the dataset's own when not given")
 
     def __post_init__(self):
-        # The architecture's own checks (variant, normalization, sizes) are
-        # AlexNet's, made when the model is built; these are the ones a config
-        # must pass before anything is ingested.
+        # The architecture's own checks, made before anything is ingested; the
+        # class count is the data's, checked when the model is built.
+        try:
+            alexnet.check_arguments(self.variant, 1, self.dropout_rate, self.normalization)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.image_size is not None and (
             len(self.image_size) != 2 or min(self.image_size) < 1
         ):
@@ -140,12 +143,6 @@ class ModelConfig:
                 f"`image_size` must be (height, width). Received: image_size={self.image_size}"
             )
         _check_choice("channels", self.channels, (None, 1, 3))
-        _check_choice("variant", self.variant, alexnet.VARIANTS)
-        _check_choice("normalization", self.normalization, (None, *alexnet.NORMALIZATIONS))
-        if not 0 <= self.dropout_rate < 1:
-            raise ConfigError(
-                f"`dropout_rate` must be in [0, 1). Received: dropout_rate={self.dropout_rate!r}"
-            )
 
 
 def _check_choice(name, value, choices):
