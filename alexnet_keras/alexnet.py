@@ -1,4 +1,5 @@
-"""AlexNet as a Keras 3 functional model: the 2012 paper's network and the d2l variant."""
+"""AlexNet as a Keras 3 functional model: the 2012 paper's network (one tower or
+its two-GPU grouping), the d2l variant, and torchvision's ImageNet layout."""
 
 import keras
 
@@ -6,31 +7,49 @@ from alexnet_keras.image_spec import EVAL_CROP_FRACTION
 from alexnet_keras.image_spec import ImageSpec
 from alexnet_keras.local_response_normalization import LocalResponseNormalization
 
-VARIANTS = ("paper", "d2l")
+VARIANTS = ("paper", "paper_2gpu", "d2l", "torchvision")
 NORMALIZATIONS = ("lrn", "batchnorm", "none")
+# torchvision's ImageNet statistics, for pixels in [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# Per variant: default input, conv1 padding, the normalisation it uses by default,
-# and the scale of the zero-centred 0-255 pixels it expects. The paper keeps the
-# 0-255 scale (it subtracts the mean pixel) and its N(0, 0.01) initialisation is
-# sized for it: scaled to [-1, 1], the paper model sat at chance for 6 of 10
-# epochs on digits. The d2l variant's Glorot initialisation expects unit-scale
-# inputs: at 0-255 scale, SGD at 0.01 diverged to NaN in its first steps.
+# Per variant: default input, conv1 padding, the convolutions' filters and
+# groups, the normalisation it uses by default, where fc6 and fc7's dropout
+# sits, and how it expects 0-255 pixels: `(pixels - pixel_offset) *
+# pixel_scale`. The paper keeps the 0-255 scale (it subtracts the mean pixel)
+# and its N(0, 0.01) initialisation is sized for it: scaled to [-1, 1], the
+# paper model sat at chance for 6 of 10 epochs on digits. The d2l variant's
+# Glorot initialisation expects unit-scale inputs: at 0-255 scale, SGD at 0.01
+# diverged to NaN in its first steps. torchvision's weights were trained on
+# ImageNet's per-channel mean and standard deviation.
+_PAPER = {"input_shape": (227, 227, 3), "conv1_padding": 0, "normalization": "lrn",
+          "filters": (96, 256, 384, 384, 256), "groups": (1, 1, 1, 1, 1),
+          "dropout": "after", "pixel_offset": 127.5, "pixel_scale": 1.0}
 _VARIANT_DEFAULTS = {
-    "paper": {"input_shape": (227, 227, 3), "conv1_padding": 0, "normalization": "lrn",
-              "pixel_scale": 1.0},
-    "d2l": {"input_shape": (224, 224, 1), "conv1_padding": 1, "normalization": "none",
-            "pixel_scale": 1 / 127.5},
+    "paper": _PAPER,
+    # The paper's own network: conv2, conv4 and conv5 see only the maps on
+    # their own GPU, as two groups.
+    "paper_2gpu": {**_PAPER, "groups": (1, 2, 1, 2, 2)},
+    "d2l": {**_PAPER, "input_shape": (224, 224, 1), "conv1_padding": 1,
+            "normalization": "none", "pixel_scale": 1 / 127.5},
+    # torchvision.models.alexnet: the "one weird trick" layout, dropout before
+    # fc6 and fc7, and a 6x6 adaptive average pool before the flatten.
+    "torchvision": {"input_shape": (224, 224, 3), "conv1_padding": 2, "normalization": "none",
+                    "filters": (64, 192, 384, 256, 256), "groups": (1, 1, 1, 1, 1),
+                    "dropout": "before",
+                    "pixel_offset": tuple(255 * mean for mean in IMAGENET_MEAN),
+                    "pixel_scale": tuple(1 / (255 * std) for std in IMAGENET_STD)},
 }
 
-# (name, filters, kernel size, stride, paper bias init); conv1 is padded per variant,
+# (name, kernel size, stride, paper bias init); conv1 is padded per variant,
 # the others "same". The paper sets biases to 1 in conv2, conv4 and conv5 "to
 # accelerate the early stages of learning by providing the ReLUs with positive inputs".
 _CONV_LAYERS = (
-    ("conv1", 96, 11, 4, 0.0),
-    ("conv2", 256, 5, 1, 1.0),
-    ("conv3", 384, 3, 1, 0.0),
-    ("conv4", 384, 3, 1, 1.0),
-    ("conv5", 256, 3, 1, 1.0),
+    ("conv1", 11, 4, 0.0),
+    ("conv2", 5, 1, 1.0),
+    ("conv3", 3, 1, 0.0),
+    ("conv4", 3, 1, 1.0),
+    ("conv5", 3, 1, 1.0),
 )
 # The layers with weights (besides BatchNormalization's), input to output.
 WEIGHT_LAYERS = (*(name for name, *_ in _CONV_LAYERS), "fc6", "fc7", "fc8")
@@ -51,6 +70,12 @@ def _map_size(size, conv1_padding):
 def default_input_shape(variant):
     """The variant's own input: (227, 227, 3) for "paper", (224, 224, 1) for "d2l"."""
     return _VARIANT_DEFAULTS[variant]["input_shape"]
+
+
+def fixed_channels(variant):
+    """Whether `variant`'s pixel statistics are per channel, so it takes only
+    its own number of channels (torchvision's ImageNet mean and std: 3)."""
+    return isinstance(_VARIANT_DEFAULTS[variant]["pixel_offset"], tuple)
 
 
 def minimum_input_size(variant):
@@ -101,7 +126,7 @@ def _checked_input_shape(variant, input_shape):
 
 def _initializers(variant):
     """(kernel initializer factory, bias initializer factory) of the variant."""
-    if variant == "paper":
+    if variant.startswith("paper"):
         return (
             lambda: keras.initializers.RandomNormal(mean=0.0, stddev=0.01),
             keras.initializers.Constant,
@@ -118,16 +143,30 @@ class AlexNet(keras.Model):
     pool; conv3 384@3x3, conv4 384@3x3, conv5 256@3x3, pool; fc6 and fc7 with 4096
     units and dropout 0.5; fc8 giving logits. Weights are drawn from N(0, 0.01);
     biases are 1 in conv2, conv4, conv5, fc6 and fc7 and 0 elsewhere. With 1000
-    classes it has 62,378,344 parameters (the paper's two-GPU grouping is not
-    reproduced; its connectivity is the full one).
+    classes it has 62,378,344 parameters: one tower, every convolution seeing
+    all maps of the layer before.
+
+    `variant="paper_2gpu"` is the network exactly as the paper trained it over
+    two GPUs: conv2, conv4 and conv5 see only the half of the previous layer's
+    maps on their own GPU, a grouped convolution with 2 groups (conv1, conv3
+    and the dense layers see everything). With 1000 classes it has 60,965,224
+    parameters, Caffe's `bvlc_alexnet`.
 
     `variant="d2l"` is the version taught by Dive into Deep Learning and the
     tutorials derived from it: 224x224x1, conv1 padded by 1, no LRN, Glorot
     initialisation. With 10 classes it has 46,764,746 parameters.
 
-    Both take float inputs already normalised by the data pipeline, channels
-    last, any number of channels and any height and width from the variant's
-    minimum up (67 for "paper", 65 for "d2l"), and return logits. The model
+    `variant="torchvision"` is `torchvision.models.alexnet`, the layout of its
+    published ImageNet weights (`alexnet_keras.torchvision_weights` converts
+    them): 64-192-384-256-256 filters, conv1 padded by 2, no LRN, a 6x6
+    adaptive average pool before the flatten, dropout before fc6 and fc7, and
+    ImageNet's per-channel mean and standard deviation; 61,100,840 parameters
+    at 224x224x3 with 1000 classes.
+
+    All take float inputs already normalised by the data pipeline, channels
+    last, any number of channels (three for "torchvision") and any height and
+    width from the variant's minimum up (67 for "paper", 65 for "d2l"), and
+    return logits. The model
     carries what its input is as `model.image_spec` (an `ImageSpec`: size,
     channels, `(pixels - pixel_offset) * pixel_scale` for 0-255 pixels, and
     the evaluation crop), saved in its config, so preprocessing reads it from
@@ -135,20 +174,27 @@ class AlexNet(keras.Model):
     size into its input as the serving signature does, on any backend.
 
     Args:
-        variant: `"paper"` or `"d2l"`.
+        variant: `"paper"`, `"paper_2gpu"`, `"d2l"` or `"torchvision"`.
         num_classes: int, the number of logits of fc8.
         input_shape: `(height, width, channels)`; the variant's own by default.
-        dropout_rate: float in [0, 1), dropout after fc6 and fc7.
+        dropout_rate: float in [0, 1), dropout after fc6 and fc7 (before
+            them in "torchvision").
         normalization: `"lrn"` (after the ReLU of conv1 and conv2, as in the
             paper), `"batchnorm"` (between every convolution and its ReLU) or
             `"none"`; the variant's own by default.
-        pixel_offset: float subtracted from 0-255 pixels; 127.5 centres them,
-            as the paper subtracts the mean pixel.
-        pixel_scale: float the centred pixels are scaled by; the variant's own
-            by default: 1 for "paper" (its N(0, 0.01) initialisation is sized
-            for the 0-255 scale), 1/127.5 for "d2l" (Glorot expects [-1, 1]).
+        pixel_offset: float (or one per channel) subtracted from 0-255
+            pixels; the variant's own by default: 127.5 centres them, as the
+            paper subtracts the mean pixel; "torchvision" subtracts
+            ImageNet's mean per channel.
+        pixel_scale: float (or one per channel) the centred pixels are scaled
+            by; the variant's own by default: 1 for "paper" (its N(0, 0.01)
+            initialisation is sized for the 0-255 scale), 1/127.5 for "d2l"
+            (Glorot expects [-1, 1]), 1/(255 * ImageNet's std) for
+            "torchvision".
         crop_fraction: float in (0, 1], the central share of each side of an
             image that evaluation and serving keep (0.875, 224 of 256).
+        class_names: optional, one name per logit, kept with the model (a
+            converted ImageNet model carries ImageNet's 1000).
         **kwargs: standard `keras.Model` arguments (`name`, `dtype`, ...).
 
     Example:
@@ -175,27 +221,37 @@ class AlexNet(keras.Model):
         input_shape=None,
         dropout_rate=0.5,
         normalization=None,
-        pixel_offset=127.5,
+        pixel_offset=None,
         pixel_scale=None,
         crop_fraction=EVAL_CROP_FRACTION,
+        class_names=None,
         **kwargs,
     ):
         check_arguments(variant, num_classes, dropout_rate, normalization)
+        if class_names is not None:
+            class_names = tuple(str(name) for name in class_names)
+            if len(class_names) != num_classes:
+                raise ValueError(
+                    f"`class_names` must name each of the {num_classes} classes. "
+                    f"Received: {len(class_names)} names"
+                )
         defaults = _VARIANT_DEFAULTS[variant]
         normalization = normalization or defaults["normalization"]
         input_shape = _checked_input_shape(variant, input_shape or defaults["input_shape"])
-        if pixel_scale is None:
-            pixel_scale = defaults["pixel_scale"]
-        # Checks crop_fraction before the graph is built.
+        # Checks the pixel scaling and crop_fraction before the graph is built.
         image_spec = ImageSpec(
-            *input_shape, float(pixel_offset), float(pixel_scale), float(crop_fraction)
+            *input_shape,
+            defaults["pixel_offset"] if pixel_offset is None else pixel_offset,
+            defaults["pixel_scale"] if pixel_scale is None else pixel_scale,
+            crop_fraction,
         )
         kernel_init, bias_init = _initializers(variant)
 
         inputs = keras.Input(shape=input_shape, name="image")
         x = inputs
-        for index, (name, filters, kernel_size, stride, bias) in enumerate(
-            _CONV_LAYERS, start=1
+        layers = zip(_CONV_LAYERS, defaults["filters"], defaults["groups"])
+        for index, ((name, kernel_size, stride, bias), filters, groups) in enumerate(
+            layers, start=1
         ):
             if name == "conv1" and defaults["conv1_padding"]:
                 x = keras.layers.ZeroPadding2D(defaults["conv1_padding"], name="pad1")(x)
@@ -204,6 +260,7 @@ class AlexNet(keras.Model):
                 kernel_size,
                 strides=stride,
                 padding="valid" if name == "conv1" else "same",
+                groups=groups,
                 activation=None if normalization == "batchnorm" else "relu",
                 kernel_initializer=kernel_init(),
                 bias_initializer=bias_init(bias),
@@ -216,8 +273,13 @@ class AlexNet(keras.Model):
                 x = LocalResponseNormalization(name=_LRN[name])(x)
             if name in _POOLED:
                 x = keras.layers.MaxPooling2D(3, strides=2, name=_POOLED[name])(x)
+        if variant == "torchvision":
+            x = keras.layers.AdaptiveAveragePooling2D((6, 6), name="avgpool")(x)
         x = keras.layers.Flatten(name="flatten")(x)
         for name, bias in (("fc6", 1.0), ("fc7", 1.0)):
+            dropout = keras.layers.Dropout(dropout_rate, name=f"dropout{name[-1]}")
+            if defaults["dropout"] == "before":
+                x = dropout(x)
             x = keras.layers.Dense(
                 4096,
                 activation="relu",
@@ -225,7 +287,8 @@ class AlexNet(keras.Model):
                 bias_initializer=bias_init(bias),
                 name=name,
             )(x)
-            x = keras.layers.Dropout(dropout_rate, name=f"dropout{name[-1]}")(x)
+            if defaults["dropout"] == "after":
+                x = dropout(x)
         # fc8 gives logits, computed in float32 so softmax and loss stay exact
         # under mixed precision.
         outputs = keras.layers.Dense(
@@ -246,6 +309,7 @@ class AlexNet(keras.Model):
         self.pixel_offset = image_spec.pixel_offset
         self.pixel_scale = image_spec.pixel_scale
         self.crop_fraction = image_spec.crop_fraction
+        self.class_names = class_names
 
     @property
     def image_spec(self):
@@ -266,6 +330,7 @@ class AlexNet(keras.Model):
             "pixel_offset": self.pixel_offset,
             "pixel_scale": self.pixel_scale,
             "crop_fraction": self.crop_fraction,
+            "class_names": None if self.class_names is None else list(self.class_names),
         }
 
     @classmethod

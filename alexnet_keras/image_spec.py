@@ -16,7 +16,9 @@ class ImageSpec:
     """The input an AlexNet expects, as keras-hub's `ImageConverter` describes one.
 
     A model built for this spec takes float images of `(height, width,
-    channels)` made from 0-255 pixels as `(pixels - pixel_offset) * pixel_scale`.
+    channels)` made from 0-255 pixels as `(pixels - pixel_offset) * pixel_scale`,
+    each one number for every channel or one per channel (torchvision's
+    ImageNet mean and standard deviation).
     For evaluation and serving, an image of any size is first cut to its central
     `crop_fraction` of each side and resized to cover `(height, width)`.
     Every `AlexNet` carries one (`model.image_spec`) and saves it in its config,
@@ -28,8 +30,10 @@ class ImageSpec:
         height: int, rows of the model's input.
         width: int, columns of the model's input.
         channels: int, 1 (grey) or 3 (RGB).
-        pixel_offset: float subtracted from 0-255 pixels (127.5 centres them).
-        pixel_scale: float the centred pixels are multiplied by.
+        pixel_offset: float, or a tuple of one per channel, subtracted from
+            0-255 pixels (127.5 centres them).
+        pixel_scale: float, or a tuple of one per channel, the centred pixels
+            are multiplied by.
         crop_fraction: float in (0, 1], the share of each side of an image
             that evaluation keeps, centred.
 
@@ -47,11 +51,25 @@ class ImageSpec:
     height: int
     width: int
     channels: int
-    pixel_offset: float = 127.5
-    pixel_scale: float = 1.0
+    pixel_offset: float | tuple[float, ...] = 127.5
+    pixel_scale: float | tuple[float, ...] = 1.0
     crop_fraction: float = EVAL_CROP_FRACTION
 
     def __post_init__(self):
+        for name in ("pixel_offset", "pixel_scale"):
+            value = getattr(self, name)
+            if np.ndim(value) == 0:
+                value = float(value)
+            elif np.ndim(value) == 1 and len(value) == self.channels:
+                value = tuple(float(item) for item in value)
+            else:
+                raise ValueError(
+                    f"`{name}` must be a number or one number per channel ({self.channels}). "
+                    f"Received: {name}={value!r}"
+                )
+            # Frozen: the normalised value is set once, here.
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "crop_fraction", float(self.crop_fraction))
         if not 0 < self.crop_fraction <= 1:
             raise ValueError(
                 f"`crop_fraction` must be in (0, 1]. Received: crop_fraction={self.crop_fraction!r}"
@@ -68,8 +86,14 @@ class ImageSpec:
         return self.height, self.width, self.channels
 
     def normalize(self, pixels):
-        """0-255 pixels (any float tensor or array) as the model takes them."""
-        return (pixels - self.pixel_offset) * self.pixel_scale
+        """0-255 pixels (any float tensor or array, channels last) as the model
+        takes them."""
+        offset, scale = self.pixel_offset, self.pixel_scale
+        if isinstance(offset, tuple):
+            offset = np.asarray(offset, "float32")
+        if isinstance(scale, tuple):
+            scale = np.asarray(scale, "float32")
+        return (pixels - offset) * scale
 
     def preprocess(self, pixels):
         """Images of any size as the model takes them, on any Keras backend.

@@ -28,10 +28,14 @@ def resolve(model_config, ingested):
             f"image_size={tuple(image_size)} is smaller than the "
             f"{smallest}x{smallest} pixels the {variant!r} AlexNet needs; use at least {smallest}"
         )
-    return dataclasses.replace(
-        model_config, image_size=tuple(image_size),
-        channels=model_config.channels or ingested.channels,
-    )
+    # A variant whose pixel statistics are per channel (torchvision's) takes
+    # colour; grey images are given three equal channels.
+    needed = alexnet.default_input_shape(variant)[2] if alexnet.fixed_channels(variant) else None
+    channels = model_config.channels or needed or ingested.channels
+    if needed and channels != needed:
+        raise ConfigError(f"the {variant!r} AlexNet takes {needed} channels. "
+                          f"Received: channels={channels}")
+    return dataclasses.replace(model_config, image_size=tuple(image_size), channels=channels)
 
 
 def build_model(model_config, num_classes):

@@ -2,8 +2,9 @@ import json
 import zipfile
 
 import numpy as np
-import pytest
 import keras
+import pytest
+import tensorflow as tf
 
 from alexnet_keras import AlexNet
 from alexnet_keras import ImageSpec
@@ -39,6 +40,49 @@ def test_paper_variant_matches_the_paper():
     assert model.get_layer("dropout6").rate == 0.5
     assert model.get_layer("pool1").pool_size == (3, 3)
     assert model.get_layer("pool1").strides == (2, 2)
+
+
+def test_paper_2gpu_variant_is_the_two_gpu_network():
+    """conv2, conv4 and conv5 see only their own GPU's half of the maps: Caffe's
+    bvlc_alexnet, 60,965,224 parameters at 227x227x3 with 1000 classes."""
+    model = AlexNet(variant="paper_2gpu", num_classes=1000)
+    assert model.count_params() == 60_965_224
+    groups = {name: model.get_layer(name).groups for name in ("conv1", "conv2", "conv3",
+                                                              "conv4", "conv5")}
+    assert groups == {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
+    assert tuple(model.get_layer("conv2").kernel.shape) == (5, 5, 48, 256)
+    assert tuple(model.get_layer("conv4").kernel.shape) == (3, 3, 192, 384)
+    assert output_shapes(model) == output_shapes(AlexNet(variant="paper", num_classes=1000))
+    # It trains: gradients reach every grouped kernel.
+    images = keras.random.normal((2, 67, 67, 3))
+    small = AlexNet(variant="paper_2gpu", num_classes=3, input_shape=(67, 67, 3))
+    with tf.GradientTape() as tape:
+        loss = keras.ops.mean(small(images, training=True) ** 2)
+    gradients = tape.gradient(loss, small.get_layer("conv4").trainable_variables)
+    assert all(gradient is not None and float(tf.reduce_sum(tf.abs(gradient))) > 0
+               for gradient in gradients)
+
+
+def test_torchvision_variant_is_torchvisions_layout():
+    model = AlexNet(variant="torchvision", num_classes=1000)
+    assert model.count_params() == 61_100_840
+    shapes = output_shapes(model)
+    assert shapes["image"] == (224, 224, 3)
+    assert shapes["conv1"] == (55, 55, 64) and shapes["conv2"] == (27, 27, 192)
+    assert shapes["pool5"] == (6, 6, 256) and shapes["avgpool"] == (6, 6, 256)
+    order = [layer.name for layer in model.layers]
+    # Dropout before fc6 and fc7, as torchvision's classifier has it.
+    assert order.index("dropout6") < order.index("fc6") < order.index("dropout7") < order.index(
+        "fc7")
+    spec = model.image_spec
+    np.testing.assert_allclose(spec.normalize(np.full(3, 255 * 0.485, "float32")),
+                               [0.0, (0.485 - 0.456) / 0.224, (0.485 - 0.406) / 0.225],
+                               rtol=1e-5)
+    # At small inputs the adaptive pool still gives 6x6.
+    small = AlexNet(variant="torchvision", num_classes=2, input_shape=(67, 67, 3))
+    assert output_shapes(small)["avgpool"] == (6, 6, 256)
+    with pytest.raises(ValueError, match="one number per channel"):
+        AlexNet(variant="torchvision", num_classes=2, input_shape=(67, 67, 1))
 
 
 def test_paper_initialisation():
