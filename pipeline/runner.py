@@ -3,7 +3,8 @@
     ingest -> tune -> train -> evaluate -> bless -> push
 
 `run` is what `python -m pipeline.run` does; `evaluate_export` is `python -m
-pipeline.evaluate`. Nothing here computes: it connects the stages.
+pipeline.evaluate`, `export_model_file` `python -m pipeline.export`. Nothing
+here computes: it connects the stages.
 """
 
 import dataclasses
@@ -14,10 +15,12 @@ import time
 
 import tensorflow as tf
 
+from pipeline.data import file_sources
 from pipeline.data import ingest
 from pipeline.errors import PipelineError
 from pipeline.evaluation import metrics as metrics_lib
 from pipeline.serving import blessing as blessing_lib
+from pipeline.serving import builder
 from pipeline.serving import contract
 from pipeline.serving import pusher
 from pipeline.serving import runtimes
@@ -127,3 +130,17 @@ def evaluate_export(saved_model, data_config, split, output_dir):
     metrics = metrics_lib.evaluate_encoded(predict_fn, ingested, output_dir, split)
     metrics.update(saved_model=version_dir, dataset=data_config.dataset, split=split)
     return metrics
+
+
+def export_model_file(path, export_dir, class_names=None):
+    """A `.keras` AlexNet (trained here, or converted from torchvision's
+    ImageNet weights) as the next TF Serving version in `export_dir`, with its
+    own class names or `class_names` (a file or a comma-separated list)."""
+    model = models.load_model_file(path, "model")
+    if class_names:
+        names = file_sources.class_names_option(class_names)
+    elif model.class_names:
+        names = list(model.class_names)
+    else:
+        raise PipelineError(f"{path} carries no class names; give `class_names`")
+    return builder.export_saved_model(model, names, export_dir)

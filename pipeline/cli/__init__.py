@@ -3,6 +3,7 @@
     alexnet-run --strategy mirrored        # python -m pipeline.run --strategy mirrored
     alexnet-ingest --dataset digits        # python -m pipeline.ingest ...
     alexnet-evaluate --saved-model saved_models/alexnet
+    alexnet-export alexnet_imagenet.keras  # python -m pipeline.export ...
     alexnet-predict digit.png --saved-model saved_models/alexnet
     alexnet-summary --variant d2l          # python -m alexnet_keras.summary ...
 
@@ -19,7 +20,7 @@ from pipeline import environment
 
 
 def launch(command):
-    """Runs a pipeline command ("run", "ingest", "evaluate", "predict") on
+    """Runs a pipeline command ("run", "ingest", "evaluate", "export", "predict") on
     `sys.argv` and exits with its status."""
     environment.prepare()
     from pipeline.cli import main
@@ -37,6 +38,10 @@ def ingest():
 
 def evaluate():
     launch("evaluate")
+
+
+def export():
+    launch("export")
 
 
 def predict():

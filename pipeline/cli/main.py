@@ -3,6 +3,7 @@
     python -m pipeline.run --strategy mirrored
     python -m pipeline.ingest --dataset digits --output-dir data/digits
     python -m pipeline.evaluate --saved-model saved_models/alexnet --dataset digits
+    python -m pipeline.export alexnet_imagenet.keras --export-dir saved_models/alexnet
     python -m pipeline.predict digit.png --saved-model saved_models/alexnet
 
 Every flag sets the setting of the same name (`--batch-size` is
@@ -134,6 +135,11 @@ def _evaluate(args):
     print(f"Metrics and pictures are in {args.output_dir}")
 
 
+def _export(args):
+    version_dir = runner.export_model_file(args.model, args.export_dir, args.class_names)
+    print(f"Exported for TF Serving: {version_dir}")
+
+
 def _predict(args):
     if args.top_k < 1:
         raise config_lib.ConfigError(f"`top_k` must be at least 1. Received: top_k={args.top_k}")
@@ -159,6 +165,7 @@ _COMMANDS = {
     "run": (parsers.run_parser, _run),
     "ingest": (parsers.ingest_parser, _ingest),
     "evaluate": (parsers.evaluate_parser, _evaluate),
+    "export": (parsers.export_parser, _export),
     "predict": (parsers.predict_parser, _predict),
 }
 
@@ -184,7 +191,7 @@ def _as_flags(message, command):
 
 
 def main(command, argv=None):
-    """Runs `command` ("run", "ingest", "evaluate" or "predict") on `argv`.
+    """Runs `command` ("run", "ingest", "evaluate", "export" or "predict") on `argv`.
 
     Errors a user can cause print one line, `<prog>: error: <what and the fix>`,
     and return 2; anything else is a bug and keeps its traceback. Otherwise it

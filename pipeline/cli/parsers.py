@@ -27,6 +27,7 @@ FLAG_OF = {
             for field in dataclasses.fields(section)},
     "ingest": {"ingest_dir": "--output-dir"},
     "evaluate": {},
+    "export": {},
     "predict": {"grpc_target": "--grpc"},
 }
 
@@ -129,6 +130,19 @@ def evaluate_parser():
     parser.add_argument("--split", default="test", metavar="{train,validation,test}")
     parser.add_argument("--output-dir", default="runs/evaluation",
                         help="where evaluation.json and the pictures go")
+    return parser
+
+
+def export_parser():
+    parser = _new_parser(
+        "export", "Export a .keras AlexNet (a run's, or torchvision's ImageNet model "
+                  "converted) as the next TF Serving version.")
+    parser.add_argument("model", help="the .keras file, e.g. alexnet_imagenet.keras")
+    _add_setting(parser, next(field for field in dataclasses.fields(config_lib.ExportConfig)
+                              if field.name == "export_dir"))
+    parser.add_argument("--class-names", default=None,
+                        help="a comma-separated list, or a file with one name per line "
+                             "(default: the names the model carries)")
     return parser
 
 

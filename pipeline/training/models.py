@@ -4,10 +4,19 @@
 """
 
 import dataclasses
+import os
+import zipfile
+
+import keras
 
 from alexnet_keras import AlexNet
 from alexnet_keras import alexnet
 from pipeline.errors import ConfigError
+from pipeline.errors import PipelineError
+from pipeline.errors import first_line
+
+# A .keras AlexNet is about 250 MB; a file much larger is not one.
+_MAX_MODEL_FILE_BYTES = 4 << 30
 
 # The embedded digits are 8x8 pixels: upsampling them to 227 makes every step
 # ~12x dearer for no gain in accuracy, so their default is the smallest input the
@@ -47,3 +56,28 @@ def build_model(model_config, num_classes):
         dropout_rate=model_config.dropout_rate,
         normalization=model_config.normalization,
     )
+
+
+def load_model_file(path, setting):
+    """The AlexNet in a `.keras` file, read in Keras' safe mode (no Lambda
+    layers, no unregistered classes: nothing in the file runs), or one
+    `PipelineError` naming `setting`, the file and what it is not."""
+    expected = "pass a .keras file of an AlexNet (one a run saved, or a converted one)"
+    if not str(path).endswith(".keras"):
+        raise PipelineError(f"`{setting}` {path} is not a .keras file; {expected}")
+    if not os.path.isfile(path):
+        raise PipelineError(f"`{setting}` {path} is not a file; {expected}")
+    if os.path.getsize(path) > _MAX_MODEL_FILE_BYTES:
+        raise PipelineError(f"`{setting}` {path} is over {_MAX_MODEL_FILE_BYTES:,} bytes; "
+                            f"{expected}")
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+        raise PipelineError(
+            f"`{setting}` {path} cannot be read as a Keras model ({first_line(error)[:200]}); "
+            f"{expected}"
+        ) from None
+    if not isinstance(model, AlexNet):
+        raise PipelineError(f"`{setting}` {path} holds a {type(model).__name__}, not an "
+                            f"AlexNet; {expected}")
+    return model

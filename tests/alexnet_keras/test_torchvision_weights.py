@@ -1,14 +1,8 @@
 """torchvision's AlexNet state dict converted to `AlexNet(variant="torchvision")`:
 the same logits as torchvision's own network, and one-line errors for other files.
 
-torchvision's package cannot be imported beside the CPU build of torch (its
-compiled ops link CUDA libraries), so the reference network is torchvision's
-own `AlexNet` class, taken from its installed source and run on plain torch.
+The reference is torchvision's own `AlexNet` class (`torch_reference`).
 """
-
-import ast
-import importlib.util
-import os
 
 import numpy as np
 import pytest
@@ -17,26 +11,13 @@ from sklearn import datasets as sklearn_datasets
 from alexnet_keras import AlexNet
 from alexnet_keras import alexnet
 from alexnet_keras import torchvision_weights
+from torch_reference import torchvision_alexnet
 
 torch = pytest.importorskip("torch")
 
 # float32 through eight layers: measured 1.3e-8 on random weights' logits of
 # about 0.03 (docs/model.md).
 TOLERANCE = 1e-6
-
-
-def torchvision_alexnet(num_classes=1000, seed=0):
-    """torchvision.models.AlexNet, from torchvision's source, randomly initialised."""
-    spec = importlib.util.find_spec("torchvision")
-    path = os.path.join(spec.submodule_search_locations[0], "models", "alexnet.py")
-    with open(path) as file:
-        tree = ast.parse(file.read())
-    source = next(node for node in tree.body
-                  if isinstance(node, ast.ClassDef) and node.name == "AlexNet")
-    namespace = {"nn": torch.nn, "torch": torch, "_log_api_usage_once": lambda module: None}
-    exec(compile(ast.Module([source], []), path, "exec"), namespace)
-    torch.manual_seed(seed)
-    return namespace["AlexNet"](num_classes=num_classes).eval()
 
 
 def torchvision_preprocess(image):

@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(testlib.REPO) / "pipeline"
 STAGES = ("data", "training", "tuning", "evaluation", "serving")
 # What every stage may use.
 SHARED = {"config", "errors", "json_values", "environment", "plots", "storage"}
-COMMANDS = ("run", "ingest", "evaluate", "predict")
+COMMANDS = ("run", "ingest", "evaluate", "export", "predict")
 
 
 def _modules():
