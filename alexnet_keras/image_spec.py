@@ -98,7 +98,7 @@ class ImageSpec:
     def preprocess(self, pixels):
         """Images of any size as the model takes them, on any Keras backend.
 
-        What the serving signature's `pipeline.preprocess_ops.
+        What the serving signature's `pipeline.data.preprocess_ops.
         preprocess_for_eval` (a TensorFlow op) does, to the float32 rounding of
         where each sample falls: the central `crop_fraction` of each side,
         scaled with its aspect ratio kept to cover `(height, width)`, sampled

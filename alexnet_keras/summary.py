@@ -35,17 +35,17 @@ def main(argv=None):
         "--input-shape",
         type=_input_shape,
         default=None,
-        help="HEIGHT,WIDTH,CHANNELS (default: 227,227,3 for paper, 224,224,1 for d2l)",
+        help="HEIGHT,WIDTH,CHANNELS (default: the variant's own, e.g. 227,227,3 for paper)",
     )
     parser.add_argument("--num-classes", type=int, default=None,
-                        help="number of classes (default: 1000 for paper, 10 for d2l)")
+                        help="number of classes (default: 10 for d2l, else 1000)")
     parser.add_argument("--normalization", choices=alexnet.NORMALIZATIONS,
                         default=None, help="default: the variant's own")
     args = parser.parse_args(argv)
 
     num_classes = args.num_classes
     if num_classes is None:
-        num_classes = 1000 if args.variant == "paper" else 10
+        num_classes = 10 if args.variant == "d2l" else 1000
     try:
         model = alexnet.AlexNet(
             variant=args.variant,

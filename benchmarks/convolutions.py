@@ -20,7 +20,7 @@ It prints each pass's milliseconds, its GFLOP/s as a share of the matmul peak
 of its precision (`benchmarks.train.matmul_peak`), PyTorch's milliseconds,
 and the sums: the convolutions alone are a floor under the step's time, and
 so a ceiling on its images/s, whatever is done around them. The d2l model's
-3x3 convolutions train by Winograd in float32 (`pipeline.winograd`); this
+3x3 convolutions train by Winograd in float32 (`pipeline.training.winograd`); this
 times the direct convolution they would otherwise be.
 """
 

@@ -16,8 +16,8 @@ step and all-reduce times, images/s and the scaling efficiency: two workers'
 images/s over twice one worker's.
 
 On localhost the workers share one machine's cores and memory bus, so the
-two-worker figures measure contention as much as communication; README's
-scaling model turns the all-reduce size into figures for real clusters.
+two-worker figures measure contention as much as communication; the
+scaling model of docs/distributed.md turns the all-reduce size into figures for real clusters.
 """
 
 import argparse
@@ -123,7 +123,8 @@ def _cluster(args, count):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.scaling",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=int, default=227)
     parser.add_argument("--batch-size", type=int, default=32, help="per worker")
     parser.add_argument("--steps", type=int, default=5)

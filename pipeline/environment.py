@@ -2,7 +2,7 @@
 
 TensorFlow reads its variables once, when it is imported, so every command
 calls `prepare()` first (the preamble of `python -m pipeline.run` and the
-others, and the console commands of `pipeline.commands`); importing the
+others, and the console commands of `pipeline.cli`); importing the
 pipeline as a library changes nothing. Values the user set win.
 """
 
@@ -52,8 +52,8 @@ def keep_freed_memory():
     activations and gradients (gigabytes for AlexNet at 227x227) then come
     back as fresh pages, about 50,000 page faults a step, which the kernel
     zeroes. Kept instead (no mmap, no trimming), the paper model's float32
-    step measured 3% faster on a 2-core CPU at the same peak memory (README,
-    Performance). The process keeps its peak memory until it exits.
+    step measured 3% faster on a 2-core CPU at the same peak memory
+    (docs/performance.md). The process keeps its peak memory until it exits.
 
     Values the user set win: any `MALLOC_*` variable or glibc malloc tunable
     leaves malloc as configured; so does a libc other than glibc.

@@ -4,7 +4,7 @@
 
 It reads shards in parallel, shards them per input pipeline, optionally caches
 decoded images, shuffles, augments (training) or preprocesses for evaluation
-with the ops of `pipeline.preprocess_ops`, batches and prefetches.
+with the ops of `pipeline.data.preprocess_ops`, batches and prefetches.
 """
 
 import glob

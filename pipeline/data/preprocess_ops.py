@@ -2,7 +2,7 @@
 
 Pure TensorFlow functions of tensors: they build no `tf.data` pipeline and
 read no files, so the serving signature uses the very ops the input pipeline
-(`pipeline.transform`) uses. Training follows the paper: a random crop with
+(`pipeline.data.input_pipeline`) uses. Training follows the paper: a random crop with
 scale jitter, a horizontal flip and, optionally, the paper's PCA colour noise.
 Evaluation and serving use `preprocess_for_eval`: a resize and the central
 crop the model's `ImageSpec` names (`crop_fraction`; `ImageSpec.preprocess` is

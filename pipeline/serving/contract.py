@@ -54,6 +54,6 @@ def load_serving_signature(version_dir):
     if BYTES_SIGNATURE not in loaded.signatures:
         raise PipelineError(
             f"{version_dir} has no {BYTES_SIGNATURE} signature; export it with "
-            "pipeline.export"
+            "python -m pipeline.export or python -m pipeline.run"
         )
     return loaded, loaded.signatures[BYTES_SIGNATURE]

@@ -10,7 +10,7 @@ tf2onnx writes the paper's 1e-4 as 5e-4, the same formula).
 
 Unlike the SavedModel's signatures, these files hold the network alone: they
 take float32 `[batch, height, width, channels]` already preprocessed for the
-model's `image_spec` (`pipeline.preprocess_ops.preprocess_for_eval` of 0-255
+model's `image_spec` (`pipeline.data.preprocess_ops.preprocess_for_eval` of 0-255
 pixels: resize, central crop, `(pixels - pixel_offset) * pixel_scale`) and
 return the logits, float32 `[batch, classes]`; softmax is the caller's. Run them
 with `ai_edge_litert.interpreter.Interpreter` and `onnxruntime.InferenceSession`.

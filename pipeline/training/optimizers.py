@@ -16,7 +16,7 @@ class MomentumSGD(keras.optimizers.SGD):
     variable with three temporaries the size of the weights, 60 M of them
     in AlexNet. `ResourceApplyKerasMomentum` is the same formula in one pass:
     the same weights bit for bit, half the update's time, and the paper's
-    training step 1.3% faster on a 2-core CPU (README, Performance).
+    training step 1.3% faster on a 2-core CPU (docs/performance.md).
     Nesterov momentum, no momentum, sparse gradients and the other Keras
     backends take SGD's own path.
     """

@@ -32,7 +32,7 @@ def set_precision(train_config, strategy):
             # the project's machines it ran on.
             log.info("This CPU computes bfloat16 natively: --mixed-precision (mixed_precision="
                      "True) trains 1.7x faster on it at 224-227 pixels, to the same accuracy "
-                     "(README, Performance)")
+                     "(docs/performance.md)")
         return
     # float16 needs loss scaling and a GPU; CPUs and TPUs compute bfloat16.
     keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")

@@ -3,7 +3,7 @@
 Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
 (keras-team/keras#20585), so training runs its own step through `strategy.run`
 inside a `tf.function`: the same code on one CPU, several GPUs or several
-machines. `pipeline.train` runs them in its epoch loop; the tuner and the
+machines. `pipeline.training.loop` runs them in its epoch loop; the tuner and the
 benchmarks run them too.
 """
 
@@ -30,7 +30,7 @@ def make_train_step(model, optimizer, strategy, global_batch_size, weight_decay=
     so that it passes through momentum (`w -= lr * (grad + weight_decay * w)`).
 
     `winograd` (on by default, as in `TrainConfig`) computes the float32 3x3
-    convolutions by Winograd F(4x4, 3x3) where `pipeline.winograd` finds it
+    convolutions by Winograd F(4x4, 3x3) where `pipeline.training.winograd` finds it
     pays; under `jit_compile` XLA compiles every convolution its own way.
     """
     cross_entropy = keras.losses.SparseCategoricalCrossentropy(

@@ -247,7 +247,7 @@ def tune(config, strategy, ingested, run_dir):
         raise ConfigError(
             "`tuner` does not run under strategy='multiworker': keras-tuner takes "
             "single-machine strategies; search across machines with its chief/worker "
-            "mode (KERASTUNER_TUNER_ID, see README) and any other `strategy`"
+            "mode (KERASTUNER_TUNER_ID, see docs/tuning.md) and any other `strategy`"
         )
     space = load_space(tune_config.tune_space)
     if config.train.init_from:
