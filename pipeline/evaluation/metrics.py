@@ -1,7 +1,8 @@
 """The evaluator: a split's accuracy, top-5, per-class precision and recall,
 confusion matrix, and the pictures of them.
 
-`evaluate` measures a trained Keras model (`python -m pipeline.run`);
+`evaluate` measures a trained Keras model (`python -m pipeline.run`) and
+`accuracy` only its accuracy (blessing scores the kept versions with it);
 `evaluate_encoded` measures an export through its `serving_default`, encoded
 images in, so the export's own preprocessing is measured too (`python -m
 pipeline.evaluate`).
@@ -180,6 +181,19 @@ def evaluate(model, ingested, run_dir, split="test"):
             os.path.join(run_dir, "conv1_kernels.png"),
         )
     return metrics
+
+
+def accuracy(model, ingested, split="test"):
+    """The accuracy `evaluate` reports for a Keras AlexNet on a split, with no
+    pictures drawn; `PipelineError` if the model has another number of classes."""
+    _check_split(ingested, split)
+    probabilities, labels = _predict_keras(model, ingested, split, _Misclassified())
+    if probabilities.shape[1] != ingested.num_classes:
+        raise PipelineError(
+            f"the model gives {probabilities.shape[1]} class probabilities but the "
+            f"dataset has {ingested.num_classes} classes"
+        )
+    return float(sklearn_metrics.accuracy_score(labels, probabilities.argmax(axis=1)))
 
 
 def evaluate_encoded(predict_fn, ingested, output_dir, split="test"):

@@ -5,47 +5,88 @@ now on the same test split.
 """
 
 import dataclasses
+import inspect
 import logging
 import os
 
-import numpy as np
+import keras
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from alexnet_keras import AlexNet
 from pipeline.errors import PipelineError
 from pipeline.errors import first_line
-from pipeline.serving import contract
+from pipeline.evaluation import metrics
 from pipeline.storage import saved_models
 
-BATCH_SIZE = 64
-
 logger = logging.getLogger(__name__)
+
+# The settings an AlexNet's config holds; any other key (a `dtype` that Keras
+# would deserialize, say) is not from this package.
+_CONFIG_KEYS = {"name", "trainable", *inspect.signature(AlexNet).parameters} - {"kwargs"}
+
+
+def _float32_alexnet(config):
+    # Scored as it is served, in float32, whatever policy this run trains in.
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        return AlexNet.from_config(config)
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _exported_model(version_dir, config):
+    """The AlexNet `config` describes, with the weights of `version_dir`, read
+    from its checkpoint: nothing in the SavedModel is run. `PipelineError`
+    unless every weight of that model is there, by name, of its shape."""
+    if not set(config) <= _CONFIG_KEYS:
+        raise PipelineError(f"{version_dir}'s config is not an AlexNet's")
+    weights = saved_models.read_weights(version_dir)
+    try:
+        # Built first in a throwaway graph, where variables are only ops: a
+        # config cannot make this allocate weights the checkpoint does not hold.
+        with tf.Graph().as_default():
+            specs = {weight.path: (tuple(weight.shape), weight.dtype)
+                     for weight in _float32_alexnet(config).weights}
+    except Exception as error:  # whatever a foreign config makes Keras raise
+        raise PipelineError(f"{version_dir}'s config does not build an AlexNet "
+                            f"({first_line(error)})") from None
+    for name, (shape, dtype) in specs.items():
+        value = weights.get(name)
+        if value is None or (value.shape, value.dtype) != (shape, dtype):
+            found = "no such weight" if value is None else f"{value.dtype} {value.shape}"
+            raise PipelineError(f"{version_dir}'s weights are not its config's: {name} is "
+                                f"{found} there and {dtype} {shape} in the config's model")
+    model = _float32_alexnet(config)
+    for weight in model.weights:
+        weight.assign(weights[weight.path])
+    return model
 
 
 def _baseline_accuracy(version_dir, ingested):
     """Test accuracy of an exported version, or None and the reason it cannot be
-    scored: whatever the directory holds, this never raises."""
-    class_names = np.array(
-        [name.encode() for name in ingested.class_names], dtype=object
-    )
-    correct = total = 0
+    scored: whatever the directory holds, this never raises.
+
+    Only an export of this package is scored: its model is rebuilt from its
+    `alexnet_keras.json` and its checkpoint, never loaded (which would run
+    code a SavedModel holds), and measured as `evaluate` measures a model.
+    """
     try:
-        loaded, signature = contract.load_serving_signature(version_dir)
-        for encoded, labels in ingested.encoded_batches("test", BATCH_SIZE):
-            outputs = signature(**{contract.BYTES_INPUT: tf.constant(encoded)})
-            class_id = outputs["class_id"].numpy()
-            # Same number of classes, and the names the export gives its predictions
-            # are the dataset's: otherwise the accuracies measure different tasks.
-            if outputs["probabilities"].shape[1] != len(class_names) or np.any(
-                outputs["class_name"].numpy() != class_names[np.maximum(class_id, 0)]
-            ):
-                return None, "its classes differ from the dataset's"
-            correct += int(np.sum(class_id == labels))
-            total += len(labels)
-    except (PipelineError, TypeError, ValueError, KeyError, tf.errors.OpError) as error:
+        info = saved_models.read_export_info(version_dir)
+        if info is None:
+            raise PipelineError(f"{version_dir} has no {saved_models.EXPORT_INFO_FILE}")
+        # Otherwise the accuracies would measure different tasks.
+        if info["class_names"] != list(ingested.class_names):
+            return None, "its classes differ from the dataset's"
+        model = _exported_model(version_dir, info["config"])
+    except PipelineError as error:
+        return None, f"not an alexnet-keras export: {error}"
+    try:
+        return metrics.accuracy(model, ingested), None
+    except (PipelineError, ValueError, tf.errors.OpError) as error:
         return None, f"it cannot be run on the test images ({first_line(error)})"
-    return correct / total, None
 
 
 def served_version(export_dir, versions):
@@ -100,9 +141,10 @@ class Blessing:
 def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push, min_accuracy=0.0):
     """Decides whether a model with `candidate_accuracy` may be pushed to `export_dir`.
 
-    Every version kept in `export_dir` is loaded with `tf.saved_model.load` and
-    scored through its `serving_default` on the test split of `ingested` now,
-    so all are measured on the same data. The candidate is blessed when its
+    Every version kept in `export_dir` that is an export of this package is
+    rebuilt as a Keras model, without running anything the SavedModel holds,
+    and scored on the test split of `ingested` now, so all are measured on the
+    same data; other versions are reported as unscored. The candidate is blessed when its
     accuracy is at least `min_accuracy`, at least the served version's (see
     `served_version`) minus `tolerance`, and at least the best kept version's
     minus `tolerance`, so that a chain of slightly worse pushes cannot drift

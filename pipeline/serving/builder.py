@@ -5,9 +5,12 @@
 Each export is `<export_dir>/<version>/` (1, 2, ...), the layout TF Serving
 polls, with the signatures of `pipeline.serving.contract`.
 `assets.extra/tf_serving_warmup_requests` holds a few requests TF Serving
-replays before it serves the version.
+replays before it serves the version; `assets.extra/alexnet_keras.json` the
+model's Keras config and class names, from which this package rebuilds the
+model without running the SavedModel (TF Serving ignores it).
 """
 
+import json
 import logging
 import os
 
@@ -192,6 +195,13 @@ def _write_warmup(version_dir, model_name, encoded_images):
             writer.write(log.SerializeToString())
 
 
+def _write_export_info(version_dir, model, class_names):
+    path = os.path.join(version_dir, saved_models.EXPORT_INFO_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    with tf.io.gfile.GFile(path, "w") as file:
+        json.dump({"config": model.get_config(), "class_names": list(class_names)}, file)
+
+
 def export_saved_model(
     model, class_names, export_dir, warmup_images=None, *,
     max_pixels=DataConfig.max_pixels, max_aspect_ratio=image_formats.MAX_ASPECT_RATIO,
@@ -260,6 +270,7 @@ def export_saved_model(
         )
         archive.write_out(temp_dir, verbose=False)
         _write_warmup(temp_dir, os.path.basename(export_dir), encoded)
+        _write_export_info(temp_dir, model, class_names)
         # One rename, so TF Serving never sees a half-written version (on an
         # object store, saved_model.pb is copied last); an existing version
         # (another export won the race) is never replaced.

@@ -4,7 +4,8 @@
 
 `--init-from` takes a `.keras` file, a run directory (its newest checkpoint) or
 a SavedModel this package exported (a version directory, or its base directory
-for the newest version). Every layer is loaded by name; fc8 is left new when
+for the newest version), whose weights are read from its checkpoint without
+loading it (which would run code it holds). Every layer is loaded by name; fc8 is left new when
 the class counts differ, which is how a model trained on one dataset is
 fine-tuned on another. `--freeze` keeps the layers up to the one it names
 fixed (BatchNormalization among them then uses its moving statistics).
@@ -44,12 +45,17 @@ def _from_keras_file(path):
 
 
 def _from_saved_model(path):
-    loaded = tf.saved_model.load(saved_models.resolve_saved_model(path))
-    # Keras names a layer's variables "<layer>/<weight>:0". The variant is not
-    # recorded: only the shapes are checked.
-    weights = {variable.name.rsplit(":", 1)[0]: variable.numpy()
-               for variable in loaded.variables}
-    return weights, None
+    # Read as data, never loaded: loading runs code a SavedModel holds.
+    version_dir = saved_models.resolve_saved_model(path)
+    try:
+        info = saved_models.read_export_info(version_dir)
+        weights = saved_models.read_weights(version_dir)
+    except PipelineError as error:
+        raise PipelineError(f"`init_from` {error}; pass a .keras file, a run directory or "
+                            "a SavedModel this package exported") from None
+    # Exports older than alexnet_keras.json do not record the variant: only
+    # the shapes are checked then.
+    return weights, info["config"].get("variant") if info else None
 
 
 def _from_run_dir(path):

@@ -1,10 +1,13 @@
+import json
 import os
 import shutil
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import crafted_models
 import testlib
 from alexnet_keras import AlexNet
 from pipeline.cli import main as cli
@@ -126,11 +129,15 @@ def test_a_baseline_that_cannot_be_scored_is_named_and_never_crashes(
     export_dir = copy_of_the_export(trained_export, tmp_path)
     good = trained_metrics[0]["test_accuracy"]
     _other_kind(os.path.join(export_dir, "2"))
-    # A half-copied version: its variables, no saved_model.pb.
-    shutil.copytree(os.path.join(trained_export, "variables"),
-                    os.path.join(export_dir, "3", "variables"))
-    for newest, problem in ((2, "cannot be run on the test images"),
-                            (3, "cannot be run on the test images")):
+    # A half-copied version: its variables and assets.extra, no saved_model.pb.
+    for part in ("variables", "assets.extra"):
+        shutil.copytree(os.path.join(trained_export, part), os.path.join(export_dir, "3", part))
+    for newest, problem in (
+        (2, f"not an alexnet-keras export: {export_dir}/2 has no "
+            "assets.extra/alexnet_keras.json"),
+        (3, f"not an alexnet-keras export: {export_dir}/3 is not a SavedModel: it has no "
+            "saved_model.pb"),
+    ):
         kept = os.path.join(tmp_path, "kept")
         if newest == 2:
             shutil.move(os.path.join(export_dir, "3"), kept)
@@ -146,6 +153,80 @@ def test_a_baseline_that_cannot_be_scored_is_named_and_never_crashes(
         assert result.best_version == 1 and result.best_accuracy == pytest.approx(good)
         forced = blessing.bless(good, export_dir, digits, 0.01, True)
         assert forced.blessed is True and forced.unscored == result.unscored
+
+
+@pytest.mark.parametrize("kind", ["tf2", "tf1"])
+@pytest.mark.parametrize("with_info", [False, True])
+def test_a_version_that_runs_code_when_loaded_is_never_run(
+    tmp_path, digits, trained_metrics, trained_export, kind, with_info
+):
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    version_2 = os.path.join(export_dir, "2")
+    _, marker = crafted_models.dangerous(kind, version_2)
+    if with_info:
+        # Passing itself off as an export of this package.
+        shutil.copytree(os.path.join(trained_export, "assets.extra"),
+                        os.path.join(version_2, "assets.extra"))
+        problem = f"{version_2} is not a SavedModel this package exported"
+    else:
+        problem = f"{version_2} has no assets.extra/alexnet_keras.json"
+
+    result = blessing.bless(trained_metrics[0]["test_accuracy"], export_dir, digits, 0.01,
+                            False)
+
+    assert not os.path.exists(marker)
+    (unscored,) = result.unscored
+    assert unscored.startswith(f"version 2: not an alexnet-keras export: {problem}")
+    assert result.blessed is False and result.baseline_version == 2
+    assert "the served version 2 cannot be compared: not an alexnet-keras export" in (
+        result.reason)
+    # The real export beside it scores what the trained Keras model scored.
+    assert result.best_version == 1
+    assert result.best_accuracy == pytest.approx(trained_metrics[0]["test_accuracy"])
+
+
+@pytest.mark.parametrize("config, problem", [
+    # A config that would need gigabytes of weights is refused unbuilt.
+    ({"input_shape": [100_000, 100_000, 1]}, "weights are not its config's: fc6/kernel is "
+                                             "float32 (256, 4096) there and float32 "),
+    ({"input_shape": [100, 100, 1]}, "weights are not its config's: fc6/kernel"),
+    ({"normalization": "batchnorm"}, "weights are not its config's: bn1/gamma is no such "
+                                     "weight there"),
+    ({"variant": "vgg"}, "config does not build an AlexNet (`variant` must be one of"),
+    ({"dtype": {"class_name": "DTypePolicy", "config": {"name": "float64"}}},
+     "config is not an AlexNet's"),
+])
+def test_an_export_whose_config_is_not_its_weights_is_not_scored(
+    tmp_path, digits, trained_metrics, trained_export, config, problem
+):
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    info_path = os.path.join(export_dir, "1", "assets.extra", "alexnet_keras.json")
+    with open(info_path) as file:
+        info = json.load(file)
+    info["config"].update(config)
+    with open(info_path, "w") as file:
+        json.dump(info, file)
+
+    result = blessing.bless(trained_metrics[0]["test_accuracy"], export_dir, digits, 0.01,
+                            False)
+
+    assert result.blessed is False and result.baseline_accuracy is None
+    (unscored,) = result.unscored
+    assert unscored.startswith(f"version 1: not an alexnet-keras export: {export_dir}/1")
+    assert problem in unscored and "\n" not in unscored
+
+
+def test_blessing_in_a_mixed_precision_run_leaves_its_policy_alone(
+    tmp_path, digits, trained_metrics, trained_export
+):
+    # Versions are rebuilt in float32, as they are served, and the run's
+    # policy is back in place afterwards. (On digits, bfloat16 happens to give
+    # the same accuracy: only the policy tells the two apart here.)
+    export_dir = copy_of_the_export(trained_export, tmp_path)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    result = blessing.bless(0.5, export_dir, digits, 0.01, False)
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert result.baseline_accuracy == pytest.approx(trained_metrics[0]["test_accuracy"])
 
 
 @pytest.fixture()

@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
+import crafted_models
 import testlib
 from alexnet_keras import AlexNet
 from pipeline import config as config_lib
+from pipeline.cli import main as cli
 from pipeline.serving import builder
 from pipeline.training import warm_start
 from pipeline.errors import PipelineError
@@ -66,6 +68,40 @@ def test_an_export_loads_whole_when_the_classes_match(tmp_path):
     images = np.random.default_rng(0).uniform(-100, 100, (2, 67, 67, 1)).astype("float32")
     np.testing.assert_array_equal(target.predict(images, verbose=0),
                                   source.predict(images, verbose=0))
+
+
+def test_an_export_records_its_variant(tmp_path):
+    builder.export_saved_model(small_model(3, seed=1), ["a", "b", "c"], str(tmp_path / "models"))
+    with pytest.raises(PipelineError, match="is a 'paper' AlexNet and this run trains a 'd2l'"):
+        warm_start.load(small_model(3, seed=2, variant="d2l"), str(tmp_path / "models"))
+
+
+@pytest.mark.parametrize("kind", ["tf2", "tf1"])
+def test_a_savedmodel_that_runs_code_when_loaded_is_refused_unrun(tmp_path, kind):
+    path, marker = crafted_models.dangerous(kind, str(tmp_path / kind))
+    with pytest.raises(PipelineError) as error:
+        warm_start.source_weights(path)
+    message = str(error.value)
+    assert message.startswith(f"`init_from` {path} is not a SavedModel this package exported")
+    assert message.endswith("; pass a .keras file, a run directory or a SavedModel this "
+                            "package exported")
+    assert "\n" not in message and not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("kind", ["tf2", "tf1"])
+def test_init_from_a_savedmodel_that_runs_code_when_loaded_fails_in_one_line(
+        tmp_path, digits_dir, capsys, kind):
+    path, marker = crafted_models.dangerous(kind, str(tmp_path / kind))
+    argv = ["--ingest-dir", digits_dir, "--output-dir", str(tmp_path / "run"),
+            "--export-dir", str(tmp_path / "models"), "--image-size", "67",
+            "--batch-size", "16", "--steps-per-epoch", "1", "--epochs", "1",
+            "--init-from", path]
+    assert cli.main("run", argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"python -m pipeline.run: error: --init-from {path} is not a "
+                            "SavedModel this package exported")
+    assert error.count("\n") == 1 and not os.path.exists(marker)
+    assert not (tmp_path / "models").exists()
 
 
 def test_a_run_directory_loads_its_newest_checkpoint(tmp_path):
