@@ -80,12 +80,17 @@ def latencies(function, calls, warmup=2):
     return times
 
 
+# The variants the benchmarks measure, each beside its PyTorch reference
+# model; paper_2gpu and torchvision have none yet.
+VARIANTS = ("paper", "d2l")
+
+
 def input_shapes():
-    """{variant: (height, width, channels)} of every AlexNet variant at its own
-    input size."""
+    """{variant: (height, width, channels)} of each benchmarked AlexNet variant
+    at its own input size."""
     from alexnet_keras import alexnet
 
-    return {variant: alexnet.default_input_shape(variant) for variant in alexnet.VARIANTS}
+    return {variant: alexnet.default_input_shape(variant) for variant in VARIANTS}
 
 
 def images_for(warmup_steps, steps, batch_size):

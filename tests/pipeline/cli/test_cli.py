@@ -59,7 +59,8 @@ def test_a_choice_is_checked_once_by_the_config(capsys):
     assert cli.main("run", ["--variant", "vgg"]) == 2
     error = capsys.readouterr().err
     assert error == (
-        "python -m pipeline.run: error: --variant must be one of paper, d2l. "
+        "python -m pipeline.run: error: --variant must be one of paper, paper_2gpu, d2l, "
+        "torchvision. "
         "Received: --variant 'vgg'\n"
     )
 
