@@ -138,7 +138,7 @@ def export_model_file(path, export_dir, class_names=None):
     own class names or `class_names` (a file or a comma-separated list)."""
     model = models.load_model_file(path, "model")
     if class_names:
-        names = file_sources.class_names_option(class_names)
+        names = file_sources.read_class_names(class_names)
     elif model.class_names:
         names = list(model.class_names)
     else:

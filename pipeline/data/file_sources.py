@@ -159,7 +159,7 @@ def folder(spec, path):
     )
 
 
-def class_names_option(value):
+def read_class_names(value):
     """`class_names`: a file with one name per line, or a comma-separated list."""
     if os.path.isfile(value):
         with open(value) as file:
@@ -208,7 +208,7 @@ def tfrecord(spec, pattern, label_offset, class_names_option):
     else:
         split_paths = {"train": paths}
     given_names = (
-        class_names_option(class_names_option) if class_names_option else None
+        read_class_names(class_names_option) if class_names_option else None
     )
 
     def images(files):
