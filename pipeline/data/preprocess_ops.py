@@ -6,7 +6,8 @@ read no files, so the serving signature uses the very ops the input pipeline
 scale jitter, a horizontal flip and, optionally, the paper's PCA colour noise.
 Evaluation and serving use `preprocess_for_eval`: a resize and the central
 crop the model's `ImageSpec` names (`crop_fraction`; `ImageSpec.preprocess` is
-the same in `keras.ops`, for any backend). Both end in the model's own
+the same in `keras.ops`, for any backend), and `ten_crops` the paper's
+ten-patch test. Both end in the model's own
 `ImageSpec.normalize`, so training and serving see pixels the same way.
 """
 
@@ -75,6 +76,40 @@ def preprocess_for_eval(images, image_spec):
         whatever the input's size or shape: a 1x20000 strip is not first
         scaled to 259x5 million pixels, nor a large image cast to float whole.
     """
+    return _crops(images, image_spec, [CENTRE])
+
+
+# Where the paper's five patches sit in the evaluation square, as fractions of
+# the room left around a crop (rows, columns): the four corners and the centre.
+CENTRE = (0.5, 0.5)
+FIVE_CROPS = ((0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0), CENTRE)
+TEN_CROPS = 2 * len(FIVE_CROPS)
+
+
+def ten_crops(images, image_spec):
+    """The paper's test patches: "the four corner patches and the center patch
+    as well as their horizontal reflections".
+
+    The image is scaled as for `preprocess_for_eval` (the model's input is
+    `crop_fraction` of the short side: the paper's 224 of 256), and the
+    patches are taken from its central square, as the paper took them from the
+    256x256 centre of each image; the centre patch is `preprocess_for_eval`'s.
+
+    Args:
+        images: uint8 or float pixels in 0-255, `[H, W, C]` or `[N, H, W, C]`.
+        image_spec: the model's `alexnet_keras.ImageSpec`.
+
+    Returns:
+        float32 `[..., 10, height, width, C]`, normalised: the five patches in
+        `FIVE_CROPS` order, then their mirror images in the same order.
+    """
+    crops = _crops(images, image_spec, FIVE_CROPS)
+    return tf.concat([crops, tf.reverse(crops, axis=[-2])], axis=-4)
+
+
+def _crops(images, image_spec, anchors):
+    """Normalised crops at the model's input size: `[..., height, width, C]` for
+    one anchor, `[..., len(anchors), height, width, C]` for several."""
     images = tf.convert_to_tensor(images)
     batched = images.shape.rank == 4
     if not batched:
@@ -89,19 +124,31 @@ def preprocess_for_eval(images, image_spec):
     frame = tf.cast(step < 1, tf.int32)
     images = tf.pad(images, [[0, 0], [frame, frame], [frame, frame], [0, 0]], "SYMMETRIC")
     frame = tf.cast(frame, tf.float32)
-    box = []
-    for extent, output in ((size[0], height), (size[1], width)):
-        # Half-pixel centres, as tf.image.resize samples, in the normalised
-        # corner-aligned coordinates that crop_and_resize takes.
-        first = frame + (extent - output * step) / 2 + step / 2 - 0.5
-        last = first + step * (output - 1)
-        scale = tf.maximum(extent + 2 * frame - 1, 1.0)
-        box.append((first / scale, last / scale))
-    (top, bottom), (left, right) = box
+    boxes = []
+    for vertical, horizontal in anchors:
+        box = []
+        for extent, output, anchor in ((size[0], height, vertical), (size[1], width, horizontal)):
+            # The crop lies in the central region of the model's shape that
+            # `crop_fraction` leaves around it, `anchor` of the way across:
+            # half-pixel centres, as tf.image.resize samples, in the normalised
+            # corner-aligned coordinates that crop_and_resize takes.
+            crop = output * step
+            region = crop / image_spec.crop_fraction
+            first = frame + (extent - region) / 2 + (region - crop) * anchor + step / 2 - 0.5
+            last = first + step * (output - 1)
+            scale = tf.maximum(extent + 2 * frame - 1, 1.0)
+            box.append((first / scale, last / scale))
+        (top, bottom), (left, right) = box
+        boxes.append(tf.stack([top, left, bottom, right]))
     count = tf.shape(images)[0]
-    boxes = tf.tile(tf.stack([top, left, bottom, right])[tf.newaxis], [count, 1])
-    crops = tf.image.crop_and_resize(images, boxes, tf.range(count), [height, width])
+    # Image-major: every anchor of the first image, then of the next.
+    crops = tf.image.crop_and_resize(
+        images, tf.tile(tf.stack(boxes), [count, 1]),
+        tf.repeat(tf.range(count), len(anchors)), [height, width],
+    )
     crops = image_spec.normalize(crops)
+    if len(anchors) > 1:
+        crops = tf.reshape(crops, [count, len(anchors), height, width, crops.shape[-1]])
     return crops if batched else crops[0]
 
 

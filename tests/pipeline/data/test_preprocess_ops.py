@@ -147,3 +147,40 @@ def test_image_spec_preprocess_is_preprocess_for_eval(spec):
         preprocess_ops.preprocess_for_eval(noise, spec).numpy() / spec.pixel_scale,
         atol=2e-2,
     )
+
+
+def test_ten_crops_are_the_papers_patches_pixel_for_pixel():
+    # A 256x256 image and a 224 input at crop fraction 224/256: one input
+    # pixel per output pixel, so every patch is an exact slice of the image,
+    # as in the paper (224 patches of the 256 square).
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    spec = ImageSpec(224, 224, 3, pixel_offset=0.0, crop_fraction=224 / 256)
+    crops = preprocess_ops.ten_crops(image, spec).numpy()
+    assert crops.shape == (10, 224, 224, 3)
+    patches = [image[:224, :224], image[:224, 32:], image[32:, :224], image[32:, 32:],
+               image[16:240, 16:240]]
+    expected = np.stack(patches + [patch[:, ::-1] for patch in patches]).astype(np.float32)
+    np.testing.assert_allclose(crops, expected, atol=1e-3)
+    # The centre patch is the evaluation crop.
+    np.testing.assert_allclose(crops[4], preprocess_ops.preprocess_for_eval(image, spec),
+                               atol=1e-4)
+
+
+def test_ten_crops_of_a_wide_batch_come_from_its_central_square():
+    # 100 rows, 300 columns, a 50x50 input at crop fraction 0.5: one input
+    # pixel per output pixel again, and the corners are those of the central
+    # 100x100 square (columns 100-199), as the paper's were of the 256x256 centre.
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (2, 100, 300, 1), dtype=np.uint8)
+    spec = ImageSpec(50, 50, 1, pixel_offset=0.0, crop_fraction=0.5)
+    crops = preprocess_ops.ten_crops(images, spec).numpy()
+    assert crops.shape == (2, 10, 50, 50, 1)
+    for image, image_crops in zip(images, crops):
+        square = image[:, 100:200]
+        patches = [square[:50, :50], square[:50, 50:], square[50:, :50], square[50:, 50:],
+                   square[25:75, 25:75]]
+        expected = np.stack(patches + [patch[:, ::-1] for patch in patches])
+        # Box corners are float32 fractions of 299: sampling lands within
+        # 1e-5 of a pixel centre, a few thousandths of a grey level.
+        np.testing.assert_allclose(image_crops, expected.astype(np.float32), atol=0.01)
