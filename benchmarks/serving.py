@@ -13,7 +13,9 @@ SavedModel loader through a graph session, tag `serve`) and measures:
    `--calls` calls, beside the bare forward pass of the same Keras model on
    ready float tensors at the same batch, and their ratio (what decoding,
    resizing and the per-image error handling cost);
-2. TF Serving's REST predict API, emulated by a threaded HTTP server over the
+2. `serving_ten_crop` (the paper's ten-crop test) at batch 1 and 8, against
+   `serving_default` at the same batch: what the paper's measurement costs;
+3. TF Serving's REST predict API, emulated by a threaded HTTP server over the
    same session (no batching across requests), with `--clients` concurrent
    clients each sending `--calls` requests of 8 images.
 
@@ -36,6 +38,7 @@ import urllib.request
 from benchmarks import common
 
 BATCHES = (1, 8, 32, 64)
+TEN_CROP_BATCHES = (1, 8)
 REST_BATCH = 8
 
 
@@ -54,12 +57,12 @@ class _Session:
         self.session = tf.compat.v1.Session(graph=self.graph)
         with self.graph.as_default():
             meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], path)
-        signature = meta_graph.signature_def["serving_default"]
-        self.input = signature.inputs["image_bytes"].name
-        self.outputs = {name: info.name for name, info in signature.outputs.items()}
+        self.signatures = meta_graph.signature_def
 
-    def run(self, images):
-        return self.session.run(self.outputs, {self.input: images})
+    def run(self, images, signature_name="serving_default"):
+        signature = self.signatures[signature_name]
+        outputs = {name: info.name for name, info in signature.outputs.items()}
+        return self.session.run(outputs, {signature.inputs["image_bytes"].name: images})
 
 
 def _rest_server(session):
@@ -148,6 +151,19 @@ def main(argv=None):
             print(f"{batch:>5} {served_rate:>16.1f} {1e3 * statistics.median(served):>10.1f} "
                   f"{1e3 * _p99(served):>8.1f} {bare_rate:>14.1f} "
                   f"{served_rate / bare_rate:>6.2f}")
+
+        print(f"{'batch':>5} {'ten-crop img/s':>16} {'median ms':>10} {'p99 ms':>8} "
+              f"{'default img/s':>14} {'ratio':>6}")
+        for batch in TEN_CROP_BATCHES:
+            images = jpegs[:batch]
+            ten_crop = common.latencies(lambda: session.run(images, "serving_ten_crop"),
+                                        args.calls)
+            default = common.latencies(lambda: session.run(images), args.calls)
+            ten_crop_rate = batch / statistics.median(ten_crop)
+            default_rate = batch / statistics.median(default)
+            print(f"{batch:>5} {ten_crop_rate:>16.1f} {1e3 * statistics.median(ten_crop):>10.1f} "
+                  f"{1e3 * _p99(ten_crop):>8.1f} {default_rate:>14.1f} "
+                  f"{ten_crop_rate / default_rate:>6.2f}")
 
         server = _rest_server(session)
         url = f"http://127.0.0.1:{server.server_address[1]}/v1/models/alexnet:predict"

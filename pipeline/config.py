@@ -262,6 +262,11 @@ class ExportConfig:
         0.0, shapes_run=False, help="push only at or above this test accuracy (0: no floor)")
     force_push: bool = setting(
         False, shapes_run=False, help="export even if the model is worse than the served one")
+    ten_crop: bool = setting(
+        True, shapes_run=False,
+        help="also report the paper's ten-crop test accuracy (corner and centre patches "
+             "and their reflections, softmaxes averaged: ten forward passes per test image); "
+             "blessing compares the central crop's")
     export_formats: tuple[str, ...] = setting(
         ("saved_model",), shapes_run=False, flag="--export-format", choices=EXPORT_FORMATS,
         help="saved_model (always); keras: model.keras, litert: model.tflite (LiteRT), "

@@ -91,7 +91,7 @@ def _run(config, run_dir):
     # Evaluator: test-split metrics and pictures on every worker (the same
     # weights, so the same metrics), also in TensorBoard at the last epoch; the
     # chief, which exports, also compares with the served version.
-    metrics = metrics_lib.evaluate(model, ingested, run_dir)
+    metrics = metrics_lib.evaluate(model, ingested, run_dir, ten_crop=config.export.ten_crop)
     summaries.write_evaluation(run_dir, config.train.epochs - 1, metrics["test_accuracy"])
     blessing = blessing_lib.bless(
         metrics["test_accuracy"], config.export.export_dir, ingested,
@@ -108,9 +108,10 @@ def _run(config, run_dir):
     return metrics
 
 
-def evaluate_export(saved_model, data_config, split, output_dir):
+def evaluate_export(saved_model, data_config, split, output_dir, ten_crop=True):
     """Metrics of an export on a split of `data_config`'s dataset (ingested first,
-    or an earlier ingest reused), measured through its `serving_default`, with
+    or an earlier ingest reused), measured through its `serving_default` (and
+    with `ten_crop` its `serving_ten_crop` too, where the export has it), with
     the pictures written to `output_dir`."""
     version_dir = saved_models.resolve_saved_model(saved_model)
     ingest_dir = data_config.ingest_dir or ingest.default_ingest_dir(data_config.dataset)
@@ -123,11 +124,20 @@ def evaluate_export(saved_model, data_config, split, output_dir):
             f"{ingested.num_classes}; evaluate it on the dataset it was trained for"
         )
 
-    def predict_fn(image_bytes):
-        return signature(**{contract.BYTES_INPUT: image_bytes})["probabilities"]
+    def probabilities_from(serving_function):
+        def predict_fn(image_bytes):
+            return serving_function(**{contract.BYTES_INPUT: image_bytes})["probabilities"]
+        return predict_fn
 
+    ten_crop_fn = None
+    if ten_crop and contract.TEN_CROP_SIGNATURE in loaded.signatures:
+        ten_crop_fn = probabilities_from(loaded.signatures[contract.TEN_CROP_SIGNATURE])
+    elif ten_crop:
+        log.warning("%s has no %s signature (an export older than it): the ten-crop test "
+                    "is skipped", version_dir, contract.TEN_CROP_SIGNATURE)
     log.info("Evaluating %s on the %s split of %s", version_dir, split, data_config.dataset)
-    metrics = metrics_lib.evaluate_encoded(predict_fn, ingested, output_dir, split)
+    metrics = metrics_lib.evaluate_encoded(probabilities_from(signature), ingested, output_dir,
+                                           split, ten_crop_fn)
     metrics.update(saved_model=version_dir, dataset=data_config.dataset, split=split)
     return metrics
 

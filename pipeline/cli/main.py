@@ -100,6 +100,10 @@ def _summary(metrics, run_dir):
     lines = [f"Test accuracy: {metrics['test_accuracy']:.4f}"]
     if "test_top5_accuracy" in metrics:
         lines[0] += f"   top-5: {metrics['test_top5_accuracy']:.4f}"
+    if "test_ten_crop_accuracy" in metrics:
+        lines[0] += f"   ten-crop: {metrics['test_ten_crop_accuracy']:.4f}"
+        if "test_ten_crop_top5_accuracy" in metrics:
+            lines[0] += f" (top-5 {metrics['test_ten_crop_top5_accuracy']:.4f})"
     if metrics["images_per_second"] is not None:
         lines.append(f"Training speed: {metrics['images_per_second']:.1f} images/s "
                      "(last epoch)")
@@ -128,7 +132,7 @@ def _ingest(args):
 def _evaluate(args):
     data_config = config_lib.DataConfig(**_settings(config_lib.DataConfig, args))
     metrics = runner.evaluate_export(
-        args.saved_model, data_config, args.split, args.output_dir
+        args.saved_model, data_config, args.split, args.output_dir, args.ten_crop
     )
     atomic.replace_file(os.path.join(args.output_dir, "evaluation.json"),
                         json.dumps(metrics, indent=2))

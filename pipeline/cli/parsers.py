@@ -128,6 +128,8 @@ def evaluate_parser():
                         help="a version directory, or a base directory (its newest version)")
     _add_ingest_flags(parser)
     parser.add_argument("--split", default="test", metavar="{train,validation,test}")
+    _add_setting(parser, next(field for field in dataclasses.fields(config_lib.ExportConfig)
+                              if field.name == "ten_crop"))
     parser.add_argument("--output-dir", default="runs/evaluation",
                         help="where evaluation.json and the pictures go")
     return parser

@@ -139,20 +139,22 @@ def _augmented(dataset, ingested, split, image_spec, data_config, seed, input_co
     return tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
 
 
-def _preprocessed_for_eval(dataset, image_spec, data_config):
-    """The evaluation map: `preprocess_for_eval`, as serving preprocesses."""
+def _preprocessed_for_eval(dataset, image_spec, data_config, ten_crop=False):
+    """The evaluation map: `preprocess_for_eval`, as serving preprocesses, or
+    with `ten_crop` the paper's ten patches per image (`ten_crops`)."""
+    crop = preprocess_ops.ten_crops if ten_crop else preprocess_ops.preprocess_for_eval
 
     def preprocess(image, label):
         if not data_config.cache:
             image = preprocess_ops.decode_image(image, image_spec.channels)
-        return preprocess_ops.preprocess_for_eval(image, image_spec), label
+        return crop(image, image_spec), label
 
     return dataset.map(preprocess, num_parallel_calls=AUTOTUNE)
 
 
 def make_dataset(
     ingested, split, image_spec, batch_size, training, *, data_config=DataConfig(),
-    seed=None, input_context=None,
+    seed=None, input_context=None, ten_crop=False,
 ):
     """Batches of (images float32 [batch, height, width, channels], labels int32).
 
@@ -168,6 +170,8 @@ def make_dataset(
         seed: makes the order and the augmentation reproducible.
         input_context: a `tf.distribute.InputContext`; this pipeline then reads
             its own shard of the data.
+        ten_crop: for evaluation: each image as the paper's ten patches,
+            images float32 [batch, 10, height, width, channels].
 
     One pass over the split; the caller repeats it per epoch. The order is
     deterministic only when `seed` is set.
@@ -184,6 +188,8 @@ def make_dataset(
             f"the {split} split of {ingested.directory} has {num_examples} examples, too few "
             f"for a batch of {batch_size} per replica; lower `batch_size` or add data"
         )
+    if ten_crop and training:
+        raise ValueError("`ten_crop` is an evaluation pipeline: use it with training=False")
     if data_config.pca_noise and image_spec.channels != 3:
         raise PipelineError("`pca_noise` needs colour input: use channels=3")
     dataset = _read(ingested, split, image_spec.channels, training, data_config, seed,
@@ -192,7 +198,7 @@ def make_dataset(
         dataset = _augmented(dataset, ingested, split, image_spec, data_config, seed,
                              input_context)
     else:
-        dataset = _preprocessed_for_eval(dataset, image_spec, data_config)
+        dataset = _preprocessed_for_eval(dataset, image_spec, data_config, ten_crop)
     dataset = dataset.batch(
         batch_size, drop_remainder=training, num_parallel_calls=AUTOTUNE
     )

@@ -1,5 +1,6 @@
 """The evaluator: a split's accuracy, top-5, per-class precision and recall,
-confusion matrix, and the pictures of them.
+confusion matrix, and the pictures of them; with `ten_crop`, also the
+accuracy and top-5 of the paper's ten-crop test (`preprocess_ops.ten_crops`).
 
 `evaluate` measures a trained Keras model (`python -m pipeline.run`) and
 `accuracy` only its accuracy (blessing scores the kept versions with it);
@@ -22,6 +23,8 @@ from pipeline.data import preprocess_ops
 from pipeline.errors import PipelineError
 
 BATCH_SIZE = 64
+# Images per ten-crop batch: as many patches as a central-crop batch has images.
+TEN_CROP_BATCH_SIZE = BATCH_SIZE // preprocess_ops.TEN_CROPS
 MISCLASSIFIED_SHOWN = 8
 
 logger = logging.getLogger(__name__)
@@ -60,9 +63,32 @@ def _predict_keras(model, ingested, split, misclassified):
     return np.concatenate(all_probabilities), np.concatenate(all_labels)
 
 
-def _predict_encoded(predict_fn, ingested, split, misclassified):
+def _predict_keras_ten_crop(model, ingested, split):
+    """The paper's test: each image's ten patches through the model, their
+    softmaxes averaged; (probabilities [images, classes], labels)."""
+
+    @tf.function(reduce_retracing=True)
+    def probabilities_of(patches):
+        flat = tf.reshape(patches, [-1, *model.image_spec.shape])
+        probabilities = tf.nn.softmax(tf.cast(model(flat, training=False), tf.float32))
+        return tf.reduce_mean(
+            tf.reshape(probabilities, [tf.shape(patches)[0], preprocess_ops.TEN_CROPS, -1]),
+            axis=1,
+        )
+
+    dataset = input_pipeline.make_dataset(
+        ingested, split, model.image_spec, TEN_CROP_BATCH_SIZE, training=False, ten_crop=True
+    )
     all_probabilities, all_labels = [], []
-    for encoded, labels in ingested.encoded_batches(split, BATCH_SIZE):
+    for patches, labels in dataset:
+        all_probabilities.append(probabilities_of(patches).numpy())
+        all_labels.append(labels.numpy())
+    return np.concatenate(all_probabilities), np.concatenate(all_labels)
+
+
+def _predict_encoded(predict_fn, ingested, split, misclassified, batch_size=BATCH_SIZE):
+    all_probabilities, all_labels = [], []
+    for encoded, labels in ingested.encoded_batches(split, batch_size):
         probabilities = np.asarray(predict_fn(tf.constant(encoded)))
         predictions = probabilities.argmax(axis=1)
         needed = MISCLASSIFIED_SHOWN - len(misclassified.images)
@@ -79,7 +105,18 @@ def _predict_encoded(predict_fn, ingested, split, misclassified):
     return np.concatenate(all_probabilities), np.concatenate(all_labels)
 
 
-def _metrics(split, labels, probabilities, class_names):
+def _accuracies(prefix, labels, probabilities, classes):
+    """`{prefix}_accuracy`, and `{prefix}_top5_accuracy` with more than 5 classes."""
+    result = {f"{prefix}_accuracy": float(
+        sklearn_metrics.accuracy_score(labels, probabilities.argmax(axis=1)))}
+    if len(classes) > 5:
+        result[f"{prefix}_top5_accuracy"] = float(
+            sklearn_metrics.top_k_accuracy_score(labels, probabilities, k=5, labels=classes)
+        )
+    return result
+
+
+def _metrics(split, labels, probabilities, class_names, ten_crop=None):
     classes = list(range(len(class_names)))
     if probabilities.shape[1] != len(class_names):
         raise PipelineError(
@@ -91,15 +128,11 @@ def _metrics(split, labels, probabilities, class_names):
     precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
         labels, predictions, labels=classes, zero_division=0
     )
-    result = {
-        f"{split}_accuracy": float(sklearn_metrics.accuracy_score(labels, predictions)),
-    }
-    if len(classes) > 5:
-        result[f"{split}_top5_accuracy"] = float(
-            sklearn_metrics.top_k_accuracy_score(
-                labels, probabilities, k=5, labels=classes
-            )
-        )
+    result = _accuracies(split, labels, probabilities, classes)
+    if ten_crop is not None:
+        ten_crop_labels, ten_crop_probabilities = ten_crop
+        result.update(_accuracies(f"{split}_ten_crop", ten_crop_labels,
+                                  ten_crop_probabilities, classes))
     result["num_examples"] = int(len(labels))
     result["per_class"] = {
         name: {"precision": float(p), "recall": float(r), "support": int(s)}
@@ -115,6 +148,10 @@ def _table(split, metrics):
     line = f"{split} accuracy {metrics[f'{split}_accuracy']:.4f}"
     if f"{split}_top5_accuracy" in metrics:
         line += f", top-5 {metrics[f'{split}_top5_accuracy']:.4f}"
+    if f"{split}_ten_crop_accuracy" in metrics:
+        line += f"; ten-crop {metrics[f'{split}_ten_crop_accuracy']:.4f}"
+        if f"{split}_ten_crop_top5_accuracy" in metrics:
+            line += f", top-5 {metrics[f'{split}_ten_crop_top5_accuracy']:.4f}"
     lines = [
         f"{line} on {metrics['num_examples']} examples",
         f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}",
@@ -134,11 +171,13 @@ def _check_split(ingested, split):
         )
 
 
-def _report(split, labels, probabilities, ingested, misclassified, output_dir):
-    """The metrics of `probabilities` against `labels`, with the confusion matrix
-    and the misclassified images drawn into `output_dir`."""
+def _report(split, labels, probabilities, ingested, misclassified, output_dir,
+            ten_crop=None):
+    """The metrics of `probabilities` against `labels` (and of the ten-crop
+    test's, `ten_crop` = (labels, probabilities)), with the confusion matrix
+    and the misclassified images of the central crop drawn into `output_dir`."""
     class_names = list(ingested.class_names)
-    metrics = _metrics(split, labels, probabilities, class_names)
+    metrics = _metrics(split, labels, probabilities, class_names, ten_crop)
     tf.io.gfile.makedirs(output_dir)
     plots.confusion_matrix(
         metrics["confusion_matrix"],
@@ -155,7 +194,7 @@ def _report(split, labels, probabilities, ingested, misclassified, output_dir):
     return metrics
 
 
-def evaluate(model, ingested, run_dir, split="test"):
+def evaluate(model, ingested, run_dir, split="test", ten_crop=False):
     """Metrics of a Keras AlexNet on an ingested split, with pictures written to `run_dir`.
 
     Args:
@@ -165,16 +204,25 @@ def evaluate(model, ingested, run_dir, split="test"):
         run_dir: where `confusion_matrix.png`, `misclassified.png` and
             `conv1_kernels.png` go.
         split: "train", "validation" or "test"; it prefixes the accuracy keys.
+        ten_crop: also run the paper's ten-crop test, at ten forward passes
+            per image.
 
     Returns:
         `{split}_accuracy`, `{split}_top5_accuracy` (more than 5 classes only),
+        with `ten_crop` `{split}_ten_crop_accuracy` and
+        `{split}_ten_crop_top5_accuracy` (more than 5 classes only) too,
         `num_examples`, `per_class` ({name: {precision, recall, support}}) and
         `confusion_matrix` (rows are true classes, columns predicted ones).
     """
     _check_split(ingested, split)
     misclassified = _Misclassified()
     probabilities, labels = _predict_keras(model, ingested, split, misclassified)
-    metrics = _report(split, labels, probabilities, ingested, misclassified, run_dir)
+    ten_crop_result = None
+    if ten_crop:
+        ten_crop_probabilities, ten_crop_labels = _predict_keras_ten_crop(model, ingested, split)
+        ten_crop_result = ten_crop_labels, ten_crop_probabilities
+    metrics = _report(split, labels, probabilities, ingested, misclassified, run_dir,
+                      ten_crop_result)
     if any(layer.name == "conv1" for layer in model.layers):
         plots.conv1_kernels(
             keras.ops.convert_to_numpy(model.get_layer("conv1").kernel),
@@ -196,12 +244,19 @@ def accuracy(model, ingested, split="test"):
     return float(sklearn_metrics.accuracy_score(labels, probabilities.argmax(axis=1)))
 
 
-def evaluate_encoded(predict_fn, ingested, output_dir, split="test"):
+def evaluate_encoded(predict_fn, ingested, output_dir, split="test", ten_crop_fn=None):
     """`evaluate`'s metrics and pictures for `predict_fn`, which takes a string
     tensor [batch] of encoded images and returns class probabilities [batch,
     classes] (an export's `serving_default`): what is measured includes the
-    preprocessing inside it."""
+    preprocessing inside it. `ten_crop_fn`, the same for the ten-crop test (an
+    export's `serving_ten_crop`), adds the ten-crop keys."""
     _check_split(ingested, split)
     misclassified = _Misclassified()
     probabilities, labels = _predict_encoded(predict_fn, ingested, split, misclassified)
-    return _report(split, labels, probabilities, ingested, misclassified, output_dir)
+    ten_crop_result = None
+    if ten_crop_fn is not None:
+        ten_crop_probabilities, ten_crop_labels = _predict_encoded(
+            ten_crop_fn, ingested, split, _Misclassified(), TEN_CROP_BATCH_SIZE)
+        ten_crop_result = ten_crop_labels, ten_crop_probabilities
+    return _report(split, labels, probabilities, ingested, misclassified, output_dir,
+                   ten_crop_result)

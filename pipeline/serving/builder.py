@@ -68,10 +68,11 @@ _ONE_REQUEST.autotune.enabled = False
 _DECODE_PARALLELISM = 4
 
 
-def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio):
+def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio, ten_crop=False):
     """Decodes and preprocesses each image on its own, so that a bad one costs
     only itself: returns the indices of the readable images, their model inputs
-    in that order, and an error per image ("" for the readable ones).
+    in that order (ten patches each with `ten_crop`), and an error per image
+    ("" for the readable ones).
 
     Inside the graph TF Serving runs, with no Python: the sizes are read from
     the headers first (plain ops over the batch), so an image over the limits
@@ -89,19 +90,21 @@ def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio):
                         tf.minimum(height, width), 1
                     ), f"sides more than {max_aspect_ratio}:1", ""))))
 
+    if ten_crop:
+        preprocess, shape = preprocess_ops.ten_crops, (preprocess_ops.TEN_CROPS, *image_spec.shape)
+    else:
+        preprocess, shape = preprocess_ops.preprocess_for_eval, image_spec.shape
+
     def decode(index, encoded):
         image = preprocess_ops.decode_image(encoded, image_spec.channels)
-        return index, tf.ensure_shape(
-            preprocess_ops.preprocess_for_eval(image, image_spec), image_spec.shape
-        )
+        return index, tf.ensure_shape(preprocess(image, image_spec), shape)
 
     candidates = tf.where(tf.equal(errors, ""))[:, 0]
     decoded = tf.data.Dataset.from_tensor_slices(
         (candidates, tf.gather(image_bytes, candidates))
     ).map(decode, num_parallel_calls=_DECODE_PARALLELISM, deterministic=False
           ).ignore_errors().with_options(_ONE_REQUEST)
-    indices, images = _collect(decoded, (tf.zeros([0], tf.int64),
-                                         tf.zeros([0, *image_spec.shape])))
+    indices, images = _collect(decoded, (tf.zeros([0], tf.int64), tf.zeros([0, *shape])))
     readable = _scatter(tf.ones_like(indices, tf.bool), indices, count, False)
     errors = tf.where(tf.equal(errors, "") & ~readable, "corrupt or truncated image data",
                       errors)
@@ -109,11 +112,13 @@ def _decode_each(image_bytes, image_spec, max_pixels, max_aspect_ratio):
 
 
 def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
+    """The signatures' functions, by name: `contract.BYTES_SIGNATURE`,
+    `contract.PIXELS_SIGNATURE` and `contract.TEN_CROP_SIGNATURE`."""
     names = tf.constant(list(class_names))
     top_k = min(contract.TOP_K, len(class_names))
     image_spec = model.image_spec
 
-    def classify(images):
+    def probabilities_of(images):
         # oneDNN's convolutions fail on a batch of none (TF 2.21), which a
         # request of only unreadable images makes: the model is not run then.
         logits = tf.cond(
@@ -121,7 +126,9 @@ def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
             lambda: model(images, training=False),
             lambda: tf.zeros([0, len(class_names)]),
         )
-        probabilities = tf.nn.softmax(logits, axis=-1)
+        return tf.nn.softmax(logits, axis=-1)
+
+    def answer(probabilities):
         class_id = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
         best = tf.math.top_k(probabilities, k=top_k)
         return {
@@ -132,28 +139,43 @@ def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
             "top_k_probabilities": best.values,
         }
 
-    def serve_image_bytes(image_bytes):
-        count = tf.size(image_bytes, out_type=tf.int64)
-        tf.debugging.assert_less_equal(
-            count, tf.constant(contract.MAX_IMAGES_PER_REQUEST, tf.int64),
-            message=f"a request takes at most {contract.MAX_IMAGES_PER_REQUEST} images",
+    def ten_crop_probabilities(patches):
+        # The paper's test: the softmax of each of an image's ten patches, averaged.
+        flat = tf.reshape(patches, [-1, *image_spec.shape])
+        probabilities = probabilities_of(flat)
+        return tf.reduce_mean(
+            tf.reshape(probabilities, [-1, preprocess_ops.TEN_CROPS, len(class_names)]), axis=1
         )
-        indices, images, errors = _decode_each(
-            image_bytes, image_spec, max_pixels, max_aspect_ratio
-        )
-        valid = tf.equal(errors, "")
-        answers = {
-            name: _scatter(value, indices, count, _INVALID[name])
-            for name, value in classify(images).items()
-        }
-        return {**answers, "valid": valid, "error": errors}
+
+    def image_bytes_function(ten_crop):
+        def serve(image_bytes):
+            count = tf.size(image_bytes, out_type=tf.int64)
+            tf.debugging.assert_less_equal(
+                count, tf.constant(contract.MAX_IMAGES_PER_REQUEST, tf.int64),
+                message=f"a request takes at most {contract.MAX_IMAGES_PER_REQUEST} images",
+            )
+            indices, images, errors = _decode_each(
+                image_bytes, image_spec, max_pixels, max_aspect_ratio, ten_crop
+            )
+            probabilities = (ten_crop_probabilities if ten_crop else probabilities_of)(images)
+            answers = {
+                name: _scatter(value, indices, count, _INVALID[name])
+                for name, value in answer(probabilities).items()
+            }
+            return {**answers, "valid": tf.equal(errors, ""), "error": errors}
+
+        return serve
 
     def serve_pixels(pixels):
-        answers = classify(preprocess_ops.preprocess_for_eval(pixels, image_spec))
+        answers = answer(probabilities_of(preprocess_ops.preprocess_for_eval(pixels, image_spec)))
         count = tf.shape(pixels)[0]
         return {**answers, "valid": tf.fill([count], True), "error": tf.fill([count], "")}
 
-    return serve_image_bytes, serve_pixels
+    return {
+        contract.BYTES_SIGNATURE: image_bytes_function(ten_crop=False),
+        contract.PIXELS_SIGNATURE: serve_pixels,
+        contract.TEN_CROP_SIGNATURE: image_bytes_function(ten_crop=True),
+    }
 
 
 def _encode(image):
@@ -181,11 +203,14 @@ def _write_warmup(version_dir, model_name, encoded_images):
     batches = [[image] for image in encoded_images]
     if len(encoded_images) > 1:
         batches.append(list(encoded_images))
+    # The ten-crop signature's first request is warmed up too, on one image.
+    requests = [(contract.BYTES_SIGNATURE, batch) for batch in batches]
+    requests.append((contract.TEN_CROP_SIGNATURE, encoded_images[:1]))
     with tf.io.TFRecordWriter(path) as writer:
-        for batch in batches:
+        for signature, batch in requests:
             request = predict_pb2.PredictRequest()
             request.model_spec.name = model_name
-            request.model_spec.signature_name = contract.BYTES_SIGNATURE
+            request.model_spec.signature_name = signature
             request.inputs[contract.BYTES_INPUT].CopyFrom(
                 tf.make_tensor_proto(batch, dtype=tf.string)
             )
@@ -246,28 +271,26 @@ def export_saved_model(
     else:
         encoded = _generated_images(model.image_spec)
 
-    serve_image_bytes, serve_pixels = _serving_functions(
-        model, class_names, max_pixels, max_aspect_ratio
-    )
+    functions = _serving_functions(model, class_names, max_pixels, max_aspect_ratio)
+    image_bytes_spec = tf.TensorSpec([None], tf.string, name=contract.BYTES_INPUT)
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
         # Added first and under TF Serving's default name: what a client gets
         # when it names no signature.
-        archive.add_endpoint(
-            contract.BYTES_SIGNATURE,
-            serve_image_bytes,
-            input_signature=[tf.TensorSpec([None], tf.string, name=contract.BYTES_INPUT)],
-        )
+        archive.add_endpoint(contract.BYTES_SIGNATURE, functions[contract.BYTES_SIGNATURE],
+                             input_signature=[image_bytes_spec])
         archive.add_endpoint(
             contract.PIXELS_SIGNATURE,
-            serve_pixels,
+            functions[contract.PIXELS_SIGNATURE],
             input_signature=[
                 tf.TensorSpec(
                     [None, *model.image_spec.shape], tf.float32, name=contract.PIXELS_INPUT
                 )
             ],
         )
+        archive.add_endpoint(contract.TEN_CROP_SIGNATURE, functions[contract.TEN_CROP_SIGNATURE],
+                             input_signature=[image_bytes_spec])
         archive.write_out(temp_dir, verbose=False)
         _write_warmup(temp_dir, os.path.basename(export_dir), encoded)
         _write_export_info(temp_dir, model, class_names)

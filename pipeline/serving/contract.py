@@ -1,15 +1,19 @@
 """The serving contract: the signatures' names, inputs and outputs, and loading one.
 
-Every export has two signatures:
+Every export has three signatures:
 
 - `serving_default`: `image_bytes`, string [None], encoded images of any size
   in the formats of `pipeline.data.image_formats`, decoded, resized and
   normalised in the graph by the same `preprocess_ops.preprocess_for_eval`
   that evaluation uses;
 - `serving_pixels`: `pixels`, float32 [None, height, width, channels] in 0-255,
-  for clients that decode images themselves.
+  for clients that decode images themselves;
+- `serving_ten_crop`: `image_bytes` as `serving_default`, each image answered
+  with the paper's ten-crop test (`preprocess_ops.ten_crops`: the softmax of
+  its four corner patches, centre patch and their reflections, averaged), at
+  ten forward passes per image.
 
-Both answer `probabilities` (float32 [None, classes], softmax of the logits),
+All three answer `probabilities` (float32 [None, classes], softmax of the logits),
 `class_id` (int64 [None]), `class_name` (string [None]), `top_k_class_name`
 (string [None, k]) and `top_k_probabilities` (float32 [None, k]), k = min(5,
 classes), `valid` (bool [None]) and `error` (string [None]): an image that
@@ -26,6 +30,7 @@ BYTES_SIGNATURE = "serving_default"
 BYTES_INPUT = "image_bytes"
 PIXELS_SIGNATURE = "serving_pixels"
 PIXELS_INPUT = "pixels"
+TEN_CROP_SIGNATURE = "serving_ten_crop"
 OUTPUTS = (
     "probabilities",
     "class_id",

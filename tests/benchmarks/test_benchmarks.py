@@ -221,11 +221,19 @@ def test_scaling_benchmark_compares_two_workers_with_one():
 def test_serving_benchmark_prints_every_batch_and_the_rest_load():
     output = _run("benchmarks.serving", "--image-size", "67", "--calls", "3", "--clients", "2")
     assert re.search(r"^CPU: .+, \d+ cores; paper AlexNet at 67x67x3", output, re.M), output
-    for batch in (1, 8, 32, 64):
-        line = next(line for line in output.splitlines() if line.split()[:1] == [str(batch)])
-        served, median, p99, bare, ratio = (float(value) for value in line.split()[1:])
-        assert served > 0 and 0 < median <= p99 and bare > 0
-        assert ratio == pytest.approx(served / bare, rel=0.02, abs=0.01)
+    lines = output.splitlines()
+    tables = [index for index, line in enumerate(lines) if line.split()[:1] == ["batch"]]
+    assert len(tables) == 2, output
+    # serving_default against the bare forward pass, then serving_ten_crop
+    # against serving_default.
+    for table, batches in ((tables[0], (1, 8, 32, 64)), (tables[1], (1, 8))):
+        rows = lines[table + 1:table + 1 + len(batches)]
+        assert [int(row.split()[0]) for row in rows] == list(batches), output
+        for row in rows:
+            served, median, p99, reference, ratio = (float(value) for value in row.split()[1:])
+            assert served > 0 and 0 < median <= p99 and reference > 0
+            assert ratio == pytest.approx(served / reference, rel=0.02, abs=0.01)
+    assert "ten-crop img/s" in lines[tables[1]]
     for clients in (1, 2):
         assert re.search(rf"^REST, {clients} client\(s\), 8 images per request: \d+\.\d "
                          r"images/s, median \d+ ms, p99 \d+ ms$", output, re.M), output

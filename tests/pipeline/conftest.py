@@ -82,4 +82,4 @@ def trained_metrics(tmp_path_factory, digits, fitted_weights):
     """evaluate() of the trained Keras model, and the run directory it wrote."""
     run_dir = str(tmp_path_factory.mktemp("run"))
     model = testlib.digits_model(fitted_weights)
-    return evaluation.evaluate(model, digits, run_dir), run_dir
+    return evaluation.evaluate(model, digits, run_dir, ten_crop=True), run_dir

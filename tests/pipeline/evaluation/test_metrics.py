@@ -10,6 +10,7 @@ from sklearn import metrics as sklearn_metrics
 
 import testlib
 from pipeline.cli import main as cli
+from pipeline.data import preprocess_ops
 from pipeline.evaluation import metrics as evaluation
 from pipeline.errors import PipelineError
 
@@ -55,6 +56,13 @@ def test_metrics_on_a_known_case():
         },
     }
     assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert "test_ten_crop_accuracy" not in metrics
+    # The ten-crop probabilities get their own accuracy; the rest is the central crop's.
+    with_ten_crop = evaluation._metrics("test", labels, probabilities, ["a", "b", "c"],
+                                        ten_crop=(labels, np.eye(3)[[0, 0, 1, 1, 2, 2]]))
+    assert with_ten_crop["test_ten_crop_accuracy"] == 1.0
+    assert with_ten_crop["test_accuracy"] == pytest.approx(4 / 6)
+    assert with_ten_crop["confusion_matrix"] == metrics["confusion_matrix"]
     with pytest.raises(
         PipelineError, match="3 class probabilities but the dataset has 4"
     ):
@@ -131,6 +139,27 @@ def test_evaluate_a_keras_model(trained_metrics, digits):
         assert_png(os.path.join(run_dir, name))
 
 
+def test_ten_crop_accuracy_is_the_paper_test_computed_by_hand(trained_metrics, digits,
+                                                              trained_model):
+    metrics, _ = trained_metrics
+    encoded, labels = testlib.encoded_split(digits, "test")
+    spec = trained_model.image_spec
+    averaged = []
+    for image in encoded:
+        patches = preprocess_ops.ten_crops(preprocess_ops.decode_image(image, spec.channels), spec)
+        averaged.append(tf.nn.softmax(trained_model(patches, training=False)).numpy().mean(0))
+    averaged = np.asarray(averaged)
+    assert metrics["test_ten_crop_accuracy"] == pytest.approx(
+        sklearn_metrics.accuracy_score(labels, averaged.argmax(1)))
+    assert metrics["test_ten_crop_top5_accuracy"] == pytest.approx(
+        sklearn_metrics.top_k_accuracy_score(labels, averaged, k=5, labels=range(10)))
+    assert metrics["test_ten_crop_accuracy"] > 0.9
+    # The central crop's figures are still the central crop's.
+    central = testlib.keras_probabilities(trained_model, encoded)
+    assert metrics["test_accuracy"] == pytest.approx(
+        sklearn_metrics.accuracy_score(labels, central.argmax(1)))
+
+
 def test_cli_measures_the_export_through_its_own_signature(
     tmp_path, monkeypatch, trained_metrics, trained_export
 ):
@@ -154,6 +183,11 @@ def test_cli_measures_the_export_through_its_own_signature(
     keras_metrics = trained_metrics[0]
     assert metrics["test_accuracy"] == pytest.approx(keras_metrics["test_accuracy"])
     assert metrics["confusion_matrix"] == keras_metrics["confusion_matrix"]
+    # And the ten-crop test through serving_ten_crop scores what Keras scored.
+    assert metrics["test_ten_crop_accuracy"] == pytest.approx(
+        keras_metrics["test_ten_crop_accuracy"])
+    assert metrics["test_ten_crop_top5_accuracy"] == pytest.approx(
+        keras_metrics["test_ten_crop_top5_accuracy"])
     assert metrics["saved_model"].endswith(os.path.join("alexnet", "1"))
     for name in ("confusion_matrix.png", "misclassified.png"):
         assert_png(tmp_path / "out" / name)
@@ -166,13 +200,14 @@ def test_cli_reuses_the_ingest_dir_it_is_given(
     ingested = digits
     exit_code = cli.main("evaluate", [
         "--saved-model", os.path.dirname(trained_export),
-        "--ingest-dir", ingested.directory, "--output-dir", "out",
+        "--ingest-dir", ingested.directory, "--output-dir", "out", "--no-ten-crop",
     ])
     assert exit_code == 0
     assert not (tmp_path / "data").exists()  # nothing ingested again
     with open(tmp_path / "out" / "evaluation.json") as file:
         metrics = json.load(file)
     assert metrics["test_accuracy"] == pytest.approx(trained_metrics[0]["test_accuracy"])
+    assert "test_ten_crop_accuracy" not in metrics  # --no-ten-crop
 
 
 def test_cli_names_a_missing_export(tmp_path, capsys):

@@ -47,7 +47,7 @@ def test_layout_and_signatures(trained_export, served):
     assert sorted(os.listdir(os.path.dirname(version_dir))) == ["1"]
 
     signatures = served.signatures
-    assert {"serving_default", "serving_pixels"} <= set(signatures)
+    assert {"serving_default", "serving_pixels", "serving_ten_crop"} <= set(signatures)
     default = signatures["serving_default"]
     assert list(default.inputs) == ["image_bytes"]
     assert default.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
@@ -56,7 +56,10 @@ def test_layout_and_signatures(trained_export, served):
     assert list(pixels.inputs) == ["pixels"]
     assert pixels.inputs["pixels"].dtype == tf.float32.as_datatype_enum
     assert [d.size for d in pixels.inputs["pixels"].tensor_shape.dim] == [-1, 67, 67, 1]
-    for signature in (default, pixels):
+    ten_crop = signatures["serving_ten_crop"]
+    assert list(ten_crop.inputs) == ["image_bytes"]
+    assert ten_crop.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
+    for signature in (default, pixels, ten_crop):
         outputs = signature.outputs
         assert set(outputs) == set(contract.OUTPUTS)
         assert outputs["probabilities"].dtype == tf.float32.as_datatype_enum
@@ -116,6 +119,35 @@ def test_serving_pixels_agrees_with_serving_default(digits, served):
         from_pixels["probabilities"], from_bytes["probabilities"], atol=1e-5
     )
     assert from_pixels["class_name"].tolist() == from_bytes["class_name"].tolist()
+
+
+def test_serving_ten_crop_averages_the_softmax_of_the_ten_patches(
+    trained_model, digits, served
+):
+    images = []
+    for index, size, channels, image_format in ((0, (80, 100), 1, "png"),
+                                                (1, (120, 90), 3, "jpeg")):
+        image, _ = testlib.digit_image(digits, index, size, channels)
+        images.append(testlib.encode(image, image_format))
+    outputs = served.run({"image_bytes": [images[0], b"junk", images[1]]},
+                         signature_name="serving_ten_crop")
+
+    spec = trained_model.image_spec
+    expected = []
+    for encoded in images:
+        patches = preprocess_ops.ten_crops(
+            preprocess_ops.decode_image(encoded, spec.channels), spec)
+        assert patches.shape == (10, *spec.shape)
+        expected.append(tf.nn.softmax(trained_model(patches, training=False)).numpy().mean(0))
+    assert outputs["valid"].tolist() == [True, False, True]
+    assert outputs["error"][1].decode() == "not a JPEG, PNG, GIF, BMP or WebP image"
+    np.testing.assert_allclose(outputs["probabilities"][[0, 2]], expected, atol=1e-4)
+    assert np.all(outputs["probabilities"][1] == 0)
+    assert outputs["class_id"].tolist() == [int(np.argmax(expected[0])), -1,
+                                            int(np.argmax(expected[1]))]
+    # Not the central crop's answer: ten patches were averaged.
+    central = served.run({"image_bytes": images})["probabilities"]
+    assert np.abs(central - np.asarray(expected)).max() > 1e-3
 
 
 def _blank_png(height, width):
@@ -247,12 +279,14 @@ def test_warmup_requests_replay_in_the_serving_session(
         prediction_log_pb2.PredictionLog.FromString(record.numpy())
         for record in tf.data.TFRecordDataset(path)
     ]
-    # Three test images were given: each alone, then all three as one batch.
+    # Three test images were given: each alone, then all three as one batch,
+    # then the first through the ten-crop signature.
     assert [
-        len(log.predict_log.request.inputs["image_bytes"].string_val) for log in logs
-    ] == [1, 1, 1, 3]
+        (log.predict_log.request.model_spec.signature_name,
+         len(log.predict_log.request.inputs["image_bytes"].string_val)) for log in logs
+    ] == [("serving_default", 1)] * 3 + [("serving_default", 3), ("serving_ten_crop", 1)]
     given = testlib.encoded_split(digits, "test")[0][:3]
-    assert list(logs[-1].predict_log.request.inputs["image_bytes"].string_val) == given
+    assert list(logs[3].predict_log.request.inputs["image_bytes"].string_val) == given
     for log in logs:
         request = log.predict_log.request
         assert request.model_spec.name == "alexnet"
@@ -275,11 +309,11 @@ def test_generated_warmup_exercises_png_and_jpeg(tmp_path):
             request = prediction_log_pb2.PredictionLog.FromString(
                 record.numpy()
             ).predict_log.request
-            assert request.model_spec.signature_name == "serving_default"
+            assert request.model_spec.signature_name in ("serving_default", "serving_ten_crop")
             inputs = {
                 name: tf.make_ndarray(proto) for name, proto in request.inputs.items()
             }
-            outputs = session.run(inputs)
+            outputs = session.run(inputs, signature_name=request.model_spec.signature_name)
             assert outputs["top_k_class_name"].shape == (len(inputs["image_bytes"]), 3)
             images.extend(inputs["image_bytes"])
     finally:
