@@ -3,6 +3,7 @@ its two-GPU grouping), the d2l variant, and torchvision's ImageNet layout."""
 
 import keras
 
+from alexnet_keras.adaptive_average_pooling import AdaptiveAveragePooling
 from alexnet_keras.image_spec import EVAL_CROP_FRACTION
 from alexnet_keras.image_spec import ImageSpec
 from alexnet_keras.local_response_normalization import LocalResponseNormalization
@@ -274,7 +275,7 @@ class AlexNet(keras.Model):
             if name in _POOLED:
                 x = keras.layers.MaxPooling2D(3, strides=2, name=_POOLED[name])(x)
         if variant == "torchvision":
-            x = keras.layers.AdaptiveAveragePooling2D((6, 6), name="avgpool")(x)
+            x = AdaptiveAveragePooling((6, 6), name="avgpool")(x)
         x = keras.layers.Flatten(name="flatten")(x)
         for name, bias in (("fc6", 1.0), ("fc7", 1.0)):
             dropout = keras.layers.Dropout(dropout_rate, name=f"dropout{name[-1]}")

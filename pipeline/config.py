@@ -198,12 +198,12 @@ class TrainConfig:
         shapes_run=False, default_factory=_timestamped_run_dir,
         help="run directory (runs/<timestamp> when not given); rerun with the same one "
              "to resume")
-    # A warm start: the first weights from a .keras file, a run directory or
-    # an export, and the layers up to `freeze` kept fixed.
+    # A warm start: the first weights from a .keras file, a run directory, an
+    # export or a torchvision .pth, and the layers up to `freeze` kept fixed.
     init_from: str | None = setting(
         shapes_run=True,
-        help="start from the weights of a .keras file, a run directory or an exported "
-             "SavedModel; fc8 is new if the class count differs")
+        help="start from the weights of a .keras file, a run directory, an exported "
+             "SavedModel or torchvision's AlexNet .pth; fc8 is new if the class count differs")
     freeze: str | None = setting(
         shapes_run=True, choices=FREEZABLE_LAYERS,
         help="with --init-from: keep the layers up to this one fixed")

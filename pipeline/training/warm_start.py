@@ -2,10 +2,12 @@
 
     python -m pipeline.run --dataset folder:flowers --init-from runs/digits --freeze conv5
 
-`--init-from` takes a `.keras` file, a run directory (its newest checkpoint) or
+`--init-from` takes a `.keras` file, a run directory (its newest checkpoint),
 a SavedModel this package exported (a version directory, or its base directory
 for the newest version), whose weights are read from its checkpoint without
-loading it (which would run code it holds). Every layer is loaded by name; fc8 is left new when
+loading it (which would run code it holds), or a torchvision AlexNet state
+dict (`.pth`, such as the published ImageNet `alexnet-owt-7be5be79.pth`; read
+as tensors only, for `--variant torchvision`). Every layer is loaded by name; fc8 is left new when
 the class counts differ, which is how a model trained on one dataset is
 fine-tuned on another. `--freeze` keeps the layers up to the one it names
 fixed (BatchNormalization among them then uses its moving statistics).
@@ -21,6 +23,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from alexnet_keras import alexnet
+from alexnet_keras import torchvision_weights
 from pipeline.storage import saved_models
 from pipeline.errors import PipelineError
 
@@ -56,6 +59,18 @@ def _from_saved_model(path):
     # Exports older than alexnet_keras.json do not record the variant: only
     # the shapes are checked then.
     return weights, info["config"].get("variant") if info else None
+
+
+def _from_torch_state_dict(path):
+    try:
+        state = torchvision_weights.read_state_dict(path)
+        torchvision_weights.check_state_dict(state, path)
+    except ValueError as error:
+        raise PipelineError(f"`init_from` {error}") from None
+    weights = {}
+    for layer, (kernel, bias) in torchvision_weights.keras_weights(state).items():
+        weights[f"{layer}/kernel"], weights[f"{layer}/bias"] = kernel, bias
+    return weights, "torchvision"
 
 
 def _from_run_dir(path):
@@ -107,10 +122,12 @@ def source_weights(path):
             raise PipelineError(f"`init_from` {path} does not exist; pass an existing "
                                 ".keras file")
         return _from_keras_file(path)
+    if str(path).endswith((".pth", ".pt")):
+        return _from_torch_state_dict(path)
     if not tf.io.gfile.isdir(path):
         raise PipelineError(
-            f"`init_from` {path} is neither a .keras file nor a directory; pass a .keras "
-            "file, a run directory or a SavedModel"
+            f"`init_from` {path} is neither a .keras file, a .pth state dict nor a "
+            "directory; pass a .keras file, torchvision's .pth, a run directory or a SavedModel"
         )
     if tf.io.gfile.exists(os.path.join(path, "checkpoints")):
         return _from_run_dir(path)
@@ -164,6 +181,10 @@ def freeze(model, up_to):
     """Makes the layers of `model` up to the one named `up_to` (included) not
     trainable; call it before the optimizer is built."""
     names = [layer.name for layer in model.layers]
+    if up_to not in names:
+        raise PipelineError(
+            f"`freeze` {up_to} is not a layer of this {model.variant!r} AlexNet; use one of "
+            f"{', '.join(name for name in alexnet.WEIGHT_LAYERS[:-1] if name in names)}")
     for layer in model.layers[:names.index(up_to) + 1]:
         layer.trainable = False
     log.info("Frozen: the layers up to %s", up_to)

@@ -63,6 +63,22 @@ def test_converted_logits_equal_torchvisions_on_the_same_input(converted):
     assert (np.argsort(-logits, axis=1)[:, :5] == np.argsort(-expected, axis=1)[:, :5]).all()
 
 
+@pytest.mark.parametrize("size", [67, 150])
+def test_the_weights_give_torchvisions_logits_at_smaller_inputs(converted, size):
+    """Below 223 pixels the map before the adaptive pool is under 6x6 (1x1 at
+    67, 3x3 at 150), which PyTorch repeats: fine-tuning ImageNet weights on
+    small images computes what torchvision would."""
+    reference, _, path = converted
+    model = AlexNet(variant="torchvision", num_classes=1000, input_shape=(size, size, 3))
+    state = torchvision_weights.read_state_dict(str(path))
+    for name, values in torchvision_weights.keras_weights(state).items():
+        model.get_layer(name).set_weights(values)
+    images = np.random.default_rng(size).uniform(-2, 2, (2, size, size, 3)).astype("float32")
+    expected = reference(torch.tensor(images).permute(0, 3, 1, 2)).detach().numpy()
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), expected,
+                               atol=TOLERANCE)
+
+
 def test_real_photos_preprocessed_both_ways_agree(converted):
     """scikit-learn's two sample photos (427x640), each framework's own
     preprocessing: the resizes differ (TensorFlow's bilinear has no

@@ -146,7 +146,7 @@ def test_another_architecture_is_one_line_naming_the_first_mismatch(tmp_path, kw
 
 @pytest.mark.parametrize("path, message", [
     ("missing.keras", "does not exist"),
-    ("missing", "neither a .keras file nor a directory"),
+    ("missing", "neither a .keras file, a .pth state dict nor a directory"),
     (".", "without a run's checkpoints"),
 ])
 def test_a_bad_source_is_named(tmp_path, monkeypatch, path, message):
@@ -213,3 +213,91 @@ def test_fine_tuning_on_other_classes_moves_only_the_unfrozen_layers(tmp_path):
     metrics = json.loads((tmp_path / "second" / "metrics.json").read_text())
     assert metrics["warm_start"] == {"source": "first", "loaded": list(FEATURE_LAYERS),
                                      "new": ["fc8"]}
+
+
+@pytest.fixture(scope="module")
+def imagenet_pth(tmp_path_factory):
+    """A torchvision AlexNet with random weights saved as its published
+    ImageNet file is (the same keys and shapes as alexnet-owt-7be5be79.pth),
+    and the state dict itself."""
+    torch = pytest.importorskip("torch")
+    from torch_reference import torchvision_alexnet
+
+    path = tmp_path_factory.mktemp("pth") / "alexnet-owt-random.pth"
+    state = torchvision_alexnet(seed=3).state_dict()
+    torch.save(state, path)
+    return path, {key: value.numpy() for key, value in state.items()}
+
+
+def test_a_torchvision_pth_loads_up_to_fc7_in_keras_layouts(imagenet_pth):
+    path, state = imagenet_pth
+    # Another input size and class count than ImageNet's: the adaptive pool
+    # keeps fc6's input at 6x6x256, so every feature layer fits.
+    target = small_model(4, seed=2, variant="torchvision", input_shape=(67, 67, 3))
+    started = warm_start.load(target, str(path))
+    assert started.loaded == FEATURE_LAYERS and started.new == ("fc8",)
+    np.testing.assert_array_equal(target.get_layer("conv2").kernel.numpy(),
+                                  state["features.3.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(target.get_layer("fc7").kernel.numpy(),
+                                  state["classifier.4.weight"].T)
+    # fc6's rows from PyTorch's (c, h, w) flatten to Keras' (h, w, c) one.
+    fc6 = state["classifier.1.weight"].reshape(4096, 256, 6, 6)
+    np.testing.assert_array_equal(target.get_layer("fc6").kernel.numpy()[(2 * 6 + 5) * 256 + 7],
+                                  fc6[:, 7, 2, 5])
+
+
+def test_a_pth_for_another_variant_or_not_alexnet_is_one_line(imagenet_pth, tmp_path):
+    torch = pytest.importorskip("torch")
+    path, _ = imagenet_pth
+    with pytest.raises(PipelineError) as error:
+        warm_start.load(small_model(4, seed=2, input_shape=(67, 67, 3)), str(path))
+    assert str(error.value) == (
+        f"`init_from` {path} is a 'torchvision' AlexNet and this run trains a 'paper' one; "
+        "use variant='torchvision' or another source")
+    torch.save({"fc.weight": torch.zeros(3, 4)}, tmp_path / "other.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a zip or a pickle")
+    for name, message in (
+        ("other.pth", "is not torchvision's AlexNet: it has no features.0.weight "
+                      "(its first key is 'fc.weight')"),
+        ("junk.pth", "is not a PyTorch state dict"),
+        ("missing.pth", "is not a file; pass torchvision's alexnet-owt-*.pth"),
+    ):
+        target = small_model(4, seed=2, variant="torchvision", input_shape=(67, 67, 3))
+        with pytest.raises(PipelineError) as error:
+            warm_start.load(target, str(tmp_path / name))
+        assert str(error.value).startswith(f"`init_from` {tmp_path / name} ")
+        assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_freeze_names_a_layer_the_model_lacks():
+    with pytest.raises(PipelineError, match=r"`freeze` bn1 is not a layer of this 'paper' "
+                                            r"AlexNet; use one of conv1, conv2, .*, fc7$"):
+        warm_start.freeze(small_model(2, seed=1), "bn1")
+
+
+@pytest.mark.slow
+def test_fine_tuning_imagenet_features_from_the_pth(imagenet_pth, tmp_path):
+    """The issue's command: --init-from the .pth --variant torchvision --freeze
+    conv5 on a folder of photos (here digits as colour PNGs, 67x67)."""
+    path, state = imagenet_pth
+    write_digit_folder(tmp_path / "photos", range(0, 3))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--init-from", str(path),
+         "--variant", "torchvision", "--freeze", "conv5", "--dataset",
+         f"folder:{tmp_path / 'photos'}", "--channels", "3", "--image-size", "67",
+         "--batch-size", "8", "--steps-per-epoch", "2", "--epochs", "1", "--no-ten-crop",
+         "--export-format", "keras", "--export-dir", str(tmp_path / "models"),
+         "--output-dir", "tuned"],
+        capture_output=True, text=True, env=testlib.child_env(), timeout=900, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    tuned = keras.saving.load_model(tmp_path / "tuned" / "model.keras")
+    np.testing.assert_array_equal(tuned.get_layer("conv5").kernel.numpy(),
+                                  state["features.10.weight"].transpose(2, 3, 1, 0))
+    assert not np.array_equal(tuned.get_layer("fc7").kernel.numpy(),
+                              state["classifier.4.weight"].T)
+    assert tuned.get_layer("fc8").kernel.shape == (4096, 3)
+    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    assert metrics["warm_start"] == {"source": str(path), "loaded": list(FEATURE_LAYERS),
+                                     "new": ["fc8"]}
+    assert metrics["export_path"] and "test_ten_crop_accuracy" not in metrics
