@@ -4,6 +4,7 @@ its two-GPU grouping), the d2l variant, and torchvision's ImageNet layout."""
 import keras
 
 from alexnet_keras.adaptive_average_pooling import AdaptiveAveragePooling
+from alexnet_keras.grouped_conv2d import GroupedConv2D
 from alexnet_keras.image_spec import EVAL_CROP_FRACTION
 from alexnet_keras.image_spec import ImageSpec
 from alexnet_keras.local_response_normalization import LocalResponseNormalization
@@ -256,7 +257,7 @@ class AlexNet(keras.Model):
         ):
             if name == "conv1" and defaults["conv1_padding"]:
                 x = keras.layers.ZeroPadding2D(defaults["conv1_padding"], name="pad1")(x)
-            x = keras.layers.Conv2D(
+            x = (GroupedConv2D if groups > 1 else keras.layers.Conv2D)(
                 filters,
                 kernel_size,
                 strides=stride,

@@ -124,22 +124,25 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
 
 def torch_model(variant, input_shape):
     """The variant in PyTorch, as the seed tutorials write it, with the paper's
-    LRN in PyTorch's convention (alpha there is divided by the window size)."""
+    LRN in PyTorch's convention (alpha there is divided by the window size);
+    paper_2gpu's conv2, conv4 and conv5 with `groups=2`."""
     import torch
     from torch import nn
 
     height, width, channels = input_shape
+    paper = variant in ("paper", "paper_2gpu")
+    groups = 2 if variant == "paper_2gpu" else 1
 
     def lrn():
-        return [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if variant == "paper" else []
+        return [nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)] if paper else []
 
     features = nn.Sequential(
-        nn.Conv2d(channels, 96, 11, stride=4, padding=0 if variant == "paper" else 1),
+        nn.Conv2d(channels, 96, 11, stride=4, padding=0 if paper else 1),
         nn.ReLU(), *lrn(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), *lrn(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(96, 256, 5, padding=2, groups=groups), nn.ReLU(), *lrn(), nn.MaxPool2d(3, 2),
         nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(384, 384, 3, padding=1, groups=groups), nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1, groups=groups), nn.ReLU(), nn.MaxPool2d(3, 2),
         nn.Flatten(),
     )
     flat = features(torch.zeros(1, channels, height, width)).shape[1]
@@ -246,6 +249,9 @@ def main(argv=None):
     parser.add_argument("--precision", choices=("float32", "bfloat16"), action="append",
                         default=None,
                         help="only these precisions (default: every one the CPU runs natively)")
+    parser.add_argument("--variant", choices=common.VARIANTS, action="append", default=None,
+                        help="only these variants (default: all; the paper variant is always "
+                             "measured, the reference of the others)")
     args = parser.parse_args(argv)
     if args.images is None:
         args.images = common.images_for(args.warmup_steps, args.steps, args.batch_size)
@@ -265,8 +271,10 @@ def main(argv=None):
     run_precisions = args.precision or precisions()
     peaks = {precision: matmul_peak(precision) for precision in run_precisions}
     log.info("matmul peaks: %s", ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
-    input_shapes = common.input_shapes()
+    input_shapes = {variant: shape for variant, shape in common.input_shapes().items()
+                    if variant in {"paper", *(args.variant or common.VARIANTS)}}
     rows = []
+    keras_speeds = {}
     paper_reference = None
     with tempfile.TemporaryDirectory() as directory:
         ingested = common.ingest_jpegs(directory, args.images)
@@ -286,6 +294,7 @@ def main(argv=None):
                         variant, input_shape, ingested, args, jit_compile, mirrored, precision
                     )
                     xla = "on" if jit_compile else "off"
+                    keras_speeds[variant, precision, jit_compile] = speed
                     rows.append((f"{variant} {input_shape} Keras, XLA {xla}", precision,
                                  speed, gflop, best))
                 rows.append((f"{variant} {input_shape} Keras step, ready tensors", precision,
@@ -319,6 +328,10 @@ def main(argv=None):
         ratio = f"{speed / best:16.2f}x" if best else f"{'-':>17}"
         print(f"{name:<48}{precision:>10}{speed:10.1f}{speed * gflop:9.1f}"
               f"{speed * gflop / peaks[precision]:9.0%}{ratio}")
+    for (variant, precision, jit_compile), speed in keras_speeds.items():
+        if variant == "paper_2gpu":
+            print(f"paper_2gpu against paper, {precision}, XLA {'on' if jit_compile else 'off'}: "
+                  f"{speed / keras_speeds['paper', precision, jit_compile]:.2f}x the images/s")
     print(f"\nInference, batch {args.batch_size}, float32: "
           + ", ".join(f"{variant} {speed:.1f} images/s" for variant, speed in inference.items()))
     print("SavedModel serving_default on JPEG bytes (paper, 227x227): "

@@ -164,6 +164,8 @@ def test_training_benchmark_prints_every_row():
         ("d2l (224, 224, 1) Keras, XLA off", "float32"),
         ("d2l (224, 224, 1) Keras step, ready tensors", "bfloat16"),
         ("d2l (224, 224, 1) PyTorch 2.13 eager", "bfloat16"),
+        ("paper_2gpu (227, 227, 3) Keras, XLA off", "bfloat16"),
+        ("paper_2gpu (227, 227, 3) PyTorch 2.13 eager", "float32"),
         ("paper (227, 227, 3) Keras, --cpu-replicas 2", "float32"),
     ):
         line = next(line for line in output.splitlines()
@@ -172,8 +174,11 @@ def test_training_benchmark_prints_every_row():
         assert images_per_second > 0 and gflops > 0
         # Every row has its ratio to the best PyTorch reference of its precision.
         assert re.search(r"\d+\.\d\dx$", line)
-    assert re.search(r"Inference, batch 2, float32: paper \d+\.\d images/s, d2l \d+\.\d images/s",
-                     output)
+    for precision in ("float32", "bfloat16"):
+        assert re.search(rf"^paper_2gpu against paper, {precision}, XLA off: \d+\.\d\dx the "
+                         "images/s$", output, re.M), output
+    assert re.search(r"Inference, batch 2, float32: paper \d+\.\d images/s, paper_2gpu "
+                     r"\d+\.\d images/s, d2l \d+\.\d images/s", output)
     assert re.search(r"batch 1: \d+ ms, batch 2: \d+ ms", output)
 
 

@@ -1,6 +1,9 @@
 """The LiteRT and ONNX exports, each run by its own runtime on real test images."""
 
+import contextlib
+import io
 import os
+import re
 import sys
 
 import keras
@@ -110,3 +113,42 @@ def test_a_missing_converter_stops_the_run_before_training(
     assert not (tmp_path / "run").exists()
     # LiteRT's converter is TensorFlow's own: nothing more to install.
     runtimes.check_installed(("saved_model", "keras", "litert"))
+
+
+def _op_names(export_format, path):
+    """The operators the file's graph holds."""
+    if export_format == "litert":
+        from tensorflow.lite.python import analyzer
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            analyzer.ModelAnalyzer.analyze(model_path=path)
+        return set(re.findall(r"Op#\d+ (\w+)\(", printed.getvalue()))
+    import onnx
+
+    return {node.op_type for node in onnx.load(path).graph.node}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+@pytest.mark.parametrize("variant, input_shape", [("paper_2gpu", (67, 67, 3)),
+                                                  ("torchvision", (67, 67, 3))])
+def test_grouped_convolutions_and_the_adaptive_pool_convert_to_builtin_ops(
+        tmp_path, export_format, variant, input_shape):
+    """paper_2gpu's two-group conv2, conv4 and conv5, and torchvision's 6x6
+    pool of a 1x1 map, run in each runtime with its own operators only."""
+    keras.utils.set_random_seed(4)
+    model = AlexNet(variant=variant, num_classes=5, input_shape=input_shape)
+    initializer = keras.initializers.GlorotUniform(seed=4)
+    for layer in model.layers:
+        if hasattr(layer, "kernel"):
+            layer.kernel.assign(initializer(layer.kernel.shape))
+    path = runtimes.export_file(model, export_format,
+                                tmp_path / runtimes.FILE_NAMES[export_format])
+    images = np.random.default_rng(0).uniform(-2, 2, (3, *input_shape)).astype("float32")
+    expected = model(images, training=False).numpy()
+    logits = testlib.RUNTIMES[export_format](path, images)
+    np.testing.assert_allclose(logits, expected, atol=1e-3 * np.abs(expected).max())
+    operators = _op_names(export_format, path)
+    assert operators, path
+    assert not {name for name in operators if "Flex" in name or "CUSTOM" in name}, operators
