@@ -20,6 +20,12 @@ class ConfigError(PipelineError, ValueError):
     """A setting a user gave is invalid."""
 
 
+class TrainingDiverged(PipelineError):
+    """The training loss became NaN or infinite: the weights are lost from
+    that step on, so the run stops there, before anything is evaluated or
+    exported, with its last good checkpoint kept."""
+
+
 def first_line(error):
     """The line of an error, or of an error message, that says what went wrong.
 

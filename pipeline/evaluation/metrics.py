@@ -124,6 +124,13 @@ def _metrics(split, labels, probabilities, class_names, ten_crop=None):
             f"dataset has {len(class_names)} classes; evaluate it on the dataset it "
             "was trained for"
         )
+    not_finite = int(np.sum(~np.isfinite(probabilities).all(axis=1)))
+    if not_finite:
+        raise PipelineError(
+            f"the model's class probabilities are NaN or infinite on {not_finite} of the "
+            f"{len(labels)} {split} images: its weights are not finite (a diverged "
+            "training); train it again with a lower `learning_rate`"
+        )
     predictions = probabilities.argmax(axis=1)
     precision, recall, _, support = sklearn_metrics.precision_recall_fscore_support(
         labels, predictions, labels=classes, zero_division=0

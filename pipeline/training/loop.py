@@ -21,6 +21,7 @@ import tensorflow as tf
 from pipeline import plots
 from pipeline.data import input_pipeline
 from pipeline.errors import PipelineError
+from pipeline.errors import TrainingDiverged
 from pipeline.storage import atomic
 from pipeline.training import history
 from pipeline.training import models
@@ -71,6 +72,14 @@ class _Plateau:
 _SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
 
 
+def _diverged(where, learning_rate):
+    return TrainingDiverged(
+        f"training diverged {where} at learning rate {learning_rate:g}; nothing was "
+        "evaluated or exported, and the checkpoints keep the last epoch that ended finite; "
+        "lower `learning_rate` and start a new `output_dir`"
+    )
+
+
 def fit(model, optimizer, strategy, train_config, data_config, ingested,
         initial_epoch=0, callbacks=()):
     """Trains `model` from `initial_epoch` to `train_config.epochs`; the epoch loop.
@@ -80,6 +89,10 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     `val_loss`, `val_accuracy`, `learning_rate` and `images_per_second`), so
     run-level bookkeeping and keras-tuner's callbacks plug in alike. Returns
     the logs of the epochs it ran.
+
+    Raises `TrainingDiverged` at the first step whose loss is NaN or infinite,
+    or after validation if its loss is, before that epoch's callbacks (and so
+    its checkpoint) run.
     """
     global_batch_size = train_config.batch_size
     steps = input_pipeline.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
@@ -121,6 +134,11 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         warmed_up = time.perf_counter()
         for step in range(steps):
             batch_loss, batch_correct, batch_count = train_step(train_iterator)
+            if not math.isfinite(float(batch_loss)):
+                # As Keras' TerminateOnNaN: the weights are lost from here on.
+                # Every replica sees the same reduced loss, so all stop here.
+                raise _diverged(f"at epoch {epoch + 1}, step {step + 1}: the loss is "
+                                f"{float(batch_loss)}", learning_rate)
             loss_sum += float(batch_loss)
             correct += float(batch_correct)
             count += float(batch_count)
@@ -134,6 +152,10 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         elapsed = time.perf_counter() - warmed_up
         timed_images = count * (steps - 1) / steps if steps > 1 else count
         validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
+        if not math.isfinite(validation_metrics["loss"]):
+            # The epoch's last updates broke the weights: not checkpointed.
+            raise _diverged(f"in epoch {epoch + 1}: the validation loss is "
+                            f"{validation_metrics['loss']}", learning_rate)
         logs = {
             "loss": loss_sum / count,
             "accuracy": correct / count,

@@ -29,6 +29,7 @@ from pipeline import plots
 from pipeline.data import input_pipeline
 from pipeline.errors import ConfigError
 from pipeline.errors import PipelineError
+from pipeline.errors import TrainingDiverged
 from pipeline.errors import first_line
 from pipeline.storage import atomic
 from pipeline.training import loop
@@ -183,10 +184,16 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
         config = self._trial_config(hp)
         # keras-tuner passes the same epochs that _trial_config read.
         train_config = dataclasses.replace(config.train, epochs=epochs)
-        logs = loop.fit(
-            model, model.optimizer, self.strategy, train_config, config.data,
-            self.ingested, initial_epoch, callbacks,
-        )
+        try:
+            logs = loop.fit(
+                model, model.optimizer, self.strategy, train_config, config.data,
+                self.ingested, initial_epoch, callbacks,
+            )
+        except TrainingDiverged as error:
+            # A rate that diverges is a finding of the search, not a failure
+            # of it: the trial scores nothing, and the search goes on.
+            log.warning("This trial's %s", error)
+            return {OBJECTIVE: 0.0}
         return {OBJECTIVE: max(epoch[OBJECTIVE] for epoch in logs)}
 
 

@@ -314,3 +314,20 @@ def test_trials_train_under_a_two_replica_mirrored_strategy(tmp_path, digits_dir
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert set(trial_states(tmp_path / "search").values()) == {"COMPLETED"}
     assert json.loads((run_dir / "best_hparams.json").read_text())["trials"] == 1
+
+
+def test_a_diverging_trial_scores_nothing_and_the_search_goes_on(digits_dir):
+    ingested = ingested_dataset.IngestedDataset.load(digits_dir)
+    config = RunConfig(
+        model=ModelConfig(image_size=(67, 67), channels=1),
+        train=TrainConfig(epochs=1, steps_per_epoch=3, batch_size=16, seed=0),
+    )
+    space = {"batch_size": [16], "optimizer": ["sgd"], "learning_rate": [1e4]}
+    strategy = tf.distribute.get_strategy()
+    hypermodel = tuner.AlexNetHyperModel(config, space, strategy, ingested)
+    hp = keras_tuner.HyperParameters()
+    model = hypermodel.build(hp)
+    # SGD at 1e4 diverges in its first epoch (test_divergence.py): the trial's
+    # score is 0 rather than an error that would count towards keras-tuner's
+    # limit of consecutive failed trials.
+    assert hypermodel.fit(hp, model, epochs=1) == {tuner.OBJECTIVE: 0.0}
