@@ -322,11 +322,11 @@ def main(argv=None):
           f"flags: {' '.join(cpu_flags()) or 'unknown'}")
     print("matmul peak " + ", ".join(f"{precision} {gflops:.0f} GFLOP/s"
                                      for precision, gflops in peaks.items()))
-    print(f"{'model':<48}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
+    print(f"{'model':<54}{'precision':>10}{'images/s':>10}{'GFLOP/s':>9}{'of peak':>9}"
           f"{'vs best PyTorch':>17}")
     for name, precision, speed, gflop, best in rows:
         ratio = f"{speed / best:16.2f}x" if best else f"{'-':>17}"
-        print(f"{name:<48}{precision:>10}{speed:10.1f}{speed * gflop:9.1f}"
+        print(f"{name:<54}{precision:>10}{speed:10.1f}{speed * gflop:9.1f}"
               f"{speed * gflop / peaks[precision]:9.0%}{ratio}")
     for (variant, precision, jit_compile), speed in keras_speeds.items():
         if variant == "paper_2gpu":

@@ -32,7 +32,7 @@ TUNERS = ("random", "hyperband", "bayesian")
 # `freeze` may hold any layer up to fc7: fc8, the classifier, always trains.
 FREEZABLE_LAYERS = alexnet.WEIGHT_LAYERS[:-1]
 # A config file larger than this is not a config.
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = json_values.MAX_BYTES
 
 
 def setting(default=None, *, shapes_run, tunable=False, logged=False, ingest=False,

@@ -6,10 +6,52 @@ would, so a config file is held to the same rules as the command line.
 """
 
 import json
+import os
 import types
 import typing
 
+import tensorflow as tf
+
 from pipeline.errors import ConfigError
+from pipeline.errors import first_line
+from pipeline.storage import atomic
+
+# A settings file larger than this is not one.
+MAX_BYTES = 1 << 20
+
+
+def read_text(path, what, fix):
+    """The text of a small settings file (`what` names its flag), through
+    TensorFlow's file systems (a run directory may be on gs:// or hdfs://);
+    anything that is not a readable regular file of at most `MAX_BYTES` of
+    UTF-8 is one `ConfigError` ending in `fix`."""
+    if atomic.is_local(path) and os.path.exists(path) and not os.path.isfile(path):
+        raise ConfigError(f"`{what}` {path} is not a regular file; {fix}")
+    try:
+        if tf.io.gfile.stat(path).length > MAX_BYTES:
+            raise ConfigError(f"`{what}` {path} is over {MAX_BYTES:,} bytes; {fix}")
+        with tf.io.gfile.GFile(path, "rb") as file:
+            return file.read().decode("utf-8")
+    except tf.errors.OpError as error:
+        raise ConfigError(f"cannot read `{what}` {path} ({first_line(error)}); {fix}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"`{what}` {path} is not UTF-8 text; {fix}") from None
+
+
+def parse_object(text, source, fix):
+    """The JSON object `text` holds; `ConfigError` naming `source` for text that
+    is not JSON, is nested beyond any real settings file, or is not an object."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(f"{source} is over {MAX_BYTES:,} bytes; {fix}")
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as error:
+        reason = "nested too deeply" if isinstance(error, RecursionError) else error
+        raise ConfigError(f"{source} is not JSON ({reason}); {fix}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source} must hold a JSON object. Received: "
+                          f"{json.dumps(value)[:80]}; {fix}")
+    return value
 
 
 def checked(value, annotation, where):

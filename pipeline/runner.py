@@ -15,6 +15,7 @@ import time
 
 import tensorflow as tf
 
+from pipeline.config import DataConfig
 from pipeline.data import file_sources
 from pipeline.data import ingest
 from pipeline.errors import PipelineError
@@ -100,7 +101,7 @@ def _run(config, run_dir):
 
     # Pusher: a new version directory for TF Serving, from the chief only.
     pushed = pusher.push(model, ingested, config.export, run_dir, chief,
-                         blessing.blessed)
+                         blessing.blessed, config.data.max_pixels)
 
     metrics.update(dataclasses.asdict(blessing), **dataclasses.asdict(pushed),
                    **trained.summary(), wall_time_seconds=time.perf_counter() - start)
@@ -142,10 +143,11 @@ def evaluate_export(saved_model, data_config, split, output_dir, ten_crop=True):
     return metrics
 
 
-def export_model_file(path, export_dir, class_names=None):
+def export_model_file(path, export_dir, class_names=None, max_pixels=DataConfig.max_pixels):
     """A `.keras` AlexNet (trained here, or converted from torchvision's
     ImageNet weights) as the next TF Serving version in `export_dir`, with its
-    own class names or `class_names` (a file or a comma-separated list)."""
+    own class names or `class_names` (a file or a comma-separated list),
+    refusing images over `max_pixels`."""
     model = models.load_model_file(path, "model")
     if class_names:
         names = file_sources.read_class_names(class_names)
@@ -153,4 +155,4 @@ def export_model_file(path, export_dir, class_names=None):
         names = list(model.class_names)
     else:
         raise PipelineError(f"{path} carries no class names; give `class_names`")
-    return builder.export_saved_model(model, names, export_dir)
+    return builder.export_saved_model(model, names, export_dir, max_pixels=max_pixels)

@@ -20,10 +20,9 @@ import os
 import re
 import sys
 
-import tensorflow as tf
-
 from pipeline import config as config_lib
 from pipeline import errors
+from pipeline import json_values
 from pipeline import runner
 from pipeline.cli import parsers
 from pipeline.data import ingest
@@ -32,24 +31,10 @@ from pipeline.storage import atomic
 
 
 def read_config_file(path, what="config"):
-    """The text of a small settings file, through TensorFlow's file systems (a
-    run directory may be on gs:// or hdfs://); anything that is not a readable
-    regular file of at most `MAX_CONFIG_BYTES` of UTF-8 is one `ConfigError`."""
-    fix = "pass a run's config.json or a recipe"
-    if atomic.is_local(path) and os.path.exists(path) and not os.path.isfile(path):
-        raise config_lib.ConfigError(f"`{what}` {path} is not a regular file; {fix}")
-    try:
-        if tf.io.gfile.stat(path).length > config_lib.MAX_CONFIG_BYTES:
-            raise config_lib.ConfigError(
-                f"`{what}` {path} is over {config_lib.MAX_CONFIG_BYTES:,} bytes; {fix}")
-        with tf.io.gfile.GFile(path, "rb") as file:
-            return file.read().decode("utf-8")
-    except tf.errors.OpError as error:
-        raise config_lib.ConfigError(
-            f"cannot read `{what}` {path} ({errors.first_line(error)}); {fix}"
-        ) from None
-    except UnicodeDecodeError:
-        raise config_lib.ConfigError(f"`{what}` {path} is not UTF-8 text; {fix}") from None
+    """The text of a `--config` file (`json_values.read_text`): anything that is
+    not a readable regular file of at most `MAX_CONFIG_BYTES` of UTF-8 is one
+    `ConfigError`."""
+    return json_values.read_text(path, what, "pass a run's config.json or a recipe")
 
 
 def _parse_run_args(parser, argv):
@@ -140,7 +125,8 @@ def _evaluate(args):
 
 
 def _export(args):
-    version_dir = runner.export_model_file(args.model, args.export_dir, args.class_names)
+    version_dir = runner.export_model_file(args.model, args.export_dir, args.class_names,
+                                           args.max_pixels)
     print(f"Exported for TF Serving: {version_dir}")
 
 

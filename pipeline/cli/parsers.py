@@ -145,6 +145,10 @@ def export_parser():
     parser.add_argument("--class-names", default=None,
                         help="a comma-separated list, or a file with one name per line "
                              "(default: the names the model carries)")
+    parser.add_argument("--max-pixels", type=int, default=config_lib.DataConfig.max_pixels,
+                        help="answer images with more pixels than this as invalid, read "
+                             "from their headers (give the --max-pixels the model was "
+                             "trained under)")
     return parser
 
 

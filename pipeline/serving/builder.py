@@ -220,11 +220,13 @@ def _write_warmup(version_dir, model_name, encoded_images):
             writer.write(log.SerializeToString())
 
 
-def _write_export_info(version_dir, model, class_names):
+def _write_export_info(version_dir, model, class_names, max_pixels, max_aspect_ratio):
     path = os.path.join(version_dir, saved_models.EXPORT_INFO_FILE)
     tf.io.gfile.makedirs(os.path.dirname(path))
     with tf.io.gfile.GFile(path, "w") as file:
-        json.dump({"config": model.get_config(), "class_names": list(class_names)}, file)
+        json.dump({"config": model.get_config(), "class_names": list(class_names),
+                   "image_limits": {"max_pixels": max_pixels,
+                                    "max_aspect_ratio": max_aspect_ratio}}, file)
 
 
 def export_saved_model(
@@ -246,8 +248,13 @@ def export_saved_model(
         max_pixels, max_aspect_ratio: images with more pixels, or a long side
             more than this many times the short one, are answered as invalid
             (read from the header, never decoded); by default the limits of
-            ingest.
+            ingest. `pipeline.run` passes its own run's (`max_pixels`), so the
+            export refuses exactly what the run's ingest refused; both are
+            recorded in `assets.extra/alexnet_keras.json` (`image_limits`).
     """
+    if not (isinstance(max_pixels, int) and max_pixels >= 1):
+        raise PipelineError(f"`max_pixels` must be a positive integer. "
+                            f"Received: max_pixels={max_pixels!r}")
     model = precision.float32_copy(model)
     num_logits = model.outputs[0].shape[-1] if model.outputs else None
     if num_logits is not None and num_logits != len(class_names):
@@ -293,7 +300,7 @@ def export_saved_model(
                              input_signature=[image_bytes_spec])
         archive.write_out(temp_dir, verbose=False)
         _write_warmup(temp_dir, os.path.basename(export_dir), encoded)
-        _write_export_info(temp_dir, model, class_names)
+        _write_export_info(temp_dir, model, class_names, max_pixels, max_aspect_ratio)
         # One rename, so TF Serving never sees a half-written version (on an
         # object store, saved_model.pb is copied last); an existing version
         # (another export won the race) is never replaced.

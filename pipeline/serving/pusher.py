@@ -31,17 +31,18 @@ class Pushed:
     onnx_path: str | None = None
 
 
-def push(model, ingested, export_config, run_dir, chief, blessed):
+def push(model, ingested, export_config, run_dir, chief, blessed, max_pixels):
     """The pusher: a new TF Serving version if the model is `blessed`, and the
     `.keras`, LiteRT and ONNX files `export_formats` asks for, from the chief
-    only."""
+    only. The version refuses the images the run's ingest refused: over
+    `max_pixels` (the run's setting) or of an extreme aspect ratio."""
     export_path = keras_path = None
     if chief and blessed:
         # TF Serving replays a few real test images before it serves the version.
         warmup_images, _ = next(ingested.encoded_batches("test", batch_size=3))
         export_path = builder.export_saved_model(
             model, ingested.class_names, export_config.export_dir,
-            warmup_images=list(warmup_images),
+            warmup_images=list(warmup_images), max_pixels=max_pixels,
         )
     if chief and "keras" in export_config.export_formats:
         keras_path = export_keras(model, os.path.join(run_dir, "model.keras"))

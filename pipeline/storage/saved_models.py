@@ -26,7 +26,8 @@ from pipeline.errors import first_line
 from pipeline.storage import atomic
 
 # What the export writes beside the graph to rebuild its model without running
-# it: {"config": the AlexNet's Keras config, "class_names": [...]}.
+# it: {"config": the AlexNet's Keras config, "class_names": [...],
+# "image_limits": {"max_pixels", "max_aspect_ratio"}} (older exports: no limits).
 EXPORT_INFO_FILE = os.path.join("assets.extra", "alexnet_keras.json")
 # An export's graph is about 0.3 MB and its info a few kB (ImageNet's 1000
 # class names, 30 kB); an index lists a few hundred tensors.

@@ -25,6 +25,7 @@ import keras_tuner
 import tensorflow as tf
 
 from pipeline import config as config_lib
+from pipeline import json_values
 from pipeline import plots
 from pipeline.data import input_pipeline
 from pipeline.errors import ConfigError
@@ -55,23 +56,75 @@ DEFAULT_SPACE = {
 }
 
 
+_SPACE_FIX = ("a tune_space file maps hyperparameters to a list of choices or to "
+              '{"min", "max", "sampling", "step"}')
+_SAMPLINGS = ("linear", "log", "reverse_log")
+
+
+def _tunable_types():
+    """{tunable setting: its annotation}: what a value of each must be."""
+    return {field.name: field.type
+            for section in config_lib.SECTIONS.values()
+            for field in dataclasses.fields(section) if field.metadata["tunable"]}
+
+
+def _in_range(name, value, where):
+    """`value`, if its setting accepts it (the check its flag gets)."""
+    section = next(section for section, names in config_lib.tunable_settings().items()
+                   if name in names)
+    try:
+        config_lib.SECTIONS[section](**{name: value})
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return value
+
+
+def _checked_entry(name, spec, source):
+    """One search-space entry, each value checked as the setting's flag is."""
+    kind = _tunable_types()[name]
+    where = f"{source}: `{name}`"
+    if isinstance(spec, list):
+        if not spec:
+            raise ConfigError(f"{where} lists no choices; {_SPACE_FIX}")
+        return [_in_range(name, json_values.checked(value, kind, f"{where}'s choice"), source)
+                for value in spec]
+    if isinstance(spec, dict) and {"min", "max"} <= set(spec):
+        unknown = sorted(set(spec) - {"min", "max", "sampling", "step"})
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {unknown}; {_SPACE_FIX}")
+        number = int if kind is int else float
+        low, high = (_in_range(name, json_values.checked(spec[key], number, f"{where}'s {key}"),
+                               source) for key in ("min", "max"))
+        if spec.get("sampling", "linear") not in _SAMPLINGS:
+            raise ConfigError(f"{where}'s sampling must be one of {', '.join(_SAMPLINGS)}. "
+                              f"Received: {json.dumps(spec['sampling'])[:80]}")
+        step = spec.get("step")
+        if step is not None and not json_values.checked(step, number, f"{where}'s step") > 0:
+            raise ConfigError(f"{where}'s step must be positive. Received: {step}")
+        if not low < high or (spec.get("sampling") in ("log", "reverse_log") and low <= 0):
+            raise ConfigError(f"{where} must have 0 < min < max for log sampling, and "
+                              f"min < max always. Received: min={low}, max={high}")
+        return {**spec, "min": low, "max": high}
+    raise ConfigError(f"{where} must be a list of choices or a {{\"min\", \"max\"}} range. "
+                      f"Received: {json.dumps(spec)[:80]}")
+
+
 def load_space(path=None):
-    """The search space: the defaults, with entries replaced from a JSON file."""
+    """The search space: the defaults, with entries replaced from a JSON file,
+    each checked (type, range, shape): `ConfigError` naming the file and the entry."""
     space = dict(DEFAULT_SPACE)
     if path is None:
         return space
-    try:
-        with tf.io.gfile.GFile(path) as file:
-            overrides = json.load(file)
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        raise ConfigError(f"cannot read tune_space={path}: {error}") from None
+    source = f"tune_space={path}"
+    overrides = json_values.parse_object(
+        json_values.read_text(path, "tune_space", _SPACE_FIX), source, _SPACE_FIX)
     unknown = set(overrides) - set(DEFAULT_SPACE)
     if unknown:
         raise ConfigError(
-            f"tune_space={path} names unknown hyperparameters {sorted(unknown)}; "
+            f"{source} names unknown hyperparameters {sorted(unknown)}; "
             f"known: {', '.join(DEFAULT_SPACE)}"
         )
-    space.update(overrides)
+    space.update({name: _checked_entry(name, spec, source) for name, spec in overrides.items()})
     return space
 
 
@@ -123,15 +176,20 @@ def apply_hparams(config, hparams):
 
 
 def load_hparams(path):
-    """The hyperparameters of a `best_hparams.json`."""
-    try:
-        with tf.io.gfile.GFile(path) as file:
-            return json.load(file)["hyperparameters"]
-    except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError) as error:
-        raise ConfigError(
-            f"cannot read hparams={path} ({error}); pass a best_hparams.json "
-            "written by `tuner`"
-        ) from None
+    """The hyperparameters of a `best_hparams.json`, each checked as its flag is."""
+    fix = "pass a best_hparams.json written by `tuner`"
+    source = f"hparams={path}"
+    recorded = json_values.parse_object(json_values.read_text(path, "hparams", fix), source, fix)
+    hparams = recorded.get("hyperparameters")
+    if not isinstance(hparams, dict):
+        raise ConfigError(f"{source} has no \"hyperparameters\" object; {fix}")
+    kinds = _tunable_types()
+    unknown = sorted(set(hparams) - set(kinds))
+    if unknown:
+        raise ConfigError(f"{source}: unknown hyperparameters {unknown}; "
+                          f"known: {', '.join(kinds)}")
+    return {name: json_values.checked(value, kinds[name], f"{source}: `{name}`")
+            for name, value in hparams.items()}
 
 
 class AlexNetHyperModel(keras_tuner.HyperModel):
@@ -235,7 +293,14 @@ def tuned_config(config, strategy, ingested, run_dir):
     `tuner` is set, or as it is; None on a keras-tuner worker, whose part ends
     with the search."""
     if config.tune.hparams:
-        return apply_hparams(config, load_hparams(config.tune.hparams))
+        try:
+            return apply_hparams(config, load_hparams(config.tune.hparams))
+        except ConfigError as error:
+            # A value of the right type but out of range, as the setting checks it.
+            message = str(error)
+            if message.startswith(f"hparams={config.tune.hparams}"):
+                raise
+            raise ConfigError(f"hparams={config.tune.hparams}: {message}") from None
     if not config.tune.tuner:
         return config
     best = tune(config, strategy, ingested, run_dir)

@@ -379,3 +379,29 @@ def test_bfloat16_trains_to_the_accuracy_of_float32(tmp_path, digits_dir):
     mean = {precision: np.mean(values) for precision, values in accuracies.items()}
     assert mean["float32"] > 0.85, accuracies
     assert mean["bfloat16"] >= mean["float32"] - 0.03, accuracies
+
+
+@pytest.mark.slow
+def test_the_export_refuses_what_the_runs_ingest_refused(tmp_path, digits):
+    """A run ingested under --max-pixels 5000 exports a version that answers a
+    100x100 image (between 5,000 and the default 50,000,000) as invalid, and
+    says so in its alexnet_keras.json."""
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--max-pixels", "5000", "--epochs", "1",
+         "--no-ten-crop", "--output-dir", str(run_dir), "--export-dir", "models", *TINY],
+        capture_output=True, text=True, env=testlib.child_env(), timeout=900, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    version_dir = tmp_path / "models" / "1"
+    with open(version_dir / "assets.extra" / "alexnet_keras.json") as file:
+        assert json.load(file)["image_limits"] == {"max_pixels": 5000, "max_aspect_ratio": 20}
+    small, _ = testlib.digit_image(digits, 0, (60, 60), 1)
+    large, _ = testlib.digit_image(digits, 0, (100, 100), 1)
+    session = testlib.ServingSession(str(version_dir))
+    try:
+        outputs = session.run({"image_bytes": [testlib.encode(small, "png"),
+                                               testlib.encode(large, "png")]})
+    finally:
+        session.close()
+    assert outputs["valid"].tolist() == [True, False]
+    assert outputs["error"][1].decode() == "over 5,000 pixels"

@@ -39,7 +39,8 @@ def test_an_export_holds_the_keras_models_weights_by_name(trained_export, fitted
     others = set(weights) - {weight.path for weight in model.weights}
     assert len(others) == 2 and all(name.endswith("/seed_generator_state") for name in others)
     assert saved_models.read_export_info(trained_export) == {
-        "config": model.get_config(), "class_names": list(digits.class_names)}
+        "config": model.get_config(), "class_names": list(digits.class_names),
+        "image_limits": {"max_pixels": 50_000_000, "max_aspect_ratio": 20}}
 
 
 def test_an_export_on_another_file_system_is_read_too(tmp_path):

@@ -161,12 +161,68 @@ def test_bad_tuning_input_is_a_clear_error(tmp_path):
     (tmp_path / "space.json").write_text(json.dumps({"momentum": [0.9]}))
     with pytest.raises(ConfigError, match="unknown hyperparameters \\['momentum'\\]"):
         tuner.load_space(str(tmp_path / "space.json"))
-    with pytest.raises(ConfigError, match="cannot read hparams="):
+    with pytest.raises(ConfigError, match="cannot read `hparams` .*missing.json"):
         tuner.load_hparams(str(tmp_path / "missing.json"))
     with pytest.raises(ConfigError, match="unknown hyperparameters"):
         tuner.apply_hparams(RunConfig(), {"epochs": 3})
     config = tuner.apply_hparams(RunConfig(), {"learning_rate": 0.01, "normalization": "none"})
     assert config.train.learning_rate == 0.01 and config.model.normalization == "none"
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"batch_size": ["64"]}, "`batch_size`'s choice must be an integer. Received: \"64\""),
+    ({"batch_size": {"min": 16, "max": 32.5}}, "`batch_size`'s max must be an integer"),
+    ({"learning_rate": [True]}, "`learning_rate`'s choice must be a number. Received: true"),
+    ({"learning_rate": [-1.0]}, "`learning_rate` must be positive"),
+    ({"dropout_rate": {"min": 0.3, "max": 1.5}}, "`dropout_rate` must be in [0, 1)"),
+    ({"optimizer": None}, "`optimizer` must be a list of choices or a"),
+    ({"optimizer": []}, "`optimizer` lists no choices"),
+    ({"optimizer": ["lamb"]}, "`optimizer` must be one of sgd, adam"),
+    ({"learning_rate": {"min": 1e-4, "max": 1e-2, "sampling": "cubic"}},
+     "sampling must be one of linear, log, reverse_log"),
+    ([1, 2], "must hold a JSON object. Received: [1, 2]"),
+])
+def test_a_tune_space_is_checked_like_the_flags(tmp_path, space, message):
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(space))
+    with pytest.raises(ConfigError) as error:
+        tuner.load_space(str(path))
+    assert str(error.value).startswith(f"tune_space={path}")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("content, message", [
+    ({"hyperparameters": {"batch_size": "3"}}, "`batch_size` must be an integer. Received: \"3\""),
+    ({"hyperparameters": {"batch_size": 2.5}}, "`batch_size` must be an integer. Received: 2.5"),
+    ({"hyperparameters": {"dropout_rate": 1.5}}, "`dropout_rate` must be in [0, 1)"),
+    ({"hyperparameters": None}, "has no \"hyperparameters\" object"),
+    ([1], "must hold a JSON object"),
+    ("[" * 100_000 + "]" * 100_000, "is not JSON (nested too deeply)"),
+    (b'{"hyperparameters": {"optimizer": "\xe9"}}', "is not UTF-8 text"),
+])
+def test_an_hparams_file_is_checked_like_the_flags(tmp_path, content, message):
+    path = tmp_path / "best_hparams.json"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ConfigError) as error:
+        tuner.tuned_config(RunConfig(tune=TuneConfig(hparams=str(path))), None, None, None)
+    assert str(path) in str(error.value)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_bad_hparams_file_is_one_line_and_exit_2_from_the_command(tmp_path, digits_dir):
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"hyperparameters": {"epochs": 3}}))
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.run", "--ingest-dir", digits_dir, "--hparams",
+         str(path), "--output-dir", str(tmp_path / "run"), *TINY],
+        capture_output=True, text=True, env=testlib.child_env(), timeout=600)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"python -m pipeline.run: error: --hparams {path}: unknown hyperparameters ['epochs']; "
+        "known: dropout_rate, normalization, batch_size, optimizer, learning_rate, weight_decay")
 
 
 def test_trials_start_from_init_from_with_the_frozen_layers_fixed(
