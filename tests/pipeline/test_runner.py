@@ -405,3 +405,28 @@ def test_the_export_refuses_what_the_runs_ingest_refused(tmp_path, digits):
         session.close()
     assert outputs["valid"].tolist() == [True, False]
     assert outputs["error"][1].decode() == "over 5,000 pixels"
+
+
+@pytest.mark.slow
+def test_the_two_gpu_network_trains_resumes_exports_and_fine_tunes(tmp_path, digits_dir):
+    """paper_2gpu through the pipeline: a run, the same run extended (resumed
+    from its checkpoint), served as exported, then fine-tuned from."""
+    flags = ["--variant", "paper_2gpu", "--seed", "3", "--no-ten-crop", *TINY]
+    run_pipeline(tmp_path, digits_dir, "--output-dir", "two_gpu", "--epochs", "1", *flags)
+    resumed = run_pipeline(tmp_path, digits_dir, "--output-dir", "two_gpu", "--epochs", "2",
+                           *flags)
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+    assert [row["epoch"] for row in read_history(tmp_path / "two_gpu")] == ["1", "2"]
+    versions = sorted(os.listdir(tmp_path / "models"))
+    session = testlib.ServingSession(str(tmp_path / "models" / versions[-1]))
+    try:
+        image = testlib.encode(np.zeros((30, 40, 1), np.uint8), "png")
+        outputs = session.run({"image_bytes": [image]})
+    finally:
+        session.close()
+    assert outputs["valid"].tolist() == [True] and outputs["probabilities"].shape == (1, 10)
+    run_pipeline(tmp_path, digits_dir, "--output-dir", "tuned", "--epochs", "1",
+                 "--init-from", "two_gpu", "--freeze", "conv5", *flags)
+    metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
+    assert metrics["warm_start"]["loaded"] == ["conv1", "conv2", "conv3", "conv4", "conv5",
+                                               "fc6", "fc7", "fc8"]
