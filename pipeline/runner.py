@@ -93,7 +93,8 @@ def _run(config, run_dir):
     # weights, so the same metrics), also in TensorBoard at the last epoch; the
     # chief, which exports, also compares with the served version.
     metrics = metrics_lib.evaluate(model, ingested, run_dir, ten_crop=config.export.ten_crop)
-    summaries.write_evaluation(run_dir, config.train.epochs - 1, metrics["test_accuracy"])
+    summaries.write_evaluation(run_dir, config.train.epochs - 1, metrics["test_accuracy"],
+                               metrics.get("test_ten_crop_accuracy"))
     blessing = blessing_lib.bless(
         metrics["test_accuracy"], config.export.export_dir, ingested,
         config.export.bless_tolerance, config.export.force_push, config.export.min_accuracy,

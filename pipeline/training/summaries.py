@@ -91,17 +91,20 @@ def _image(run_dir, name, description):
         tf.summary.image(name, image[tf.newaxis], description=description)
 
 
-def write_evaluation(run_dir, epoch, test_accuracy):
+def write_evaluation(run_dir, epoch, test_accuracy, ten_crop_accuracy=None):
     """The test accuracy and pictures of the model trained to `epoch` (from 0).
 
     The accuracy is `epoch_accuracy` of the run `test`: a third line in the
     chart of the training and validation accuracy, and a column of the
-    HParams dashboard. The confusion matrix goes to `test/` and the conv1
+    HParams dashboard; the ten-crop test's, when given, is
+    `epoch_ten_crop_accuracy` beside it. The confusion matrix goes to `test/` and the conv1
     kernels to `train/`, as the evaluation drew them into `run_dir`.
     """
     test = tf.summary.create_file_writer(os.path.join(log_dir(run_dir), "test"))
     with test.as_default(step=epoch):
         tf.summary.scalar("epoch_accuracy", test_accuracy)
+        if ten_crop_accuracy is not None:
+            tf.summary.scalar("epoch_ten_crop_accuracy", ten_crop_accuracy)
         _image(run_dir, "confusion_matrix",
                "Rows are the true classes of the test images, columns the predicted ones.")
     test.close()

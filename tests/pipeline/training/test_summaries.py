@@ -65,10 +65,11 @@ def test_the_test_accuracy_and_pictures_go_beside_the_curves(tmp_path):
     kernel = np.random.default_rng(0).normal(size=(11, 11, 1, 96))
     plots.conv1_kernels(kernel, str(tmp_path / "conv1_kernels.png"))
 
-    summaries.write_evaluation(str(tmp_path), 4, 0.875)
+    summaries.write_evaluation(str(tmp_path), 4, 0.875, 0.75)
 
     logs = tmp_path / "logs"
-    assert testlib.tensorboard_scalars(logs / "test") == {"epoch_accuracy": {4: 0.875}}
+    assert testlib.tensorboard_scalars(logs / "test") == {"epoch_accuracy": {4: 0.875},
+                                                          "epoch_ten_crop_accuracy": {4: 0.75}}
     shown = {split: testlib.tensorboard_images(logs / split) for split in ("train", "test")}
     assert {split: {tag: list(steps) for tag, steps in images.items()}
             for split, images in shown.items()} == {

@@ -149,9 +149,11 @@ def test_hparams_file_trains_without_a_search(tmp_path, digits_dir):
     }
     for split in ("train", "validation"):
         assert testlib.tensorboard_scalars(logs / split)["epoch_accuracy"].keys() == {0}
-    test_accuracy = json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     assert testlib.tensorboard_scalars(logs / "test") == {
-        "epoch_accuracy": {0: pytest.approx(test_accuracy, rel=1e-6)}
+        "epoch_accuracy": {0: pytest.approx(metrics["test_accuracy"], rel=1e-6)},
+        "epoch_ten_crop_accuracy": {0: pytest.approx(metrics["test_ten_crop_accuracy"],
+                                                     rel=1e-6)},
     }
     assert testlib.tensorboard_images(logs / "test").keys() == {"confusion_matrix"}
     assert testlib.tensorboard_images(logs / "train").keys() == {"conv1_kernels"}
