@@ -13,6 +13,9 @@ from sklearn import metrics as sklearn_metrics
 # numbers in its cells, or with names on its axes.
 _MAX_CLASSES_WITH_VALUES = 20
 _MAX_CLASSES_WITH_NAMES = 100
+# The most classes a confusion matrix picture shows: with more (ImageNet's
+# 1000), the evaluation draws the classes most often confused.
+MAX_CLASSES_DRAWN = 50
 
 
 def _save(figure, path, dpi):
@@ -54,8 +57,9 @@ def search_scores(trial_ids, scores, objective, path):
     _save(figure, path, dpi=100)
 
 
-def confusion_matrix(matrix, class_names, path):
-    """The confusion matrix with class names on the axes (true rows, predicted columns)."""
+def confusion_matrix(matrix, class_names, path, title="Confusion matrix"):
+    """The confusion matrix with class names on the axes (true rows, predicted
+    columns); the caller bounds it (`MAX_CLASSES_DRAWN`)."""
     count = len(class_names)
     side = min(4 + 0.4 * count, 40)
     figure = Figure(figsize=(side, side), layout="constrained")
@@ -70,7 +74,7 @@ def confusion_matrix(matrix, class_names, path):
         xticks_rotation="vertical",
         colorbar=False,
     )
-    axes.set_title("Confusion matrix")
+    axes.set_title(title)
     _save(figure, path, dpi=100)
 
 

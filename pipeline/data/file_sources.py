@@ -176,6 +176,10 @@ def read_class_names(value):
     return names
 
 
+# The most classes a `tfrecord:` dataset may have: ten times ImageNet-21k's.
+MAX_CLASSES = 250_000
+
+
 def _read_labels(path):
     """The labels of one file; parsing both features finds a record missing one."""
     records = tf.data.TFRecordDataset(path).map(
@@ -234,6 +238,19 @@ def tfrecord(spec, pattern, label_offset, class_names_option):
                         f"below label_offset={label_offset}; "
                         "labels must start at the offset"
                     )
+                # Every label up to the largest is a class: one far off the
+                # others would make billions of them.
+                limit = MAX_CLASSES if given_names is None else len(given_names)
+                if len(file_labels) and file_labels.max() >= limit:
+                    index = int(file_labels.argmax())
+                    raise PipelineError(
+                        f"{path}, record {index}, has label "
+                        f"{int(file_labels[index]) + label_offset}: "
+                        + (f"over the {MAX_CLASSES:,} classes a dataset may have; labels "
+                           "must count classes from label_offset" if given_names is None
+                           else f"`class_names` gives {len(given_names)} names; give every "
+                                "class a name or fix `label_offset`")
+                    )
             splits[split] = source.SourceSplit(
                 keys=keys,
                 ids=ids,
@@ -243,12 +260,6 @@ def tfrecord(spec, pattern, label_offset, class_names_option):
         top_label = max(int(split.labels.max(initial=-1)) for split in splits.values())
         if given_names is None:
             return [str(label) for label in range(top_label + 1)], splits
-        if top_label >= len(given_names):
-            raise PipelineError(
-                f"{spec} has label {top_label + label_offset} but `class_names` "
-                f"gives {len(given_names)} names; "
-                "give every class a name or fix `label_offset`"
-            )
         return given_names, splits
 
     fingerprint = source.fingerprint(

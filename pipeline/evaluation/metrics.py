@@ -23,6 +23,13 @@ from pipeline.data import preprocess_ops
 from pipeline.errors import PipelineError
 
 BATCH_SIZE = 64
+# metrics.json keeps the whole confusion matrix up to ImageNet's 1000 classes
+# (about 3 MB of JSON); beyond, only its nonzero cells, at most one per image.
+MAX_DENSE_CLASSES = 1000
+# The per-class table logged: every class up to this many, else the classes
+# of lowest recall (all are in metrics.json).
+MAX_CLASSES_LOGGED = 50
+LOWEST_RECALLS_LOGGED = 10
 # Images per ten-crop batch: as many patches as a central-crop batch has images.
 TEN_CROP_BATCH_SIZE = BATCH_SIZE // preprocess_ops.TEN_CROPS
 MISCLASSIFIED_SHOWN = 8
@@ -145,10 +152,50 @@ def _metrics(split, labels, probabilities, class_names, ten_crop=None):
         name: {"precision": float(p), "recall": float(r), "support": int(s)}
         for name, p, r, s in zip(class_names, precision, recall, support)
     }
-    result["confusion_matrix"] = sklearn_metrics.confusion_matrix(
-        labels, predictions, labels=classes
-    ).tolist()
+    if len(classes) <= MAX_DENSE_CLASSES:
+        result["confusion_matrix"] = sklearn_metrics.confusion_matrix(
+            labels, predictions, labels=classes
+        ).tolist()
+    else:
+        result["confusion_matrix_cells"] = _cells(labels, predictions).tolist()
     return result
+
+
+def _cells(labels, predictions):
+    """The confusion matrix's nonzero cells, [[true, predicted, count], ...]."""
+    pairs, counts = np.unique(np.stack([labels, predictions], axis=1), axis=0,
+                              return_counts=True)
+    return np.concatenate([pairs, counts[:, np.newaxis]], axis=1).astype(np.int64)
+
+
+def _drawn_matrix(labels, predictions, class_names):
+    """(matrix, names, title) of the confusion matrix picture: every class up to
+    `plots.MAX_CLASSES_DRAWN`, else the classes of the most frequent confusions
+    (both the true and the predicted class of each), in class order."""
+    cells = _cells(labels, predictions)
+    count = len(class_names)
+    if count <= plots.MAX_CLASSES_DRAWN:
+        shown = np.arange(count)
+        title = "Confusion matrix"
+    else:
+        # Both classes of the most frequent confusions, most frequent first.
+        wrong = cells[cells[:, 0] != cells[:, 1]]
+        chosen = {}
+        for true, predicted, _ in wrong[np.argsort(-wrong[:, 2], kind="stable")]:
+            for index in (true, predicted):
+                if len(chosen) < plots.MAX_CLASSES_DRAWN:
+                    chosen[int(index)] = None
+            if len(chosen) == plots.MAX_CLASSES_DRAWN:
+                break
+        shown = np.array(sorted(chosen), np.int64)
+        title = (f"Confusion matrix of the {plots.MAX_CLASSES_DRAWN} classes most often "
+                 f"confused, of {count}")
+    position = np.full(count, -1)
+    position[shown] = np.arange(len(shown))
+    matrix = np.zeros((len(shown), len(shown)), np.int64)
+    kept = (position[cells[:, 0]] >= 0) & (position[cells[:, 1]] >= 0)
+    matrix[position[cells[kept, 0]], position[cells[kept, 1]]] = cells[kept, 2]
+    return matrix, [class_names[index] for index in shown], title
 
 
 def _table(split, metrics):
@@ -159,11 +206,14 @@ def _table(split, metrics):
         line += f"; ten-crop {metrics[f'{split}_ten_crop_accuracy']:.4f}"
         if f"{split}_ten_crop_top5_accuracy" in metrics:
             line += f", top-5 {metrics[f'{split}_ten_crop_top5_accuracy']:.4f}"
-    lines = [
-        f"{line} on {metrics['num_examples']} examples",
-        f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}",
-    ]
-    for name, row in metrics["per_class"].items():
+    rows = list(metrics["per_class"].items())
+    heading = f"{'class':<20} {'precision':>9} {'recall':>7} {'support':>8}"
+    if len(rows) > MAX_CLASSES_LOGGED:
+        rows = sorted(rows, key=lambda row: row[1]["recall"])[:LOWEST_RECALLS_LOGGED]
+        heading = (f"the {LOWEST_RECALLS_LOGGED} classes of lowest recall, of "
+                   f"{len(metrics['per_class'])} (all in metrics.json)\n{heading}")
+    lines = [f"{line} on {metrics['num_examples']} examples", heading]
+    for name, row in rows:
         lines.append(
             f"{name[:20]:<20} {row['precision']:>9.3f} {row['recall']:>7.3f} "
             f"{row['support']:>8d}"
@@ -186,11 +236,9 @@ def _report(split, labels, probabilities, ingested, misclassified, output_dir,
     class_names = list(ingested.class_names)
     metrics = _metrics(split, labels, probabilities, class_names, ten_crop)
     tf.io.gfile.makedirs(output_dir)
-    plots.confusion_matrix(
-        metrics["confusion_matrix"],
-        class_names,
-        os.path.join(output_dir, "confusion_matrix.png"),
-    )
+    matrix, names, title = _drawn_matrix(labels, probabilities.argmax(axis=1), class_names)
+    plots.confusion_matrix(matrix, names, os.path.join(output_dir, "confusion_matrix.png"),
+                           title)
     plots.misclassified(
         misclassified.images,
         [class_names[label] for label in misclassified.true],
@@ -219,7 +267,9 @@ def evaluate(model, ingested, run_dir, split="test", ten_crop=False):
         with `ten_crop` `{split}_ten_crop_accuracy` and
         `{split}_ten_crop_top5_accuracy` (more than 5 classes only) too,
         `num_examples`, `per_class` ({name: {precision, recall, support}}) and
-        `confusion_matrix` (rows are true classes, columns predicted ones).
+        `confusion_matrix` (rows are true classes, columns predicted ones; with
+        more than `MAX_DENSE_CLASSES` classes `confusion_matrix_cells`, its
+        nonzero cells as [true, predicted, count]).
     """
     _check_split(ingested, split)
     misclassified = _Misclassified()

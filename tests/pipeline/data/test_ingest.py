@@ -350,7 +350,8 @@ def test_tfrecord_without_names_infers_them_and_pools_unnamed_files(tmp_path):
     "options,message",
     [
         ({"label_offset": 2}, "below label_offset=2"),
-        ({"label_offset": 1, "class_names": "a,b"}, "`class_names` gives 2 names"),
+        ({"label_offset": 1, "class_names": "a,b"},
+         "part-0, record 2, has label 3: `class_names` gives 2 names"),
         ({"class_names": "single"}, "neither a file nor a comma-separated list"),
     ],
 )
@@ -359,6 +360,21 @@ def test_tfrecord_label_errors(tmp_path, options, message):
     config = DataConfig(dataset=f"tfrecord:{tmp_path / 'records' / '*'}", **options)
     with pytest.raises(PipelineError, match=message):
         ingest.ingest(config, str(tmp_path / "out"))
+
+
+def test_a_tfrecord_label_far_off_the_others_is_named_not_allocated(tmp_path):
+    (tmp_path / "records").mkdir()
+    image = testlib.encode(_pixels(1), "jpeg")
+    with tf.io.TFRecordWriter(str(tmp_path / "records" / "part-0")) as writer:
+        for label in (0, 1, 2**40, 2):
+            writer.write(_example(image, label))
+    config = DataConfig(dataset=f"tfrecord:{tmp_path / 'records' / '*'}")
+    with pytest.raises(PipelineError) as error:
+        ingest.ingest(config, str(tmp_path / "out"))
+    assert str(error.value) == (
+        f"{tmp_path / 'records' / 'part-0'}, record 2, has label {2**40}: over the 250,000 "
+        "classes a dataset may have; labels must count classes from label_offset")
+    assert not (tmp_path / "out").exists()
 
 
 def _tfds_metadata(data_dir, name, split_sizes):
