@@ -207,6 +207,10 @@ class TrainConfig:
     freeze: str | None = setting(
         shapes_run=True, choices=FREEZABLE_LAYERS,
         help="with --init-from: keep the layers up to this one fixed")
+    early_stopping: int | None = setting(
+        shapes_run=True,
+        help="stop when the validation loss has not improved for this many epochs (the "
+             "last epoch's weights are evaluated and exported)")
 
     def __post_init__(self):
         checks = (
@@ -219,6 +223,8 @@ class TrainConfig:
             (self.cpu_replicas is None or self.cpu_replicas >= 1, "cpu_replicas",
              "must be at least 1"),
             (self.all_reduce_pack_mb >= 0, "all_reduce_pack_mb", "must be >= 0"),
+            (self.early_stopping is None or self.early_stopping >= 1, "early_stopping",
+             "must be at least 1"),
         )
         for ok, name, requirement in checks:
             if not ok:

@@ -75,13 +75,18 @@ def _run(config, run_dir):
     trained = loop.train(strategy, chief, config.model, config.train, config.data,
                          ingested, run_dir)
     metrics_path = os.path.join(run_dir, "metrics.json")
-    if trained.initial_epoch == config.train.epochs and tf.io.gfile.exists(metrics_path):
+    if trained.finished_before and tf.io.gfile.exists(metrics_path):
         # Trained, evaluated and pushed already: nothing to do again.
         with tf.io.gfile.GFile(metrics_path) as file:
             metrics = json.load(file)
-        log.info("%s is a complete run of %d epochs (exported as %s); a larger `epochs` "
-                 "extends it, a new `output_dir` starts another", run_dir,
-                 config.train.epochs, metrics.get("export_path"))
+        if trained.stopped_after:
+            log.info("%s is a complete run, stopped early after epoch %d (exported as %s); "
+                     "a new `output_dir` starts another", run_dir, trained.stopped_after,
+                     metrics.get("export_path"))
+        else:
+            log.info("%s is a complete run of %d epochs (exported as %s); a larger `epochs` "
+                     "extends it, a new `output_dir` starts another", run_dir,
+                     config.train.epochs, metrics.get("export_path"))
         return metrics
 
     # What is evaluated is what is served: every export is float32, so a

@@ -68,6 +68,40 @@ class _Plateau:
                      _current_learning_rate(optimizer))
 
 
+class _EarlyStopping(keras.callbacks.Callback):
+    """Stops the run when the validation loss has not improved by 1e-4 for
+    `patience` epochs, as `keras.callbacks.EarlyStopping(patience=...)` does.
+
+    Its state is held in variables checkpointed with the run, so a resumed run
+    counts on where it was, and a run that stopped stays stopped. It goes
+    before the checkpointer, so the epoch it stops after saves that it did.
+    """
+
+    def __init__(self, patience):
+        super().__init__()
+        self.patience = patience
+        self.best = tf.Variable(math.inf, dtype=tf.float64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # The epoch (from 1) after which the run stopped; 0 while it runs.
+        self.stopped_after = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def trackables(self):
+        return {"early_stopping_best": self.best, "early_stopping_wait": self.wait,
+                "early_stopping_stopped_after": self.stopped_after}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs["val_loss"] < self.best.numpy() - 1e-4:
+            self.best.assign(logs["val_loss"])
+            self.wait.assign(0)
+            return
+        self.wait.assign_add(1)
+        if self.wait.numpy() >= self.patience:
+            self.stopped_after.assign(epoch + 1)
+            self.model.stop_training = True
+            log.info("Validation loss has not improved for %d epochs: training stops after "
+                     "epoch %d", self.patience, epoch + 1)
+
+
 # Shown as given: the loop passes running means, not per-step values.
 _SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "images/s")
 
@@ -87,8 +121,10 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     Prints `Epoch k/N` and Keras' progress bar, validates after every epoch and
     calls the Keras `callbacks` (`on_epoch_end` gets `loss`, `accuracy`,
     `val_loss`, `val_accuracy`, `learning_rate` and `images_per_second`), so
-    run-level bookkeeping and keras-tuner's callbacks plug in alike. Returns
-    the logs of the epochs it ran.
+    run-level bookkeeping and keras-tuner's callbacks plug in alike; a
+    callback that sets `model.stop_training` (`keras.callbacks.EarlyStopping`,
+    `TerminateOnNaN`) ends training after that epoch. Returns the logs of the
+    epochs it ran.
 
     Raises `TrainingDiverged` at the first step whose loss is NaN or infinite,
     or after validation if its loss is, before that epoch's callbacks (and so
@@ -117,6 +153,7 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     callbacks = keras.callbacks.CallbackList(list(callbacks), model=model)
     interactive = sys.stdout.isatty()
     logs_per_epoch = []
+    model.stop_training = False
     callbacks.on_train_begin()
     for epoch in range(initial_epoch, train_config.epochs):
         print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
@@ -172,6 +209,8 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         )
         logs_per_epoch.append(logs)
         callbacks.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break
     callbacks.on_train_end()
     return logs_per_epoch
 
@@ -233,12 +272,20 @@ class TrainResult:
     epochs: int
     # What `init_from` loaded, when this process started the run from it.
     warm_start: "warm_start.WarmStart | None" = None
+    # The epoch (from 1) after which early stopping ended the run, if it did.
+    stopped_after: int | None = None
+
+    @property
+    def finished_before(self):
+        """Whether the run had no epoch left to train when this process began."""
+        return self.initial_epoch == self.epochs or self.stopped_after == self.initial_epoch
 
     def summary(self):
         """The figures `metrics.json` reports of training."""
         last = self.history[-1] if self.history else {}
         summary = {"images_per_second": last.get("images_per_second"), "epochs": self.epochs,
-                   "resumed_from_epoch": self.initial_epoch}
+                   "resumed_from_epoch": self.initial_epoch,
+                   "stopped_early_after_epoch": self.stopped_after}
         if self.warm_start:
             summary["warm_start"] = dataclasses.asdict(self.warm_start)
         return summary
@@ -297,9 +344,11 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
             warm_start.freeze(model, train_config.freeze)
         optimizer = optimizers.make_optimizer(train_config, steps, model.trainable_variables)
         plateau = _Plateau()
+        early_stopping = (_EarlyStopping(train_config.early_stopping)
+                          if train_config.early_stopping else None)
     checkpoint = tf.train.Checkpoint(
         model=model, optimizer=optimizer, random_states=_random_states(model),
-        **plateau.trackables()
+        **plateau.trackables(), **(early_stopping.trackables() if early_stopping else {})
     )
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
@@ -326,13 +375,26 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
     ]
     if train_config.lr_schedule == "plateau":
         callbacks.append(_PlateauSchedule(plateau, optimizer))
+    if early_stopping:
+        callbacks.append(early_stopping)
     callbacks.append(_Checkpointer(manager))
-    fit(model, optimizer, strategy, train_config, data_config, ingested,
-        initial_epoch, callbacks)
+
+    def stopped_after():
+        if early_stopping is None:
+            return None
+        return int(early_stopping.stopped_after.numpy()) or None
+
+    if stopped_after():
+        log.info("%s stopped early after epoch %d: nothing is left to train", run_dir,
+                 stopped_after())
+    else:
+        fit(model, optimizer, strategy, train_config, data_config, ingested,
+            initial_epoch, callbacks)
     if not chief:
         # Only the chief's checkpoints outlive the run; a killed worker's are
         # what its next run resumes from, and that run removes them.
         atomic.remove(checkpoint_dir)
     if rows:
         plots.training_curves(rows, os.path.join(run_dir, "training_curves.png"))
-    return TrainResult(model, rows, initial_epoch, train_config.epochs, started_from)
+    return TrainResult(model, rows, initial_epoch, train_config.epochs, started_from,
+                       stopped_after())

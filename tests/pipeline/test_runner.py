@@ -431,3 +431,43 @@ def test_the_two_gpu_network_trains_resumes_exports_and_fine_tunes(tmp_path, dig
     metrics = json.loads((tmp_path / "tuned" / "metrics.json").read_text())
     assert metrics["warm_start"]["loaded"] == ["conv1", "conv2", "conv3", "conv4", "conv5",
                                                "fc6", "fc7", "fc8"]
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_a_run_and_the_run_stays_stopped(tmp_path, digits_dir):
+    """At a rate too small to move the validation loss by 1e-4, patience 1
+    stops the run after its second epoch; the same command then trains nothing
+    and exports nothing more."""
+    flags = ["--learning-rate", "1e-12", "--early-stopping", "1", "--epochs", "5",
+             "--no-ten-crop", "--output-dir", "run", *TINY]
+    first = run_pipeline(tmp_path, digits_dir, *flags)
+    assert "training stops after epoch 2" in first.stderr
+    assert [row["epoch"] for row in read_history(tmp_path / "run")] == ["1", "2"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["stopped_early_after_epoch"] == 2 and metrics["export_path"]
+    again = run_pipeline(tmp_path, digits_dir, *flags)
+    assert "stopped early after epoch 2: nothing is left to train" in again.stderr
+    assert "is a complete run, stopped early after epoch 2" in again.stderr
+    assert [row["epoch"] for row in read_history(tmp_path / "run")] == ["1", "2"]
+    assert sorted(os.listdir(tmp_path / "models")) == ["1"]
+
+
+def test_a_keras_callback_that_sets_stop_training_ends_the_loop(digits_dir):
+    import keras
+
+    from pipeline.config import ModelConfig
+    from pipeline.config import TrainConfig
+    from pipeline.data import ingested_dataset
+    from pipeline.training import loop
+    from pipeline.training import models
+    from pipeline.training import optimizers
+
+    ingested = ingested_dataset.IngestedDataset.load(digits_dir)
+    train_config = TrainConfig(epochs=4, steps_per_epoch=1, batch_size=16, seed=0)
+    model = models.build_model(ModelConfig(image_size=(67, 67), channels=1), 10)
+    optimizer = optimizers.make_optimizer(train_config, 1, model.trainable_variables)
+    # No validation loss improves by 100: Keras' own EarlyStopping stops after epoch 2.
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=100)
+    logs = loop.fit(model, optimizer, tf.distribute.get_strategy(), train_config,
+                    DataConfig(), ingested, 0, [stop])
+    assert len(logs) == 2 and stop.stopped_epoch == 1
