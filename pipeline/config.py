@@ -359,14 +359,8 @@ SECTIONS = {field.name: field.type for field in dataclasses.fields(RunConfig)}
 def sections_from_json(text, source):
     """`{section name: config}` for the sections a `config.json` (or a partial
     one) sets, each value checked; raises `ConfigError` naming `source`."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source} is over {MAX_CONFIG_BYTES:,} bytes: it is not a config")
-    try:
-        recorded = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as error:
-        reason = "nested too deeply" if isinstance(error, RecursionError) else error
-        raise ConfigError(f"{source} is not JSON ({reason}); pass a run's config.json") from None
-    if not isinstance(recorded, dict) or not set(SECTIONS) & set(recorded):
+    recorded = json_values.parse_object(text, source, "pass a run's config.json")
+    if not set(SECTIONS) & set(recorded):
         raise ConfigError(f"{source} holds no settings; pass a run's config.json")
     parts = {}
     for name, section_class in SECTIONS.items():

@@ -101,7 +101,8 @@ def test_a_config_round_trips_and_a_partial_one_keeps_the_defaults():
     ('{"train": {"epochs": 0}}', "`epochs` must be at least 1. Received: epochs=0"),
     ('{"train": {"warmup": 3}}', "settings this version does not know: train.warmup"),
     ("[" * 100_000 + "]" * 100_000, "is not JSON (nested too deeply)"),
-    ("[]", "holds no settings"),
+    ("[]", "must hold a JSON object. Received: []"),
+    ("{}", "holds no settings"),
 ])
 def test_config_values_are_checked_like_flags(text, message):
     with pytest.raises(ConfigError) as raised:
