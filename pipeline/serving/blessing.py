@@ -89,19 +89,26 @@ def _baseline_accuracy(version_dir, ingested):
         return None, f"it cannot be run on the test images ({first_line(error)})"
 
 
+# A models.config larger than this is not one (a real one is a few hundred bytes).
+_MAX_MODELS_CONFIG_BYTES = 1 << 20
+
+
 def served_version(export_dir, versions):
     """The version TF Serving serves from `export_dir`: the highest, or the
     highest that the `models.config` beside `export_dir` pins for it with a
     `specific` `model_version_policy`; None if no pinned version is there."""
     path = os.path.join(os.path.dirname(os.path.abspath(export_dir)), "models.config")
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return versions[-1]
     try:
-        with open(path) as file:
+        # Only a regular file of a sane size is read: a FIFO would block.
+        if not os.path.isfile(path) or os.path.getsize(path) > _MAX_MODELS_CONFIG_BYTES:
+            raise OSError(f"not a regular file of at most {_MAX_MODELS_CONFIG_BYTES:,} bytes")
+        with open(path, encoding="utf-8") as file:
             server_config = text_format.Parse(
                 file.read(), model_server_config_pb2.ModelServerConfig()
             )
-    except (OSError, text_format.ParseError) as error:
+    except (OSError, UnicodeDecodeError, text_format.ParseError) as error:
         logger.warning("Blessing: %s is unreadable (%s); the newest version is taken as "
                        "the served one", path, first_line(error))
         return versions[-1]
@@ -152,14 +159,15 @@ def bless(candidate_accuracy, export_dir, ingested, tolerance, force_push, min_a
     other unscorable versions are only reported. `force_push` pushes anyway.
     """
     candidate = float(candidate_accuracy)
-    found = saved_models.versions(export_dir)
+    directories = saved_models.version_dirs(export_dir)
+    found = list(directories)
     on_data = f"on the {ingested.source} test split"
     failures = []
     if candidate < min_accuracy:
         failures.append(f"test accuracy {candidate:.4f} is below `min_accuracy` {min_accuracy}")
     scores, problems = {}, {}
     for version in found:
-        accuracy, problem = _baseline_accuracy(os.path.join(export_dir, str(version)), ingested)
+        accuracy, problem = _baseline_accuracy(directories[version], ingested)
         if problem:
             problems[version] = problem
             logger.warning("Blessing: version %d in %s cannot be scored: %s",

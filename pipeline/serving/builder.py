@@ -271,7 +271,7 @@ def export_saved_model(
         raise PipelineError(
             f"cannot write to {export_dir} ({reason}); choose another `export_dir`"
         ) from None
-    version = max(saved_models.versions(export_dir), default=0) + 1
+    version = saved_models.next_version(export_dir)
     version_dir = os.path.join(export_dir, str(version))
     if warmup_images:
         encoded = [_encode(image) for image in list(warmup_images)[:_MAX_WARMUP_IMAGES]]

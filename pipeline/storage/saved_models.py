@@ -13,6 +13,7 @@ checked, so a version that someone else may have put there is only parsed.
 
 import json
 import os
+import re
 import stat
 
 import numpy as np
@@ -43,29 +44,48 @@ _CHECKPOINT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 _READ_ERRORS = (tf.errors.OpError, IndexError, ValueError)
 
 
+def _numbered(export_dir):
+    """{version: entry name} of the entries of `export_dir` TF Serving reads as
+    versions: names of ASCII digits ("007" is version 7, "²" none); files too."""
+    if not tf.io.gfile.isdir(export_dir):
+        return {}
+    numbered = {}
+    for name in sorted(name.rstrip("/") for name in tf.io.gfile.listdir(export_dir)):
+        if re.fullmatch(r"[0-9]{1,18}", name):
+            numbered.setdefault(int(name), name)
+    return numbered
+
+
+def version_dirs(export_dir):
+    """{version: its directory} of the numbered versions in `export_dir`,
+    ascending; a file with a version's name is no version."""
+    return {version: os.path.join(export_dir, name)
+            for version, name in sorted(_numbered(export_dir).items())
+            if tf.io.gfile.isdir(os.path.join(export_dir, name))}
+
+
 def versions(export_dir):
     """The integer version numbers present in `export_dir`, ascending."""
-    if not tf.io.gfile.isdir(export_dir):
-        return []
-    names = [name.rstrip("/") for name in tf.io.gfile.listdir(export_dir)]
-    return sorted(
-        int(name)
-        for name in names
-        if name.isdigit() and tf.io.gfile.isdir(os.path.join(export_dir, name))
-    )
+    return list(version_dirs(export_dir))
+
+
+def next_version(export_dir):
+    """The number the next export takes: above every numbered entry, files and
+    stray names included, so the new version's name is free."""
+    return max(_numbered(export_dir), default=0) + 1
 
 
 def resolve_saved_model(path):
     """A version directory as given, or the newest version of a base directory."""
     if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
         return path
-    found = versions(path)
+    found = version_dirs(path)
     if not found:
         raise PipelineError(
             f"{path} is neither a SavedModel nor a directory of numbered versions; "
             "pass a version directory such as saved_models/alexnet/1 or its parent"
         )
-    return os.path.join(path, str(found[-1]))
+    return found[max(found)]
 
 
 def _file_size(path, limit=None):

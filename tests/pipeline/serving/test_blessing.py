@@ -307,3 +307,34 @@ def test_the_baseline_is_scored_on_none_of_its_own_training_images(tmp_path):
     assert len(scored) == grown.num_examples("test") > 0
     assert not scored & trained_on
     assert scored - {image for batch, _ in first.encoded_batches("test", 64) for image in batch}
+
+
+def test_stray_entries_beside_the_versions_are_skipped_or_read_as_tf_serving_does(
+    tmp_path, digits, trained_metrics, trained_export
+):
+    """`007` is TF Serving's version 7 (scored at its own path), `²` is no
+    version (str.isdigit says it is), a plain file named 8 is no version but
+    its name is taken, and a FIFO or non-UTF-8 models.config is passed over."""
+    base = tmp_path / "alexnet"
+    shutil.copytree(trained_export, base / "007")
+    (base / "²").mkdir()
+    (base / "8").write_text("not a version")
+    assert saved_models.version_dirs(str(base)) == {7: str(base / "007")}
+    assert saved_models.next_version(str(base)) == 9
+    assert saved_models.resolve_saved_model(str(base)) == str(base / "007")
+    for config in ("fifo", "latin-1"):
+        path = tmp_path / "models.config"
+        if path.exists():
+            path.unlink()
+        if config == "fifo":
+            os.mkfifo(path)  # read, it would block forever
+        else:
+            path.write_bytes('model_config_list { config { name: "\xe9" } }'.encode("latin-1"))
+        result = blessing.bless(0.5, str(base), digits, 0.01, False)
+        assert result.baseline_version == 7
+        assert result.baseline_accuracy == pytest.approx(trained_metrics[0]["test_accuracy"])
+        assert not result.unscored
+    version_dir = builder.export_saved_model(AlexNet(num_classes=3, input_shape=(67, 67, 3)),
+                                             ["a", "b", "c"], str(base))
+    assert version_dir == str(base / "9")
+    assert sorted(os.listdir(base)) == ["007", "8", "9", "²"]
