@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import sys
 import time
 
@@ -21,6 +22,7 @@ import tensorflow as tf
 from pipeline import plots
 from pipeline.data import input_pipeline
 from pipeline.errors import PipelineError
+from pipeline.errors import first_line
 from pipeline.errors import TrainingDiverged
 from pipeline.storage import atomic
 from pipeline.training import history
@@ -250,7 +252,26 @@ class _Checkpointer(keras.callbacks.Callback):
         self.manager = manager
 
     def on_epoch_end(self, epoch, logs=None):
-        self.manager.save(checkpoint_number=epoch + 1)
+        try:
+            self.manager.save(checkpoint_number=epoch + 1)
+        except (OSError, tf.errors.OpError) as error:
+            # A full disk, a quota, a lost mount: the half-written checkpoint
+            # goes, the earlier ones stay, and the same command resumes.
+            remove_partial_checkpoints(self.manager.directory)
+            raise PipelineError(
+                f"cannot save the checkpoint of epoch {epoch + 1} in "
+                f"{self.manager.directory} ({first_line(error)}); free space there and "
+                "run the same command again: it resumes from the last saved epoch"
+            ) from None
+
+
+def remove_partial_checkpoints(checkpoint_dir):
+    """Removes what a save that failed half-way left: TensorFlow writes a
+    checkpoint's shards into `ckpt-N_temp...` and renames them into place."""
+    if tf.io.gfile.isdir(checkpoint_dir):
+        for name in tf.io.gfile.listdir(checkpoint_dir):
+            if re.fullmatch(r"ckpt-\d+_temp.*", name.rstrip("/")):
+                atomic.remove(os.path.join(checkpoint_dir, name.rstrip("/")))
 
 
 def _random_states(model):
@@ -351,6 +372,9 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
         **plateau.trackables(), **(early_stopping.trackables() if early_stopping else {})
     )
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    # A save that died half-way (a kill, a full disk) is not resumed from; the
+    # run directory is this process's (run_dir.claimed), so nothing writes there.
+    remove_partial_checkpoints(checkpoint_dir)
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
                                          max_to_keep=_CHECKPOINTS_KEPT)
     initial_epoch = _agreed_epoch(strategy, manager)

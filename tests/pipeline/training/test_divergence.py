@@ -1,4 +1,4 @@
-"""A diverging run stops at the step or epoch that went non-finite, in one line,
+"""A diverging run, and a checkpoint that cannot be written, stop in one line,
 with nothing evaluated, checkpointed or exported from broken weights; the same
 command says the same again."""
 
@@ -52,3 +52,36 @@ def test_non_finite_probabilities_never_reach_scikit_learn():
     probabilities[2, 1] = np.nan
     with pytest.raises(PipelineError, match=r"NaN or infinite on 1 of the 4 test images"):
         metrics._metrics("test", np.array([0, 1, 2, 0]), probabilities, ["a", "b", "c"])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temp(tmp_path):
+    """A file-size limit (RLIMIT_FSIZE: writes past 50 MB fail with EFBIG, as
+    on a full disk) stops the first epoch's checkpoint half-way; the run says
+    so in one line, leaves no ckpt-1_temp, and the same command without the
+    limit completes."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (50 << 20, 50 << 20))
+
+    command = [sys.executable, "-m", "pipeline.run", "--epochs", "1", "--steps-per-epoch",
+               "2", "--batch-size", "16", "--image-size", "67", "--no-ten-crop",
+               "--output-dir", "run", "--export-dir", "models"]
+    failed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                            env=testlib.child_env(), timeout=600, preexec_fn=limited)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("python -m pipeline.run: error: cannot save the checkpoint of "
+                           "epoch 1 in run/checkpoints (")
+    assert "File too large" in line and line.endswith(
+        "free space there and run the same command again: it resumes from the last saved "
+        "epoch")
+    assert os.listdir(tmp_path / "run" / "checkpoints") == []
+    # A temp directory from a save killed outright goes at the next start.
+    (tmp_path / "run" / "checkpoints" / "ckpt-1_temp").mkdir()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                          env=testlib.child_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not any("_temp" in name for name in os.listdir(tmp_path / "run" / "checkpoints"))
+    assert (tmp_path / "run" / "metrics.json").exists()
