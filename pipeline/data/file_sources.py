@@ -14,10 +14,12 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from pipeline.data import image_formats
 from pipeline.data import ingested_dataset
 from pipeline.data import source
 from pipeline.errors import PipelineError
 from pipeline.errors import first_line
+from pipeline.storage import atomic
 
 # Split folders of a folder: source (PATH/train/<class>/, PATH/val/<class>/, ...).
 SPLIT_FOLDERS = {"train": "train", "val": "validation", "validation": "validation",
@@ -139,8 +141,7 @@ def folder(spec, path):
         path = paths[index]
         if os.path.islink(path) and not os.path.exists(path):
             raise OSError(errno.ENOENT, "dangling symbolic link")
-        with open(path, "rb") as file:
-            return file.read()
+        return atomic.read_regular_file(path, image_formats.MAX_FILE_BYTES)
 
     def load():
         splits = {

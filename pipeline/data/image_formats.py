@@ -17,6 +17,9 @@ FORMATS_TEXT = "JPEG, PNG, GIF, BMP or WebP"
 # ingest skips, and the serving signature refuses, images with a long side
 # more than this many times the short one.
 MAX_ASPECT_RATIO = 20
+# The largest file read as an image: a 50-megapixel image is at most 200 MB
+# uncompressed (BMP at 4 bytes a pixel); a video in a photo folder is larger.
+MAX_FILE_BYTES = 256 * 2**20
 
 
 def detect(data):

@@ -30,7 +30,9 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
+from pipeline.data import image_formats
 from pipeline.serving import contract
+from pipeline.storage import atomic
 from pipeline.storage import saved_models
 from pipeline.errors import PipelineError
 from pipeline.errors import first_line
@@ -74,7 +76,8 @@ def image_files(paths):
                 directories[:] = sorted(name for name in directories if not name.startswith("."))
                 files += [os.path.join(parent, name) for name in sorted(names)
                           if not name.startswith(".")]
-        elif os.path.isfile(path):
+        elif os.path.lexists(path):
+            # A FIFO or a device is refused when it is read, as its own answer.
             files.append(path)
         else:
             raise PipelineError(f"cannot read {path}: no such file or directory")
@@ -82,11 +85,11 @@ def image_files(paths):
 
 
 def _read(path):
+    """The file's bytes, or the reason it is not read (`str`)."""
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        return atomic.read_regular_file(path, image_formats.MAX_FILE_BYTES)
     except OSError as error:
-        raise PipelineError(f"cannot read {path}: {error.strerror}") from None
+        return f"cannot read the file: {error.strerror or error}"
 
 
 def _model_url(server, model_name, version):
@@ -317,10 +320,18 @@ def predict(
     for start in range(0, len(paths), batch_size):
         batch = paths[start:start + batch_size]
         what = batch[0] if len(batch) == 1 else f"{batch[0]} and {len(batch) - 1} more"
-        outputs = model.classify(what, [_read(path) for path in batch])
-        valid = outputs.get("valid", np.ones(len(batch), bool))
-        errors = outputs.get("error", np.full(len(batch), ""))
-        for row, path in enumerate(batch):
+        # A file that cannot be read is answered on its own; the rest are sent.
+        contents = [_read(path) for path in batch]
+        sent = [content for content in contents if isinstance(content, bytes)]
+        outputs = model.classify(what, sent) if sent else {}
+        valid = outputs.get("valid", np.ones(len(sent), bool))
+        errors = outputs.get("error", np.full(len(sent), ""))
+        row = -1
+        for path, content in zip(batch, contents):
+            if isinstance(content, str):
+                results.append(Prediction(path, error=content))
+                continue
+            row += 1
             if not valid[row]:
                 error = errors[row]
                 results.append(Prediction(path, error=error.decode()

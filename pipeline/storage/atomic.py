@@ -21,6 +21,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 
 import tensorflow as tf
 
@@ -51,6 +52,27 @@ def absolute(path):
     """`path` (a string or `os.PathLike`) made absolute if local; a URL as it is."""
     path = os.fspath(path)
     return os.path.abspath(path) if is_local(path) else path
+
+
+def read_regular_file(path, limit):
+    """The bytes of the local regular file at `path`, of at most `limit` bytes.
+
+    Opened without blocking and checked on the descriptor, so a FIFO, a device
+    (a link to /dev/zero) or a directory is refused before anything is read,
+    and what is read is what was checked. Raises `OSError` whose `strerror`
+    says why.
+    """
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        if status.st_size > limit:
+            raise OSError(errno.EFBIG, f"over {limit:,} bytes", path)
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"over {limit:,} bytes", path)
+    return data
 
 
 def remove(path):

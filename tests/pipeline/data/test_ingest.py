@@ -858,3 +858,22 @@ def test_every_accepted_format_is_sized_and_decoded_like_training_and_serving(im
     assert image_formats.header_size(data, image_format) == (9, 31)
     # The decoder of training, evaluation and the serving signature.
     assert preprocess_ops.decode_image(data, 3).shape == (9, 31, 3)
+
+
+def test_a_fifo_a_device_link_or_a_huge_file_is_skipped_not_read(tmp_path, monkeypatch):
+    root = tmp_path / "images"
+    images = _folder_of_tiny_pngs(root, ["cat", "dog"], ["0.png", "1.png"])
+    os.mkfifo(root / "cat" / "pipe.png")  # read, it would block forever
+    os.symlink("/dev/zero", root / "dog" / "zero.png")  # read whole: all the memory
+    limit = max(len(data) for data in images)
+    with open(root / "dog" / "video.png", "wb") as file:
+        file.truncate(limit + 1)
+    monkeypatch.setattr(image_formats, "MAX_FILE_BYTES", limit)
+    ingested = ingest.ingest(DataConfig(dataset=f"folder:{root}"), str(tmp_path / "out"))
+    assert set(ingested.skipped) == {
+        ingested_dataset.Skipped(str(root / "cat" / "pipe.png"), "unreadable: not a regular file"),
+        ingested_dataset.Skipped(str(root / "dog" / "zero.png"), "unreadable: not a regular file"),
+        ingested_dataset.Skipped(str(root / "dog" / "video.png"),
+                                 f"unreadable: over {limit:,} bytes"),
+    }
+    assert sum(info.num_examples for info in ingested.splits.values()) == 4

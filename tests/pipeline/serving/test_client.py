@@ -19,6 +19,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import testlib
 from pipeline.cli import main as cli
+from pipeline.data import image_formats
 from pipeline.serving import client
 
 MODEL_NAME = "alexnet"
@@ -433,3 +434,26 @@ def test_saved_model_answers_locally_like_the_server(served, images, capsys):
     assert cli.main("predict", [paths[0], "--saved-model", version_dir,
                                 "--batch-size", "0"]) == 2
     assert "--batch-size must be 1 to 1024" in one_line_error(capsys)
+
+
+def test_a_fifo_a_device_or_a_huge_file_is_answered_alone_not_read(
+        served, images, tmp_path, monkeypatch, capsys):
+    session, version_dir = served
+    paths, _ = images
+    fifo = tmp_path / "photo.jpg"
+    os.mkfifo(fifo)  # read, it would block forever
+    zero = tmp_path / "zero.png"
+    os.symlink("/dev/zero", zero)  # read whole, it would fill the memory
+    # A "video" one byte over the limit, which is lowered to the real image's size.
+    limit = os.path.getsize(paths[0])
+    huge = tmp_path / "video.jpg"
+    with open(huge, "wb") as file:
+        file.truncate(limit + 1)
+    monkeypatch.setattr(image_formats, "MAX_FILE_BYTES", limit)
+    assert cli.main("predict", [str(fifo), paths[0], str(zero), str(huge),
+                                "--saved-model", version_dir]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [str(fifo), "  error: cannot read the file: not a regular file"]
+    assert lines[2] == paths[0] and not lines[3].startswith("  error")
+    assert [str(zero), "  error: cannot read the file: not a regular file"] == lines[-4:-2]
+    assert lines[-2:] == [str(huge), f"  error: cannot read the file: over {limit:,} bytes"]
