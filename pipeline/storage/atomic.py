@@ -16,6 +16,7 @@ output loadable last.
 """
 
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -77,6 +78,7 @@ def read_regular_file(path, limit):
 
 def remove(path):
     """Removes a file or a directory tree, if it is there."""
+    _release(path)
     try:
         if tf.io.gfile.isdir(path) and not os.path.islink(path):
             tf.io.gfile.rmtree(path)
@@ -109,13 +111,43 @@ def rename(source, destination):
         tf.io.gfile.rename(source, destination, overwrite=True)
 
 
+# {temporary directory: descriptor holding its flock} of this process's
+# temporary directories, until they are published or removed.
+_HELD = {}
+
+
+def _release(path):
+    descriptor = _HELD.pop(os.fspath(path), None)
+    if descriptor is not None:
+        os.close(descriptor)
+
+
+def _lock_directory(path, blocking):
+    """An open descriptor of directory `path` holding its exclusive flock, or
+    None when another process holds it (and `blocking` is false)."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
+
+
 def make(parent, prefix):
     """A new temporary directory `parent/<prefix><host>-<pid>-<random>`, after
-    removing the ones that earlier writers on this host abandoned."""
+    removing the ones that earlier writers on this host abandoned.
+
+    Locally, this process holds the directory's flock until it exits: the
+    kernel releases it however the process ends, and a writer in another PID
+    namespace (a container sharing the disk and the host name) holds it too,
+    where its pid says nothing."""
     tf.io.gfile.makedirs(parent)
     remove_abandoned(parent, prefix)
     path = os.path.join(parent, f"{prefix}{owner_tag()}-{secrets.token_hex(4)}")
     tf.io.gfile.makedirs(path)
+    if is_local(path):
+        _HELD[path] = _lock_directory(path, blocking=True)
     return path
 
 
@@ -136,6 +168,7 @@ def publish(temp_dir, destination, last=()):
             if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 raise
             return False
+        _release(temp_dir)
         sync(os.path.dirname(destination))
         return True
     if tf.io.gfile.exists(destination):
@@ -188,16 +221,33 @@ def sync_tree(directory):
         sync(parent)
 
 
+def _abandoned(path, pid):
+    """Whether the writer of `path` (pid `pid` on this host) is gone: its pid
+    is not alive here and, locally, nobody holds the directory's flock."""
+    if _is_alive(pid):
+        return False
+    if not is_local(path) or not os.path.isdir(path) or os.path.islink(path):
+        return True
+    try:
+        descriptor = _lock_directory(path, blocking=False)
+    except OSError:
+        return False
+    if descriptor is None:
+        return False  # held: a live writer whose pid is another namespace's
+    os.close(descriptor)
+    return True
+
+
 def remove_abandoned(parent, prefix):
     """Removes `parent/<prefix><host>-<pid>...` directories (or files) of this
-    host whose process is gone; other hosts' and live writers' are left alone."""
+    host whose writer is gone; other hosts' and live writers' are left alone."""
     if not tf.io.gfile.isdir(parent):
         return
     pattern = re.compile(re.escape(f"{prefix}{socket.gethostname()}-") + r"(\d+)(?:-|$)")
     for name in tf.io.gfile.listdir(parent):
         name = name.rstrip("/")
         match = pattern.match(name)
-        if match and not _is_alive(int(match.group(1))):
-            path = os.path.join(parent, name)
+        path = os.path.join(parent, name)
+        if match and _abandoned(path, int(match.group(1))):
             log.info("Removing %s, left by an interrupted writer", path)
             remove(path)

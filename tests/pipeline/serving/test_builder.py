@@ -377,6 +377,30 @@ def test_a_killed_exports_temporary_directory_is_ignored_then_removed(tmp_path):
     assert saved_models.versions(tmp_path) == [1]
 
 
+def test_a_live_writer_in_another_pid_namespace_keeps_its_temporary_directory(tmp_path):
+    """A container sharing the disk and the host name writes with a pid that
+    means nothing here (UNUSED_PID): the flock its process holds on its
+    directory keeps it; once that process is gone, the next export removes it."""
+    host = socket.gethostname()
+    theirs = tmp_path / f".tmp-{host}-{testlib.UNUSED_PID}-v1"
+    theirs.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; "
+         f"fd = os.open({str(theirs)!r}, os.O_RDONLY | os.O_DIRECTORY); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        builder.export_saved_model(tiny_model(), CLASS_NAMES, tmp_path)
+        assert theirs.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    builder.export_saved_model(tiny_model(), CLASS_NAMES, tmp_path)
+    assert not theirs.exists()
+    assert sorted(os.listdir(tmp_path)) == ["1", "2"]
+
+
 def test_class_names_must_match_the_logits(tmp_path):
     with pytest.raises(PipelineError, match="3 outputs but 2 class names"):
         builder.export_saved_model(tiny_model(), ["cat", "dog"], tmp_path)
