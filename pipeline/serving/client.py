@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -37,7 +38,12 @@ from pipeline.storage import saved_models
 from pipeline.errors import PipelineError
 from pipeline.errors import first_line
 
+# Each request, its answer included, must be done within this: a server that
+# trickles its answer a byte at a time is given up on, not waited for.
 TIMEOUT_SECONDS = 30
+# The largest answer read: 1,024 images of 10,000 classes' probabilities are
+# about 40 MB as float32 (gRPC) and 150 MB as JSON text (REST).
+MAX_ANSWER_BYTES = 256 * 2**20
 
 logger = logging.getLogger(__name__)
 
@@ -124,17 +130,19 @@ class _Rest:
             url, data=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"}, method="GET" if body is None else "POST",
         )
+        deadline = time.monotonic() + TIMEOUT_SECONDS
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS) as response:
-                reply = response.read()
+                reply = self._read(response, deadline, what)
         except urllib.error.HTTPError as error:
             try:
-                detail = json.loads(error.read()).get("error", error.reason)
+                detail = json.loads(error.read(64 * 1024))
+                detail = detail.get("error", error.reason) if isinstance(detail, dict) else detail
             except ValueError:
                 detail = error.reason
             raise PipelineError(
                 f"{what}: TF Serving at {self.server} answered {error.code}: "
-                f"{first_line(detail)}"
+                f"{_shown(detail)}"
             ) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
@@ -143,11 +151,27 @@ class _Rest:
             ) from None
         try:
             return json.loads(reply)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise PipelineError(
                 f"{what}: TF Serving at {self.server} sent no JSON: "
-                f"{first_line(reply.decode(errors='replace'))}"
+                f"{_shown(reply.decode(errors='replace'))}"
             ) from None
+
+    def _read(self, response, deadline, what):
+        """The answer's body, read in chunks within the deadline and the size cap."""
+        chunks, size = [], 0
+        while True:
+            if time.monotonic() > deadline:
+                raise PipelineError(f"{what}: TF Serving at {self.server} did not finish "
+                                    f"answering within {TIMEOUT_SECONDS} s")
+            chunk = response.read1(1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                raise PipelineError(f"{what}: TF Serving at {self.server} sent an answer of "
+                                    f"over {MAX_ANSWER_BYTES:,} bytes; lower `batch_size`")
+            chunks.append(chunk)
 
     def signature(self):
         reply = self._call(self.url + "/metadata", None, "the model's metadata")
@@ -171,9 +195,10 @@ class _Rest:
         try:
             rows = reply["predictions"]
             return {name: np.array([row[name] for row in rows]) for name in rows[0]}
-        except (KeyError, IndexError, TypeError):
+        except (KeyError, IndexError, TypeError, ValueError):
             raise PipelineError(
-                f"{what}: TF Serving at {self.server} sent a reply without predictions"
+                f"{what}: TF Serving at {self.server} sent a reply without predictions "
+                "in TF Serving's row format"
             ) from None
 
 
@@ -182,9 +207,10 @@ class _Grpc:
 
     def __init__(self, target, model_name, version):
         self.target = target
-        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(
-            grpc.insecure_channel(target)
-        )
+        # gRPC refuses answers over 4 MB by default: less than 1,024 images of
+        # ImageNet's 1,000 classes.
+        self.stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", MAX_ANSWER_BYTES)]))
         self.model_name, self.version = model_name, version
 
     def _spec(self, model_spec):
@@ -202,7 +228,7 @@ class _Grpc:
                     f"cannot reach TF Serving at {self.target} ({detail}); check `grpc_target`"
                 ) from None
             raise PipelineError(
-                f"{what}: TF Serving at {self.target} answered {code.name}: {detail}"
+                f"{what}: TF Serving at {self.target} answered {code.name}: {_shown(detail)}"
             ) from None
 
     def signature(self):
@@ -256,6 +282,48 @@ class _Local:
         return {name: value.numpy() for name, value in outputs.items()}
 
 
+def _shown(text, limit=200):
+    """A server's text as one printable line of at most `limit` characters."""
+    text = " ".join(str(text).split())
+    text = "".join(character if character.isprintable() else "?" for character in text)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _checked_answer(outputs, count, where, what):
+    """The outputs of `count` images as this client reads them; `PipelineError`
+    naming the server and what is wrong with anything TF Serving would not send."""
+    def wrong(problem):
+        return PipelineError(f"{what}: the model at {where} answered {problem}; it is not "
+                             "an export of this pipeline, or not TF Serving")
+
+    checked = {}
+    for name in ("top_k_class_name", "top_k_probabilities"):
+        value = np.asarray(outputs.get(name)) if name in outputs else None
+        if value is None or value.ndim != 2 or len(value) != count:
+            raise wrong(f"`{name}` for {'no' if value is None else len(value)} of {count} "
+                        "images, or not as a table")
+        checked[name] = value
+    try:
+        probabilities = checked["top_k_probabilities"].astype(np.float64)
+    except (TypeError, ValueError):
+        raise wrong("`top_k_probabilities` that are not numbers in [0, 1]") from None
+    if not np.all(np.isfinite(probabilities)) or np.any(probabilities < 0) or np.any(
+            probabilities > 1.0 + 1e-6):
+        raise wrong("`top_k_probabilities` that are not numbers in [0, 1]")
+    checked["top_k_probabilities"] = probabilities
+    if checked["top_k_class_name"].shape != probabilities.shape:
+        raise wrong("as many class names as probabilities for no image")
+    for name, kind in (("valid", bool), ("error", str)):
+        if name in outputs:
+            value = np.asarray(outputs[name])
+            if value.shape != (count,):
+                raise wrong(f"`{name}` for {value.size} of {count} images")
+            if kind is bool and value.dtype != bool:
+                raise wrong("`valid` that is not true or false")
+            checked[name] = value
+    return checked
+
+
 def _check_signature(signatures, where):
     """The class count of an export of this pipeline; `PipelineError` if the
     model's `serving_default` is of another kind."""
@@ -277,7 +345,9 @@ def _check_signature(signatures, where):
             + (f" and lacks {', '.join(missing)}" if missing else "")
             + f"; {expected} is needed"
         )
-    return outputs["probabilities"][1][-1]
+    # Unknown (-1) when the server's metadata gives no shape.
+    shape = outputs["probabilities"][1]
+    return shape[-1] if shape else -1
 
 
 def predict(
@@ -323,7 +393,8 @@ def predict(
         # A file that cannot be read is answered on its own; the rest are sent.
         contents = [_read(path) for path in batch]
         sent = [content for content in contents if isinstance(content, bytes)]
-        outputs = model.classify(what, sent) if sent else {}
+        outputs = (_checked_answer(model.classify(what, sent), len(sent), where, what)
+                   if sent else {})
         valid = outputs.get("valid", np.ones(len(sent), bool))
         errors = outputs.get("error", np.full(len(sent), ""))
         row = -1

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -21,6 +22,7 @@ import testlib
 from pipeline.cli import main as cli
 from pipeline.data import image_formats
 from pipeline.serving import client
+from pipeline.errors import PipelineError
 
 MODEL_NAME = "alexnet"
 
@@ -457,3 +459,158 @@ def test_a_fifo_a_device_or_a_huge_file_is_answered_alone_not_read(
     assert lines[2] == paths[0] and not lines[3].startswith("  error")
     assert [str(zero), "  error: cannot read the file: not a regular file"] == lines[-4:-2]
     assert lines[-2:] == [str(huge), f"  error: cannot read the file: over {limit:,} bytes"]
+
+
+class MisbehavingServer:
+    """TF Serving's REST metadata as the export gives it, and a :predict that
+    answers `predict(handler)` (status, headers and body written by it)."""
+
+    def __init__(self, session, predict, metadata=None):
+        metadata = metadata or json_format.MessageToDict(
+            signature_map(session), preserving_proto_field_name=True)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                data = json.dumps({"metadata": {"signature_def": metadata}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                predict(self)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # the client hung up on a trickle or a huge answer, as it should
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _answer(status, body):
+    def predict(handler):
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+    return predict
+
+
+def _row(probability=0.5, names=("0", "1")):
+    return {"top_k_class_name": list(names), "top_k_probabilities": [probability] * 2,
+            "probabilities": [0.1] * 10, "valid": True, "error": ""}
+
+
+def _trickle(handler):
+    handler.send_response(200)
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    for _ in range(20):
+        handler.wfile.write(b" ")
+        handler.wfile.flush()
+        time.sleep(0.3)
+
+
+@pytest.mark.parametrize("predict, message", [
+    (_answer(200, {"predictions": [_row()]}), "`top_k_class_name` for 1 of 2 images"),
+    (_answer(200, {"predictions": [_row(None), _row(None)]}),
+     "`top_k_probabilities` that are not numbers in [0, 1]"),
+    (_answer(200, {"predictions": [_row("high"), _row("high")]}),
+     "`top_k_probabilities` that are not numbers in [0, 1]"),
+    (_answer(200, {"predictions": [_row(), {**_row(), "top_k_class_name": ["0"]}]}),
+     "without predictions in TF Serving's row format"),
+    (_answer(200, {"predictions": [_row(7.0), _row(7.0)]}),
+     "`top_k_probabilities` that are not numbers in [0, 1]"),
+    (_answer(500, [1, 2, 3]), "answered 500: [1, 2, 3]"),
+    (_answer(500, b"\x1b[31mraw\x07 bytes\x00"), "answered 500: Internal Server Error"),
+    (_answer(200, b"\x1b[2Jnot json\x00"), "sent no JSON: ?[2Jnot json?"),
+    (_trickle, "did not finish answering within 2 s"),
+    (_answer(200, {"predictions": [_row(), _row()], "padding": "x" * 5000}),
+     "sent an answer of over 4,096 bytes; lower --batch-size"),
+])
+def test_a_server_that_is_not_tf_serving_is_one_line_and_exit_2(
+        served, images, capsys, monkeypatch, predict, message):
+    monkeypatch.setattr(client, "TIMEOUT_SECONDS", 2)
+    monkeypatch.setattr(client, "MAX_ANSWER_BYTES", 4096)
+    server = MisbehavingServer(served[0], predict)
+    paths, _ = images
+    try:
+        assert cli.main("predict", [*paths[:2], "--server", server.url]) == 2
+    finally:
+        server.close()
+    error = one_line_error(capsys)
+    assert message in error, error
+    assert "\x1b" not in error and "\x00" not in error
+
+
+def test_metadata_without_shapes_still_classifies(served, images, capsys):
+    metadata = json_format.MessageToDict(signature_map(served[0]),
+                                         preserving_proto_field_name=True)
+    for signature in metadata["signature_def"].values():
+        for kind in ("inputs", "outputs"):
+            for info in signature.get(kind, {}).values():
+                info.pop("tensor_shape", None)
+    server = MisbehavingServer(served[0], _answer(200, {"predictions": [_row(), _row()]}),
+                               metadata=metadata)
+    paths, _ = images
+    try:
+        assert cli.main("predict", [*paths[:2], "--server", server.url]) == 0
+    finally:
+        server.close()
+    assert capsys.readouterr().out.count("  0  ") + 1 >= 1
+
+
+class ImageNetSizedService(PredictionService):
+    """Answers every image with 1,000 classes' probabilities, as an ImageNet
+    model does: 1,024 images make an answer over gRPC's default 4 MB."""
+
+    def Predict(self, request, context):
+        count = len(request.inputs["image_bytes"].string_val)
+        outputs = {
+            "probabilities": np.full((count, 1000), 1e-3, np.float32),
+            "class_id": np.zeros(count, np.int64),
+            "class_name": np.full(count, b"great white shark"),
+            "top_k_class_name": np.full((count, 5), b"great white shark"),
+            "top_k_probabilities": np.full((count, 5), 1e-3, np.float32),
+            "valid": np.ones(count, bool), "error": np.full(count, b""),
+        }
+        response = predict_pb2.PredictResponse()
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        return response
+
+
+@pytest.mark.parametrize("limit", [None, 4 * 2**20])
+def test_grpc_takes_the_answer_of_the_largest_batch_of_an_imagenet_model(
+        served, images, monkeypatch, limit):
+    if limit:  # gRPC's default: the answer does not fit
+        monkeypatch.setattr(client, "MAX_ANSWER_BYTES", limit)
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        ImageNetSizedService(served[0]), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    paths, _ = images
+    try:
+        if limit:
+            with pytest.raises(PipelineError, match="RESOURCE_EXHAUSTED"):
+                client.predict([paths[0]] * 1024, grpc_target=f"127.0.0.1:{port}",
+                               batch_size=1024)
+            return
+        results = client.predict([paths[0]] * 1024, grpc_target=f"127.0.0.1:{port}",
+                                 batch_size=1024)
+    finally:
+        server.stop(grace=None)
+    assert len(results) == 1024
+    assert results[0].classes[0] == ("great white shark", pytest.approx(1e-3))
