@@ -19,11 +19,17 @@ import logging
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
+from google.protobuf import message
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from alexnet_keras import alexnet
 from alexnet_keras import torchvision_weights
+from pipeline import config as config_lib
+from pipeline import json_values
+from pipeline.errors import first_line
+from pipeline.training import models
 from pipeline.storage import saved_models
 from pipeline.errors import PipelineError
 
@@ -42,9 +48,9 @@ class WarmStart:
 
 
 def _from_keras_file(path):
-    model = keras.saving.load_model(path, compile=False)
+    model = models.load_model_file(path, "init_from")
     weights = {weight.path: keras.ops.convert_to_numpy(weight) for weight in model.weights}
-    return weights, getattr(model, "variant", None)
+    return weights, model.variant
 
 
 def _from_saved_model(path):
@@ -76,42 +82,60 @@ def _from_torch_state_dict(path):
 def _from_run_dir(path):
     checkpoint = tf.train.latest_checkpoint(os.path.join(path, "checkpoints"))
     config_path = os.path.join(path, "config.json")
+    fix = "pass a run directory, a .keras file or a SavedModel"
     if checkpoint is None or not tf.io.gfile.exists(config_path):
         raise PipelineError(
             f"`init_from` {path} is a directory without a run's checkpoints and "
-            "config.json; pass a run directory, a .keras file or a SavedModel"
+            f"config.json; {fix}"
         )
-    with tf.io.gfile.GFile(config_path) as file:
-        settings = json.load(file)["model"]
-    settings["image_size"] = tuple(settings["image_size"])
-    # The checkpoint knows layers by position: the run's own architecture
-    # names them. Its class count does not change the positions.
+    # The run's config.json, checked as --config is.
+    recorded = json_values.parse_object(json_values.read_text(config_path, "init_from", fix),
+                                        config_path, fix)
+    if "model" not in recorded:
+        raise PipelineError(f"`init_from` {config_path} has no `model` settings; {fix}")
+    # Only the model's settings matter here (another version's other sections may differ).
+    settings = config_lib.sections_from_json(json.dumps({"model": recorded["model"]}),
+                                             config_path)["model"]
+    # The checkpoint knows layers by position, which the run's variant and
+    # normalization fix; its image size and class count only change shapes,
+    # which are read from the checkpoint: the source is built at the smallest
+    # size, so a config.json naming a huge image allocates nothing.
+    size = alexnet.minimum_input_size(settings.variant)
     source = alexnet.AlexNet(
-        variant=settings["variant"], num_classes=1,
-        input_shape=(*settings["image_size"], settings["channels"]),
-        normalization=settings["normalization"],
+        variant=settings.variant, num_classes=1,
+        input_shape=(size, size, settings.channels or 3),
+        normalization=settings.normalization,
     )
-    reader = tf.train.load_checkpoint(checkpoint)
-    graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    try:
+        reader = tf.train.load_checkpoint(checkpoint)
+        shapes = reader.get_variable_to_shape_map()
+        elements = sum(int(np.prod(shape)) for shape in shapes.values())
+        if elements > saved_models.MAX_TOTAL_BYTES // 4:
+            raise PipelineError(f"`init_from` {checkpoint} holds {elements:,} values, more "
+                                f"than any AlexNet; {fix}")
+        graph = trackable_object_graph_pb2.TrackableObjectGraph()
+        graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
 
-    def children(node_id):
-        return {child.local_name: child.node_id for child in graph.nodes[node_id].children}
+        def children(node_id):
+            return {child.local_name: child.node_id for child in graph.nodes[node_id].children}
 
-    # The checkpoint holds the model as its "model" object; each layer is an
-    # operation of it, by position, and each weight a child of that.
-    operations = children(children(children(0)["model"])["_operations"])
-    weights = {}
-    for index, layer in enumerate(source.layers):
-        if str(index) not in operations:
-            continue
-        for name, node_id in children(operations[str(index)]).items():
-            for attribute in graph.nodes[node_id].attributes:
-                # Keras keeps a kernel as `_kernel` (behind its LoRA property).
-                weights[f"{layer.name}/{name.lstrip('_')}"] = reader.get_tensor(
-                    attribute.checkpoint_key
-                )
-    return weights, settings["variant"]
+        # The checkpoint holds the model as its "model" object; each layer is
+        # an operation of it, by position, and each weight a child of that.
+        operations = children(children(children(0)["model"])["_operations"])
+        weights = {}
+        for index, layer in enumerate(source.layers):
+            if str(index) not in operations:
+                continue
+            for name, node_id in children(operations[str(index)]).items():
+                for attribute in graph.nodes[node_id].attributes:
+                    # Keras keeps a kernel as `_kernel` (behind its LoRA property).
+                    weights[f"{layer.name}/{name.lstrip('_')}"] = reader.get_tensor(
+                        attribute.checkpoint_key
+                    )
+    except (tf.errors.OpError, IndexError, KeyError, ValueError, message.DecodeError) as error:
+        raise PipelineError(f"`init_from` {checkpoint} cannot be read as a run's checkpoint "
+                            f"({first_line(error)[:200]}); {fix}") from None
+    return weights, settings.variant
 
 
 def source_weights(path):

@@ -4,6 +4,7 @@ the error for another architecture, and a fine-tuning run end to end."""
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -301,3 +302,32 @@ def test_fine_tuning_imagenet_features_from_the_pth(imagenet_pth, tmp_path):
     assert metrics["warm_start"] == {"source": str(path), "loaded": list(FEATURE_LAYERS),
                                      "new": ["fc8"]}
     assert metrics["export_path"] and "test_ten_crop_accuracy" not in metrics
+
+
+def test_sources_that_are_not_what_they_claim_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    import zipfile
+
+    with zipfile.ZipFile("junk.keras", "w") as archive:
+        archive.writestr("a.txt", "not a model")
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save("lambda.keras")
+    os.makedirs("no_model/checkpoints")
+    (tmp_path / "no_model" / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"')
+    (tmp_path / "no_model" / "checkpoints" / "ckpt-1.index").write_bytes(b"xx")
+    (tmp_path / "no_model" / "config.json").write_text(json.dumps({"train": {}}))
+    shutil.copytree("no_model", "truncated")
+    (tmp_path / "truncated" / "config.json").write_text(json.dumps(
+        {"model": {"variant": "paper", "image_size": [99999, 99999], "channels": 1}}))
+    for path, message in (
+        ("junk.keras", "cannot be read as a Keras model (\"There is no item named "
+                       "'config.json' in the archive\")"),
+        ("lambda.keras", "cannot be read as a Keras model"),
+        ("no_model", "no_model/config.json has no `model` settings"),
+        # Its config names a 99999x99999 image: nothing that size is built.
+        ("truncated", "truncated/checkpoints/ckpt-1 cannot be read as a run's checkpoint"),
+    ):
+        with pytest.raises(PipelineError) as error:
+            warm_start.load(small_model(2, seed=1), path)
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
