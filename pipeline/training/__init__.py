@@ -6,6 +6,8 @@ loop for every `tf.distribute` strategy.
     precision     the Keras policy of a run; the float32 copy exports use
     distribute    the strategy chosen by name
     train_steps   the replicated train and evaluation steps (+ winograd)
-    loop          the epoch loop: checkpoints, resume, history, TensorBoard
+    loop          the epoch loop: resume, divergence, TensorBoard
+    callbacks     the run's own: plateau schedule, early stopping, history.csv,
+                  the epoch-end checkpoint
     warm_start    --init-from and --freeze
 """

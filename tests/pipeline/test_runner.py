@@ -310,7 +310,7 @@ def test_a_killed_multi_worker_run_resumes_on_every_worker(tmp_path, digits_dir,
         for index, command, env in _worker_commands(tmp_path, digits_dir, free_port, *flags):
             markers.append(str(tmp_path / f"paused{index}"))
             children.start(f"killed{index}", testlib.paused_command(
-                "run", "pipeline.training.loop:_Checkpointer.on_epoch_end", 2, markers[-1],
+                "run", "pipeline.training.callbacks:Checkpointer.on_epoch_end", 2, markers[-1],
                 *command,
             ), cwd=tmp_path, env=env)
         for marker in markers:
