@@ -24,6 +24,7 @@ from pipeline.config import DataConfig
 from pipeline.data import image_formats
 from pipeline.data import preprocess_ops
 from pipeline.errors import PipelineError
+from pipeline.errors import first_line
 from pipeline.serving import contract
 from pipeline.storage import atomic
 from pipeline.storage import saved_models
@@ -308,6 +309,14 @@ def export_saved_model(
             raise PipelineError(
                 f"{version_dir} appeared while exporting; run the export again"
             )
+    except (OSError, tf.errors.OpError) as error:
+        # A full disk or a quota: nothing half-written is left for TF Serving.
+        atomic.remove(temp_dir)
+        reason = getattr(error, "strerror", None) or first_line(error)
+        raise PipelineError(
+            f"cannot write the export to {export_dir} ({reason}); free space there and run "
+            "the same command again (nothing was published)"
+        ) from None
     except BaseException:
         atomic.remove(temp_dir)
         raise
