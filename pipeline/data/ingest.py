@@ -352,6 +352,21 @@ def ingest(data_config: DataConfig,
     ]
     fingerprint = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     existing = _check_owner(output_dir, source.spec)
+    try:
+        return _ingested(source, fingerprint, output_dir, data_config, existing)
+    except (OSError, tf.errors.ResourceExhaustedError, tf.errors.OutOfRangeError) as error:
+        # A full disk or a quota (TensorFlow's writers say RESOURCE_EXHAUSTED,
+        # or OUT_OF_RANGE for a file-size limit): what was written aside is
+        # gone, and an earlier ingest in `output_dir` is as it was.
+        reason = getattr(error, "strerror", None) or first_line(error)
+        raise PipelineError(
+            f"cannot write the ingest of {source.spec} into {output_dir} ({reason}); free "
+            "space there and run the same command again (nothing was published)"
+        ) from None
+
+
+def _ingested(source, fingerprint, output_dir, data_config, existing):
+    """`ingest`'s work once the directory is known to be free or this source's."""
     if existing is None:
         dataset = _ingest_new(source, fingerprint, output_dir, data_config)
     elif existing.fingerprint == fingerprint:

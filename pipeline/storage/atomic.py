@@ -169,7 +169,7 @@ def publish(temp_dir, destination, last=()):
                 raise
             return False
         _release(temp_dir)
-        sync(os.path.dirname(destination))
+        sync(os.path.dirname(destination) or ".")
         return True
     if tf.io.gfile.exists(destination):
         return False
