@@ -285,6 +285,20 @@ def child_env(**variables):
     return {**os.environ, "PYTHONPATH": path, **variables}
 
 
+def run_on_a_full_disk(command, cwd, limit_bytes):
+    """`command` in `cwd` with writes past `limit_bytes` failing (RLIMIT_FSIZE:
+    EFBIG, as ENOSPC on a full disk, with Python ignoring SIGXFSZ); returns
+    (exit status, the last line of its stderr)."""
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    result = subprocess.run(command, capture_output=True, text=True, cwd=cwd,
+                            env=child_env(), timeout=600, preexec_fn=limited)
+    return result.returncode, (result.stderr.strip().splitlines() or [""])[-1]
+
+
 # Runs `cli.main(<command>, <args>)`, as `python -m pipeline.<command> <args>`
 # does, with <target> ("module:Class.method") replaced by a wrapper that, on its
 # <calls>-th call, returns from the original, creates <marker> and then waits for

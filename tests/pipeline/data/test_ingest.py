@@ -882,17 +882,10 @@ def test_a_fifo_a_device_link_or_a_huge_file_is_skipped_not_read(tmp_path, monke
 def test_an_ingest_that_cannot_be_written_is_one_line_and_publishes_nothing(tmp_path):
     """Writes past 8 KB fail (RLIMIT_FSIZE, as on a full disk): one line, no
     ingest and no temporary directory left; without the limit it ingests."""
-    import resource
-
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 10, 8 << 10))
-
     command = [sys.executable, "-m", "pipeline.ingest", "--dataset", "digits",
                "--output-dir", "out"]
-    failed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
-                            env=testlib.child_env(), timeout=600, preexec_fn=limited)
-    assert failed.returncode == 2, failed.stderr[-3000:]
-    line = failed.stderr.strip().splitlines()[-1]
+    status, line = testlib.run_on_a_full_disk(command, tmp_path, 8 << 10)
+    assert status == 2, line
     assert line.startswith("python -m pipeline.ingest: error: cannot write the ingest of "
                            "digits into out (")
     assert "File too large" in line and line.endswith("(nothing was published)")

@@ -526,19 +526,11 @@ def test_an_export_that_cannot_be_written_is_one_line_and_publishes_nothing(tmp_
     """Writes past 20 MB fail (RLIMIT_FSIZE, as on a full disk) while the
     variables are written: one line naming the export directory and the cause,
     and nothing left in it; without the limit the same command exports."""
-    import resource
-
     AlexNet(num_classes=3, input_shape=(67, 67, 3), class_names=CLASS_NAMES).save(
         tmp_path / "model.keras")
-
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (20 << 20, 20 << 20))
-
     command = [sys.executable, "-m", "pipeline.export", "model.keras", "--export-dir", "models"]
-    failed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
-                            env=testlib.child_env(), timeout=600, preexec_fn=limited)
-    assert failed.returncode == 2, failed.stderr[-3000:]
-    line = failed.stderr.strip().splitlines()[-1]
+    status, line = testlib.run_on_a_full_disk(command, tmp_path, 20 << 20)
+    assert status == 2, line
     assert line.startswith(f"python -m pipeline.export: error: cannot write the export to "
                            f"{tmp_path / 'models'} (")
     assert "File too large" in line and line.endswith("(nothing was published)")

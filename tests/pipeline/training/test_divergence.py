@@ -60,18 +60,11 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temp(tmp_
     on a full disk) stops the first epoch's checkpoint half-way; the run says
     so in one line, leaves no ckpt-1_temp, and the same command without the
     limit completes."""
-    import resource
-
-    def limited():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (50 << 20, 50 << 20))
-
     command = [sys.executable, "-m", "pipeline.run", "--epochs", "1", "--steps-per-epoch",
                "2", "--batch-size", "16", "--image-size", "67", "--no-ten-crop",
                "--output-dir", "run", "--export-dir", "models"]
-    failed = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
-                            env=testlib.child_env(), timeout=600, preexec_fn=limited)
-    assert failed.returncode == 2, failed.stderr[-3000:]
-    line = failed.stderr.strip().splitlines()[-1]
+    status, line = testlib.run_on_a_full_disk(command, tmp_path, 50 << 20)
+    assert status == 2, line
     assert line.startswith("python -m pipeline.run: error: cannot save the checkpoint of "
                            "epoch 1 in run/checkpoints (")
     assert "File too large" in line and line.endswith(
