@@ -107,6 +107,16 @@ def ten_crops(images, image_spec):
     return tf.concat([crops, tf.reverse(crops, axis=[-2])], axis=-4)
 
 
+def ten_crop_average(probabilities_of, patches, image_spec):
+    """The paper's answer for each image: `probabilities_of` (a batch of model
+    inputs -> a row each) on all of `ten_crops`' patches `[N, 10, ...]` at once,
+    averaged over each image's ten: `[N, classes]`."""
+    flat = tf.reshape(patches, [-1, *image_spec.shape])
+    probabilities = probabilities_of(flat)
+    return tf.reduce_mean(
+        tf.reshape(probabilities, [tf.shape(patches)[0], TEN_CROPS, -1]), axis=1)
+
+
 def _crops(images, image_spec, anchors):
     """Normalised crops at the model's input size: `[..., height, width, C]` for
     one anchor, `[..., len(anchors), height, width, C]` for several."""

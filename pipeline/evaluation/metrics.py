@@ -52,44 +52,30 @@ class _Misclassified:
             self.predicted.append(int(predictions[index]))
 
 
-def _predict_keras(model, ingested, split, misclassified):
+def _predict_keras(model, ingested, split, misclassified, ten_crop=False):
+    """(probabilities [images, classes], labels) of the model on a split: each
+    image's central crop, or with `ten_crop` its ten patches' average."""
     @tf.function(reduce_retracing=True)
     def probabilities_of(images):
         return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
 
+    @tf.function(reduce_retracing=True)
+    def ten_crop_probabilities_of(patches):
+        return preprocess_ops.ten_crop_average(probabilities_of, patches, model.image_spec)
+
     dataset = input_pipeline.make_dataset(
-        ingested, split, model.image_spec, BATCH_SIZE, training=False
+        ingested, split, model.image_spec, TEN_CROP_BATCH_SIZE if ten_crop else BATCH_SIZE,
+        training=False, ten_crop=ten_crop,
     )
+    predict = ten_crop_probabilities_of if ten_crop else probabilities_of
     all_probabilities, all_labels = [], []
     for images, labels in dataset:
-        probabilities = probabilities_of(images).numpy()
+        probabilities = predict(images).numpy()
         labels = labels.numpy()
-        misclassified.add(images.numpy(), labels, probabilities.argmax(axis=1))
+        if not ten_crop:
+            misclassified.add(images.numpy(), labels, probabilities.argmax(axis=1))
         all_probabilities.append(probabilities)
         all_labels.append(labels)
-    return np.concatenate(all_probabilities), np.concatenate(all_labels)
-
-
-def _predict_keras_ten_crop(model, ingested, split):
-    """The paper's test: each image's ten patches through the model, their
-    softmaxes averaged; (probabilities [images, classes], labels)."""
-
-    @tf.function(reduce_retracing=True)
-    def probabilities_of(patches):
-        flat = tf.reshape(patches, [-1, *model.image_spec.shape])
-        probabilities = tf.nn.softmax(tf.cast(model(flat, training=False), tf.float32))
-        return tf.reduce_mean(
-            tf.reshape(probabilities, [tf.shape(patches)[0], preprocess_ops.TEN_CROPS, -1]),
-            axis=1,
-        )
-
-    dataset = input_pipeline.make_dataset(
-        ingested, split, model.image_spec, TEN_CROP_BATCH_SIZE, training=False, ten_crop=True
-    )
-    all_probabilities, all_labels = [], []
-    for patches, labels in dataset:
-        all_probabilities.append(probabilities_of(patches).numpy())
-        all_labels.append(labels.numpy())
     return np.concatenate(all_probabilities), np.concatenate(all_labels)
 
 
@@ -276,7 +262,8 @@ def evaluate(model, ingested, run_dir, split="test", ten_crop=False):
     probabilities, labels = _predict_keras(model, ingested, split, misclassified)
     ten_crop_result = None
     if ten_crop:
-        ten_crop_probabilities, ten_crop_labels = _predict_keras_ten_crop(model, ingested, split)
+        ten_crop_probabilities, ten_crop_labels = _predict_keras(
+            model, ingested, split, None, ten_crop=True)
         ten_crop_result = ten_crop_labels, ten_crop_probabilities
     metrics = _report(split, labels, probabilities, ingested, misclassified, run_dir,
                       ten_crop_result)

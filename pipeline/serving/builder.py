@@ -142,11 +142,7 @@ def _serving_functions(model, class_names, max_pixels, max_aspect_ratio):
 
     def ten_crop_probabilities(patches):
         # The paper's test: the softmax of each of an image's ten patches, averaged.
-        flat = tf.reshape(patches, [-1, *image_spec.shape])
-        probabilities = probabilities_of(flat)
-        return tf.reduce_mean(
-            tf.reshape(probabilities, [-1, preprocess_ops.TEN_CROPS, len(class_names)]), axis=1
-        )
+        return preprocess_ops.ten_crop_average(probabilities_of, patches, image_spec)
 
     def image_bytes_function(ten_crop):
         def serve(image_bytes):

@@ -11,6 +11,7 @@ model's resource initializers, a TF1 model's main op) before anything can be
 checked, so a version that someone else may have put there is only parsed.
 """
 
+import errno
 import json
 import os
 import re
@@ -118,18 +119,15 @@ def _read_bounded(path, limit):
         except tf.errors.OpError as error:
             raise PipelineError(f"cannot read {path} ({first_line(error)})") from None
     else:
-        # Opened without blocking and checked on the descriptor: what is read is
-        # what was checked, even if the name is replaced meanwhile.
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            data = atomic.read_regular_file(path, limit)
         except OSError as error:
-            raise PipelineError(f"cannot read {path} ({error.strerror})") from None
-        with os.fdopen(descriptor, "rb") as file:
-            status = os.fstat(descriptor)
-            if not stat.S_ISREG(status.st_mode):
-                raise PipelineError(f"{path} is not a regular file")
-            data = file.read(limit + 1)
-    if len(data) > limit:
+            if error.errno == errno.EINVAL:
+                raise PipelineError(f"{path} is not a regular file") from None
+            if error.errno != errno.EFBIG:
+                raise PipelineError(f"cannot read {path} ({error.strerror})") from None
+            data = None
+    if data is None or len(data) > limit:
         raise PipelineError(f"{path} is over {limit:,} bytes, not a file this package wrote")
     return data
 

@@ -103,12 +103,13 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         warmed_up = time.perf_counter()
         for step in range(steps):
             batch_loss, batch_correct, batch_count = train_step(train_iterator)
-            if not math.isfinite(float(batch_loss)):
+            batch_loss = float(batch_loss)
+            if not math.isfinite(batch_loss):
                 # As Keras' TerminateOnNaN: the weights are lost from here on.
                 # Every replica sees the same reduced loss, so all stop here.
                 raise _diverged(f"at epoch {epoch + 1}, step {step + 1}: the loss is "
-                                f"{float(batch_loss)}", learning_rate)
-            loss_sum += float(batch_loss)
+                                f"{batch_loss}", learning_rate)
+            loss_sum += batch_loss
             correct += float(batch_correct)
             count += float(batch_count)
             if step == 0 and steps > 1:
