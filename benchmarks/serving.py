@@ -11,13 +11,17 @@ SavedModel loader through a graph session, tag `serve`) and measures:
 1. `serving_default` on JPEG bytes (300-500 pixels a side, like ImageNet's) at
    batch 1, 8, 32 and 64: images/s and the median and p99 latency over
    `--calls` calls, beside the bare forward pass of the same Keras model on
-   ready float tensors at the same batch, and their ratio (what decoding,
-   resizing and the per-image error handling cost);
+   ready float tensors at the same batch, their ratio, and the share of the
+   request's median spent outside the model (decoding, resizing and the
+   per-image error handling);
 2. `serving_ten_crop` (the paper's ten-crop test) at batch 1 and 8, against
    `serving_default` at the same batch: what the paper's measurement costs;
 3. TF Serving's REST predict API, emulated by a threaded HTTP server over the
    same session (no batching across requests), with `--clients` concurrent
-   clients each sending `--calls` requests of 8 images.
+   clients each sending `--calls` requests of 8 images;
+4. where a one-image request's time goes: each stage of `serving_default`
+   built alone in a graph session (reading the header, decoding, preprocessing,
+   the `tf.data` pass that isolates each image) and the whole signature.
 
 Run it on a quiet machine; it names the CPU it ran on.
 """
@@ -63,6 +67,53 @@ class _Session:
         signature = self.signatures[signature_name]
         outputs = {name: info.name for name, info in signature.outputs.items()}
         return self.session.run(outputs, {signature.inputs["image_bytes"].name: images})
+
+
+def _graph_latency(function, images, calls):
+    """Median seconds of `function` (string [n] -> tensors) on `images`, built
+    into a graph and run in a session as TF Serving runs a signature."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        image_bytes = tf.compat.v1.placeholder(tf.string, [None])
+        outputs = tf.function(function)(image_bytes)
+    with tf.compat.v1.Session(graph=graph) as session:
+        return statistics.median(common.latencies(
+            lambda: session.run(outputs, {image_bytes: images}), calls))
+
+
+def _stages(model, session, image, calls):
+    """(stage, median ms) of one request of `image`: each of `serving_default`'s
+    stages alone, the signature, and the bare model."""
+    import tensorflow as tf
+
+    from pipeline.config import DataConfig
+    from pipeline.data import image_formats
+    from pipeline.data import preprocess_ops
+    from pipeline.serving import builder
+
+    spec = model.image_spec
+
+    def decoded(image_bytes):
+        return preprocess_ops.decode_image(image_bytes[0], spec.channels)
+
+    forward = tf.function(lambda images: model(images, training=False))
+    ready = tf.random.uniform([1, *spec.shape])
+    stages = [
+        ("read the header", lambda b: image_formats.header_sizes_op(b)),
+        ("decode", decoded),
+        ("decode and preprocess", lambda b: preprocess_ops.preprocess_for_eval(decoded(b), spec)),
+        ("header, decode and preprocess, isolated by tf.data",
+         lambda b: builder._decode_each(b, spec, DataConfig.max_pixels,
+                                        image_formats.MAX_ASPECT_RATIO)),
+    ]
+    rows = [(name, _graph_latency(function, [image], calls)) for name, function in stages]
+    rows.append(("serving_default", statistics.median(
+        common.latencies(lambda: session.run([image]), calls))))
+    rows.append(("bare forward pass", statistics.median(
+        common.latencies(lambda: forward(ready).numpy(), calls))))
+    return [(name, 1e3 * seconds) for name, seconds in rows]
 
 
 def _rest_server(session):
@@ -140,7 +191,7 @@ def main(argv=None):
         print(f"CPU: {common.cpu_model()}; paper AlexNet at {args.image_size}x"
               f"{args.image_size}x3, {args.calls} calls per figure")
         print(f"{'batch':>5} {'signature img/s':>16} {'median ms':>10} {'p99 ms':>8} "
-              f"{'forward img/s':>14} {'ratio':>6}")
+              f"{'forward img/s':>14} {'ratio':>6} {'outside model':>14}")
         for batch in BATCHES:
             images = jpegs[:batch]
             served = common.latencies(lambda: session.run(images), args.calls)
@@ -150,7 +201,7 @@ def main(argv=None):
             bare_rate = batch / statistics.median(bare)
             print(f"{batch:>5} {served_rate:>16.1f} {1e3 * statistics.median(served):>10.1f} "
                   f"{1e3 * _p99(served):>8.1f} {bare_rate:>14.1f} "
-                  f"{served_rate / bare_rate:>6.2f}")
+                  f"{served_rate / bare_rate:>6.2f} {1 - served_rate / bare_rate:>14.0%}")
 
         print(f"{'batch':>5} {'ten-crop img/s':>16} {'median ms':>10} {'p99 ms':>8} "
               f"{'default img/s':>14} {'ratio':>6}")
@@ -175,6 +226,10 @@ def main(argv=None):
                   f"p99 {1e3 * _p99(times):.0f} ms")
         server.shutdown()
         server.server_close()
+
+        print("One image, stage by stage (median ms):")
+        for name, milliseconds in _stages(model, session, jpegs[0], args.calls):
+            print(f"  {name:<52} {milliseconds:>7.1f}")
     return 0
 
 

@@ -55,7 +55,11 @@ def _scatter(values, indices, count, fill):
 def _collect(dataset, empty):
     """The elements of `dataset` (at most `contract.MAX_IMAGES_PER_REQUEST`) as one batch;
     `empty`, a batch of none, when there are none."""
-    return dataset.batch(contract.MAX_IMAGES_PER_REQUEST).reduce(empty, lambda _, batch: batch)
+    # Taken with get_single_element, which runs no function of its own:
+    # `Dataset.reduce` with the batch as its state cost 23 ms a request, ten
+    # times the decoding and preprocessing it collected.
+    batches = dataset.batch(contract.MAX_IMAGES_PER_REQUEST)
+    return batches.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()
 
 
 # The decode pipeline runs once per request on at most a batch: tf.data's

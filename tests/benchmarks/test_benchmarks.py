@@ -235,10 +235,20 @@ def test_serving_benchmark_prints_every_batch_and_the_rest_load():
         rows = lines[table + 1:table + 1 + len(batches)]
         assert [int(row.split()[0]) for row in rows] == list(batches), output
         for row in rows:
-            served, median, p99, reference, ratio = (float(value) for value in row.split()[1:])
+            values = row.split()[1:]
+            served, median, p99, reference, ratio = (float(value) for value in values[:5])
             assert served > 0 and 0 < median <= p99 and reference > 0
             assert ratio == pytest.approx(served / reference, rel=0.02, abs=0.01)
+            if table == tables[0]:  # and the share of the request outside the model
+                assert float(values[5].rstrip("%")) == pytest.approx(
+                    100 * (1 - served / reference), abs=2)
     assert "ten-crop img/s" in lines[tables[1]]
     for clients in (1, 2):
         assert re.search(rf"^REST, {clients} client\(s\), 8 images per request: \d+\.\d "
                          r"images/s, median \d+ ms, p99 \d+ ms$", output, re.M), output
+    stages = lines[lines.index("One image, stage by stage (median ms):") + 1:]
+    times = {line[:54].strip(): float(line[54:]) for line in stages}
+    assert list(times) == ["read the header", "decode", "decode and preprocess",
+                           "header, decode and preprocess, isolated by tf.data",
+                           "serving_default", "bare forward pass"], output
+    assert all(milliseconds > 0 for milliseconds in times.values()), output
