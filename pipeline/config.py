@@ -27,7 +27,7 @@ STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 ALL_REDUCES = ("auto", "ring", "nccl")
-EXPORT_FORMATS = ("saved_model", "keras", "litert", "onnx")
+EXPORT_FORMATS = ("saved_model", "keras", "litert", "onnx", "litert_int8", "onnx_int8")
 TUNERS = ("random", "hyperband", "bayesian")
 # `freeze` may hold any layer up to fc7: fc8, the classifier, always trains.
 FREEZABLE_LAYERS = alexnet.WEIGHT_LAYERS[:-1]
@@ -255,7 +255,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     """Blessing, export for TF Serving, and the other files a run writes
-    (`export_formats`: `.keras`, LiteRT, ONNX)."""
+    (`export_formats`: `.keras`, LiteRT, ONNX, their int8 forms)."""
 
     export_dir: str = setting(
         "saved_models/alexnet", shapes_run=False,
@@ -276,8 +276,9 @@ class ExportConfig:
     export_formats: tuple[str, ...] = setting(
         ("saved_model",), shapes_run=False, flag="--export-format", choices=EXPORT_FORMATS,
         help="saved_model (always); keras: model.keras, litert: model.tflite (LiteRT), "
-             "onnx: model.onnx (needs pip install -e \".[export]\"), in the run directory, "
-             "the last two the bare network; repeatable")
+             "onnx: model.onnx (needs pip install -e \".[export]\"), litert_int8, onnx_int8: "
+             "model_int8.tflite, model_int8.onnx (int8, calibrated on training images), "
+             "in the run directory, the last four the bare network; repeatable")
 
     def __post_init__(self):
         unknown = set(self.export_formats) - set(EXPORT_FORMATS)

@@ -89,6 +89,9 @@ def _summary(metrics, run_dir):
         lines[0] += f"   ten-crop: {metrics['test_ten_crop_accuracy']:.4f}"
         if "test_ten_crop_top5_accuracy" in metrics:
             lines[0] += f" (top-5 {metrics['test_ten_crop_top5_accuracy']:.4f})"
+    for export_format, accuracy in metrics.get("int8_test_accuracy", {}).items():
+        lines.append(f"{export_format} test accuracy: {accuracy:.4f} "
+                     f"({metrics[export_format + '_path']}, in its runtime)")
     if metrics["images_per_second"] is not None:
         lines.append(f"Training speed: {metrics['images_per_second']:.1f} images/s "
                      "(last epoch)")

@@ -19,7 +19,7 @@ from benchmarks import profile
 _IMPORT_CHECK = """
 import os, sys
 import benchmarks.convolutions, benchmarks.input_pipeline, benchmarks.profile
-import benchmarks.scaling, benchmarks.serving, benchmarks.train
+import benchmarks.runtimes, benchmarks.scaling, benchmarks.serving, benchmarks.train
 assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
 assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "importing set TF_CPP_MIN_LOG_LEVEL"
 heavy = sorted({"pipeline", "tensorflow", "keras"} & set(sys.modules))
@@ -252,3 +252,23 @@ def test_serving_benchmark_prints_every_batch_and_the_rest_load():
                            "header, decode and preprocess, isolated by tf.data",
                            "serving_default", "bare forward pass"], output
     assert all(milliseconds > 0 for milliseconds in times.values()), output
+
+
+@pytest.mark.slow
+def test_runtimes_benchmark_prints_each_file_against_its_float32_form():
+    output = _run("benchmarks.runtimes", "--image-size", "67", "--calls", "2")
+    assert re.search(r"^CPU: .+, \d+ cores; paper AlexNet at 67x67x3", output, re.M), output
+    lines = output.splitlines()
+    header = next(index for index, line in enumerate(lines) if line.startswith("file "))
+    rows = {line.split()[0]: [float(value) for value in line.split()[1:]]
+            for line in lines[header + 1:header + 5]}
+    assert list(rows) == ["model.tflite", "model.onnx", "model_int8.tflite", "model_int8.onnx"]
+    for name, reference in (("model_int8.tflite", "model.tflite"),
+                            ("model_int8.onnx", "model.onnx")):
+        size, size_ratio, batch1, ratio1, batch32, ratio32 = rows[name]
+        assert rows[reference][1::2] == [1.0, 1.0, 1.0]
+        assert size_ratio == pytest.approx(size / rows[reference][0], abs=0.01)
+        # int8 weights: about a quarter of the bytes (a fact of the file, not a timing).
+        assert 0.2 < size_ratio < 0.3
+        assert ratio1 == pytest.approx(batch1 / rows[reference][2], rel=0.02, abs=0.01)
+        assert ratio32 == pytest.approx(batch32 / rows[reference][4], rel=0.02, abs=0.01)

@@ -14,6 +14,7 @@ import testlib
 from alexnet_keras import AlexNet
 from pipeline.cli import main as cli
 from pipeline import runner
+from pipeline.serving import runtimes
 from pipeline.training import precision
 from pipeline.config import DataConfig
 
@@ -140,12 +141,13 @@ def test_a_run_exports_litert_and_onnx_files_of_the_served_network(
     tmp_path, digits, digits_dir
 ):
     run_dir = tmp_path / "run"
-    run_pipeline(tmp_path, digits_dir, "--strategy", "mirrored", "--cpu-replicas", "2",
-                 "--epochs", "1", "--output-dir", str(run_dir), *TINY,
-                 "--export-format", "litert", "--export-format", "onnx")
+    result = run_pipeline(tmp_path, digits_dir, "--strategy", "mirrored", "--cpu-replicas", "2",
+                          "--epochs", "1", "--output-dir", str(run_dir), *TINY,
+                          "--export-format", "litert", "--export-format", "onnx",
+                          "--export-format", "litert_int8", "--export-format", "onnx_int8")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["litert_path"] == str(run_dir / "model.tflite")
-    assert metrics["onnx_path"] == str(run_dir / "model.onnx")
+    for export_format, file_name in runtimes.FILE_NAMES.items():
+        assert metrics[f"{export_format}_path"] == str(run_dir / file_name)
     assert metrics["keras_path"] is None
     assert not [name for name in os.listdir(run_dir) if name.startswith(".tmp")]
 
@@ -160,6 +162,20 @@ def test_a_run_exports_litert_and_onnx_files_of_the_served_network(
         logits = testlib.RUNTIMES[export_format](metrics[f"{export_format}_path"], images)
         np.testing.assert_allclose(tf.nn.softmax(logits), expected,
                                    atol=testlib.RUNTIME_TOLERANCE, err_msg=export_format)
+
+    # The int8 files' test accuracy in their runtimes, as the run reports it.
+    # One tiny epoch: the model is barely trained, so this checks the figure,
+    # not quantization's quality (test_runtimes does).
+    images, labels = testlib.split_arrays(digits, "test", image_spec)
+    assert set(metrics["int8_test_accuracy"]) == set(runtimes.QUANTIZED)
+    for export_format in runtimes.QUANTIZED:
+        logits = testlib.RUNTIMES[export_format](metrics[f"{export_format}_path"], images)
+        assert metrics["int8_test_accuracy"][export_format] == pytest.approx(
+            np.mean(logits.argmax(axis=1) == labels))
+        accuracy = metrics["int8_test_accuracy"][export_format]
+        path = run_dir / runtimes.FILE_NAMES[export_format]
+        assert f"{export_format} test accuracy: {accuracy:.4f} ({path}, in its runtime)" \
+            in result.stdout
 
 
 @pytest.mark.slow

@@ -3,8 +3,8 @@
 Image files (`encode`, `coloured`), the digits splits as arrays, the fc8 fit
 that gives a d2l AlexNet a clear accuracy in seconds, event files read as
 TensorBoard reads them (`tensorboard_scalars`, ...), `ServingSession`, which
-loads an export the way TF Serving does, `run_litert` and `run_onnx`, which run
-the other exports in their own runtimes, and `Children`, which runs the
+loads an export the way TF Serving does, `RUNTIMES`, which run the other
+exports in their own runtimes, and `Children`, which runs the
 command line in subprocesses and always kills them. The objects made once per
 session (the digits ingest, the fitted weights, the export) are fixtures in
 conftest.py.
@@ -30,6 +30,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from alexnet_keras import AlexNet
 from pipeline.data import preprocess_ops
 from pipeline.data import input_pipeline
+from pipeline.serving import runtimes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE_SIZE = (67, 67)
@@ -215,32 +216,18 @@ def tensorboard_hparams(log_dir):
 RUNTIME_TOLERANCE = 5e-4
 
 
-def run_litert(path, images):
-    """Logits of the .tflite file at `path`, run by the LiteRT interpreter."""
-    interpreter = litert.Interpreter(model_path=path)
-    (image_input,) = interpreter.get_input_details()
-    interpreter.resize_tensor_input(image_input["index"], images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(image_input["index"], images)
-    interpreter.invoke()
-    (logits,) = interpreter.get_output_details()
-    return interpreter.get_tensor(logits["index"])
+def _runner(export_format):
+    return lambda path, images: runtimes.logits(export_format, path, images)
 
 
-def run_onnx(path, images):
-    """Logits of the .onnx file at `path`, run by ONNX Runtime."""
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (image_input,) = session.get_inputs()
-    return session.run(None, {image_input.name: images})[0]
-
-
-RUNTIMES = {"litert": run_litert, "onnx": run_onnx}
+# Logits of a LiteRT or ONNX file, run by its runtime, by export format.
+RUNTIMES = {export_format: _runner(export_format) for export_format in runtimes.FILE_NAMES}
 
 
 def input_of(export_format, path):
     """`(name, shape)` of the input of the LiteRT or ONNX file at `path`; the
     shape as a list, with None for a dimension of any size."""
-    if export_format == "litert":
+    if export_format.startswith("litert"):
         (image_input,) = litert.Interpreter(model_path=path).get_input_details()
         shape = image_input["shape_signature"].tolist()
         return image_input["name"], [None if size == -1 else size for size in shape]

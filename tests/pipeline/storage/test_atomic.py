@@ -68,7 +68,7 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
         "--export-dir", "ram://models/alexnet", "--cache", "ram://cache/digits",
         "--tune", "random", "--max-trials", "1", "--tune-epochs", "1",
         "--tune-dir", "ram://tuning/search", "--export-format", "keras",
-        "--export-format", "litert",
+        "--export-format", "litert", "--export-format", "litert_int8",
         "--epochs", "2", "--image-size", "67", "--batch-size", "16", "--steps-per-epoch", "3",
     ]
     assert cli.main("run", argv) == 0
@@ -77,11 +77,13 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
     assert {os.path.basename(path) for path in tf.io.gfile.glob(f"{run_dir}/*")} >= {
         "config.json", "history.csv", "metrics.json", "training_curves.png",
         "confusion_matrix.png", "best_hparams.json", "model.keras", "model.tflite",
-        "checkpoints", "logs",
+        "model_int8.tflite", "checkpoints", "logs",
     }
     metrics = json.loads(_read(f"{run_dir}/metrics.json"))
     assert metrics["export_path"] == "ram://models/alexnet/1"
     assert metrics["litert_path"] == f"{run_dir}/model.tflite"
+    # Scored in its runtime from a local copy of the file.
+    assert 0 <= metrics["int8_test_accuracy"]["litert_int8"] <= 1
     assert [row.split(",")[0] for row in _read(f"{run_dir}/history.csv").split()] == [
         "epoch", "1", "2"]
     assert tf.io.gfile.glob("ram://cache/digits-train-*.index")
@@ -99,7 +101,7 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
     tflite = str(tmp_path / "model.tflite")
     tf.io.gfile.copy(metrics["litert_path"], tflite)
     image_spec = AlexNet(variant="paper", num_classes=10, input_shape=(67, 67, 1)).image_spec
-    logits = testlib.run_litert(tflite, testlib.preprocessed([image], image_spec))
+    logits = testlib.RUNTIMES["litert"](tflite, testlib.preprocessed([image], image_spec))
     np.testing.assert_allclose(tf.nn.softmax(logits), outputs["probabilities"],
                                atol=testlib.RUNTIME_TOLERANCE)
 
