@@ -84,8 +84,10 @@ def main(argv=None):
             for name in sorted(names)])
         rates, sizes = {}, {}
         for export_format, file_name in runtimes.FILE_NAMES.items():
-            path = runtimes.export_file(model, export_format, os.path.join(directory, file_name),
-                                        calibration)
+            path = runtimes.export_file(
+                model, export_format, os.path.join(directory, file_name), calibration,
+                float_onnx=os.path.join(directory, runtimes.FILE_NAMES["onnx"])
+                if export_format == "onnx_int8" else None)
             sizes[export_format] = os.path.getsize(path)
             for batch in BATCHES:
                 times = common.latencies(_runner(export_format, path, batch, shape), args.calls)

@@ -61,9 +61,11 @@ def push(model, ingested, export_config, run_dir, chief, blessed, max_pixels):
                                     runtimes.CALIBRATION_IMAGES)
     runtime_paths, int8_accuracy = {}, {}
     for export_format in formats:
-        path = runtimes.export_file(model, export_format,
-                                    os.path.join(run_dir, runtimes.FILE_NAMES[export_format]),
-                                    calibration)
+        float_onnx = runtime_paths.get("onnx_path")
+        path = runtimes.export_file(
+            model, export_format, os.path.join(run_dir, runtimes.FILE_NAMES[export_format]),
+            calibration, float_onnx=float_onnx if float_onnx and atomic.is_local(float_onnx)
+            else None)
         runtime_paths[f"{export_format}_path"] = path
         if export_format in runtimes.QUANTIZED:
             int8_accuracy[export_format] = _runtime_accuracy(export_format, path, ingested,

@@ -75,13 +75,15 @@ def check_installed(export_formats):
                 ) from None
 
 
-def export_file(model, export_format, path, calibration_images=None):
+def export_file(model, export_format, path, calibration_images=None, float_onnx=None):
     """Write `model` (an AlexNet) as one `export_format` file (a key of
     `FILE_NAMES`) at `path` and return `path`.
 
     The `QUANTIZED` formats need `calibration_images`: float32 `[n, height,
     width, channels]` model inputs (`preprocess_for_eval` of training images;
-    `CALIBRATION_IMAGES` of them is enough). The file is written aside and
+    `CALIBRATION_IMAGES` of them is enough). `onnx_int8` quantizes
+    `float_onnx`, a local `onnx` file of the same model, where given, instead
+    of converting the model again (tf2onnx takes the longest). The file is written aside and
     renamed into place, so `path` never holds half a model; `path` may be on
     any file system TensorFlow has (`gs://`, ...).
     """
@@ -110,8 +112,10 @@ def export_file(model, export_format, path, calibration_images=None):
             _export(model, temp_path, "litert", input_spec,
                     **_full_integer_options(calibration_images))
         elif export_format == "onnx_int8":
-            float_path = os.path.join(temp_dir, "float.onnx")
-            _export(model, float_path, "onnx", input_spec)
+            float_path = float_onnx
+            if float_path is None:
+                float_path = os.path.join(temp_dir, "float.onnx")
+                _export(model, float_path, "onnx", input_spec)
             _quantize_onnx(float_path, temp_path, calibration_images, temp_dir)
         else:
             _export(model, temp_path, export_format, input_spec)
