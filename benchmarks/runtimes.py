@@ -5,10 +5,11 @@
 
 It writes the paper AlexNet (227x227x3, 10 classes, random weights) as each
 of `pipeline.serving.runtimes.FILE_NAMES` with `runtimes.export_file`, the
-int8 forms calibrated on JPEGs of 300-500 pixels preprocessed as evaluation
-does, and runs each in its own runtime on the CPU (LiteRT's interpreter with
-XNNPACK, ONNX Runtime's CPU provider), as many threads as the process has
-cores, at batch 1 and 32: the file's size and its images/s (median of
+int8 forms calibrated (`runtimes.calibration_images`) on the training split
+of JPEGs of 300-500 pixels ingested as `folder:`, and runs each in its own
+runtime on the CPU (`runtimes.Runner`: LiteRT's interpreter with XNNPACK,
+ONNX Runtime's CPU provider, as many threads as the process has cores), at
+batch 1 and 32: the file's size and its images/s (median of
 `--calls` calls), beside the float32 file of the same runtime and the
 ratio. Accuracy is not measured here (the weights are random): the run's
 `metrics.json` reports each int8 file's test accuracy in its runtime, and
@@ -33,27 +34,11 @@ def _runner(export_format, path, batch, image_shape):
     """A call that runs the file once on a batch of `batch` random model inputs."""
     import numpy as np
 
+    from pipeline.serving import runtimes
+
     images = np.random.default_rng(0).normal(0, 60, (batch, *image_shape)).astype("float32")
-    threads = len(os.sched_getaffinity(0))
-    if export_format.startswith("litert"):
-        from ai_edge_litert import interpreter as litert
-
-        interpreter = litert.Interpreter(model_path=path, num_threads=threads)
-        (image_input,) = interpreter.get_input_details()
-        interpreter.resize_tensor_input(image_input["index"], images.shape)
-        interpreter.allocate_tensors()
-
-        def run():
-            interpreter.set_tensor(image_input["index"], images)
-            interpreter.invoke()
-        return run
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda: session.run(None, {name: images})
+    runner = runtimes.Runner(export_format, path)
+    return lambda: runner(images)
 
 
 def main(argv=None):
@@ -63,11 +48,7 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=20, help="timed calls per figure")
     args = parser.parse_args(argv)
     common.prepare_process()
-    import numpy as np
-    import tensorflow as tf
-
     from alexnet_keras import AlexNet
-    from pipeline.data import preprocess_ops
     from pipeline.serving import runtimes
 
     model = AlexNet(num_classes=common.NUM_CLASSES,
@@ -76,12 +57,8 @@ def main(argv=None):
     print(f"CPU: {common.cpu_model()}; paper AlexNet at {args.image_size}x{args.image_size}x3, "
           f"{args.calls} calls per figure")
     with tempfile.TemporaryDirectory() as directory:
-        common.write_jpegs(os.path.join(directory, "images"), CALIBRATION_JPEGS)
-        calibration = np.stack([
-            preprocess_ops.preprocess_for_eval(preprocess_ops.decode_image(
-                tf.io.read_file(os.path.join(parent, name)), 3), model.image_spec).numpy()
-            for parent, _, names in sorted(os.walk(os.path.join(directory, "images")))
-            for name in sorted(names)])
+        ingested = common.ingest_jpegs(directory, CALIBRATION_JPEGS)
+        calibration = runtimes.calibration_images(ingested, model.image_spec)
         rates, sizes = {}, {}
         for export_format, file_name in runtimes.FILE_NAMES.items():
             path = runtimes.export_file(

@@ -57,8 +57,7 @@ def push(model, ingested, export_config, run_dir, chief, blessed, max_pixels):
                if chief and export_format in export_config.export_formats]
     calibration = None
     if set(formats) & set(runtimes.QUANTIZED):
-        calibration = _model_inputs(ingested, "train", model.image_spec,
-                                    runtimes.CALIBRATION_IMAGES)
+        calibration = runtimes.calibration_images(ingested, model.image_spec)
     runtime_paths, int8_accuracy = {}, {}
     for export_format in formats:
         float_onnx = runtime_paths.get("onnx_path")
@@ -75,15 +74,6 @@ def push(model, ingested, export_config, run_dir, chief, blessed, max_pixels):
     return Pushed(export_path, keras_path, **runtime_paths, int8_test_accuracy=int8_accuracy)
 
 
-def _model_inputs(ingested, split, image_spec, count):
-    """The first `count` images of `split` (file order) as the model sees them
-    in evaluation: float32 `[count, height, width, channels]`."""
-    dataset = input_pipeline.make_dataset(
-        ingested, split, image_spec, min(count, ingested.num_examples(split)), training=False)
-    images, _ = next(iter(dataset))
-    return images.numpy()
-
-
 def _runtime_accuracy(export_format, path, ingested, image_spec):
     """Top-1 accuracy on the test split of the `export_format` file at `path`, in
     its runtime, on the images evaluation preprocesses for the Keras model."""
@@ -92,10 +82,10 @@ def _runtime_accuracy(export_format, path, ingested, image_spec):
         if local is None:  # The runtimes read local files only.
             local = os.path.join(temp_dir, os.path.basename(path))
             tf.io.gfile.copy(path, local)
-        correct = 0
+        runner, correct = runtimes.Runner(export_format, local), 0
         for images, labels in input_pipeline.make_dataset(ingested, "test", image_spec, 64,
                                                           training=False):
-            predicted = runtimes.logits(export_format, local, images.numpy()).argmax(axis=1)
+            predicted = runner(images.numpy()).argmax(axis=1)
             correct += int((predicted == labels.numpy()).sum())
     return correct / ingested.num_examples("test")
 

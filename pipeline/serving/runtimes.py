@@ -37,6 +37,7 @@ import warnings
 
 import tensorflow as tf
 
+from pipeline.data import input_pipeline
 from pipeline.training import precision
 from pipeline.storage import atomic
 from pipeline.errors import PipelineError
@@ -128,26 +129,52 @@ def export_file(model, export_format, path, calibration_images=None, float_onnx=
     return path
 
 
-def logits(export_format, path, images):
-    """The logits of the `export_format` file at `path` (local) for `images`
-    (float32 model inputs), run by its own runtime: LiteRT's interpreter or
-    ONNX Runtime on the CPU."""
-    if export_format.startswith("litert"):
-        from ai_edge_litert import interpreter as litert
+class Runner:
+    """A LiteRT or ONNX file (local) loaded once in its own runtime on the CPU,
+    LiteRT's interpreter or ONNX Runtime, on `threads` threads (default: the
+    cores this process may use). Called with float32 model inputs
+    `[batch, height, width, channels]`, it returns their logits."""
 
-        interpreter = litert.Interpreter(model_path=path)
-        (image_input,) = interpreter.get_input_details()
-        interpreter.resize_tensor_input(image_input["index"], images.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(image_input["index"], images)
-        interpreter.invoke()
-        (output,) = interpreter.get_output_details()
-        return interpreter.get_tensor(output["index"])
-    import onnxruntime
+    def __init__(self, export_format, path, threads=None):
+        threads = threads or len(os.sched_getaffinity(0))
+        self._litert = export_format.startswith("litert")
+        if self._litert:
+            from ai_edge_litert import interpreter as litert
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    (image_input,) = session.get_inputs()
-    return session.run(None, {image_input.name: images})[0]
+            self._interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+            (self._input,) = self._interpreter.get_input_details()
+            (self._output,) = self._interpreter.get_output_details()
+            self._shape = None
+        else:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = threads
+            self._session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"])
+            (self._input,) = self._session.get_inputs()
+
+    def __call__(self, images):
+        if not self._litert:
+            return self._session.run(None, {self._input.name: images})[0]
+        if images.shape != self._shape:  # Tensors are reallocated only for a new shape.
+            self._interpreter.resize_tensor_input(self._input["index"], images.shape)
+            self._interpreter.allocate_tensors()
+            self._shape = images.shape
+        self._interpreter.set_tensor(self._input["index"], images)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output["index"])
+
+
+def calibration_images(ingested, image_spec, count=CALIBRATION_IMAGES):
+    """The first `count` training images (file order) as the model sees them in
+    evaluation, float32 `[count, height, width, channels]`: what the
+    `QUANTIZED` formats calibrate on."""
+    dataset = input_pipeline.make_dataset(
+        ingested, "train", image_spec, min(count, ingested.num_examples("train")),
+        training=False)
+    images, _ = next(iter(dataset))
+    return images.numpy()
 
 
 def _export(model, path, export_format, input_spec, **options):

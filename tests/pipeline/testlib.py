@@ -217,7 +217,7 @@ RUNTIME_TOLERANCE = 5e-4
 
 
 def _runner(export_format):
-    return lambda path, images: runtimes.logits(export_format, path, images)
+    return lambda path, images: runtimes.Runner(export_format, path)(images)
 
 
 # Logits of a LiteRT or ONNX file, run by its runtime, by export format.

@@ -210,8 +210,8 @@ def trained_paper(digits):
 def test_each_int8_file_agrees_with_keras_and_keeps_lrn_in_float(
         tmp_path, digits, trained_paper, export_format):
     model = trained_paper
-    train, _ = testlib.encoded_split(digits, "train")
-    calibration = testlib.preprocessed(train[:runtimes.CALIBRATION_IMAGES], model.image_spec)
+    calibration = runtimes.calibration_images(digits, model.image_spec)
+    assert calibration.shape == (runtimes.CALIBRATION_IMAGES, *model.image_spec.shape)
     path = runtimes.export_file(model, export_format,
                                 tmp_path / runtimes.FILE_NAMES[export_format], calibration)
     assert os.listdir(tmp_path) == [runtimes.FILE_NAMES[export_format]]
