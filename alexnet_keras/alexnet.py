@@ -11,34 +11,32 @@ from alexnet_keras.local_response_normalization import LocalResponseNormalizatio
 
 VARIANTS = ("paper", "paper_2gpu", "d2l", "torchvision")
 NORMALIZATIONS = ("lrn", "batchnorm", "none")
+INITIALIZERS = ("paper", "he", "glorot")
 # torchvision's ImageNet statistics, for pixels in [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Per variant: default input, conv1 padding, the convolutions' filters and
-# groups, the normalisation it uses by default, where fc6 and fc7's dropout
-# sits, and how it expects 0-255 pixels: `(pixels - pixel_offset) *
-# pixel_scale`. The paper keeps the 0-255 scale (it subtracts the mean pixel)
-# and its N(0, 0.01) initialisation is sized for it: scaled to [-1, 1], the
-# paper model sat at chance for 6 of 10 epochs on digits. The d2l variant's
-# Glorot initialisation expects unit-scale inputs: at 0-255 scale, SGD at 0.01
-# diverged to NaN in its first steps. torchvision's weights were trained on
+# groups, the normalisation and initialisation it uses by default, where fc6
+# and fc7's dropout sits, and how it expects 0-255 pixels: `(pixels -
+# pixel_offset) * pixel_scale`, the scale being its initialisation's (below)
+# unless the variant fixes it. torchvision's weights were trained on
 # ImageNet's per-channel mean and standard deviation.
 _PAPER = {"input_shape": (227, 227, 3), "conv1_padding": 0, "normalization": "lrn",
           "filters": (96, 256, 384, 384, 256), "groups": (1, 1, 1, 1, 1),
-          "dropout": "after", "pixel_offset": 127.5, "pixel_scale": 1.0}
+          "initializer": "paper", "dropout": "after", "pixel_offset": 127.5}
 _VARIANT_DEFAULTS = {
     "paper": _PAPER,
     # The paper's own network: conv2, conv4 and conv5 see only the maps on
     # their own GPU, as two groups.
     "paper_2gpu": {**_PAPER, "groups": (1, 2, 1, 2, 2)},
     "d2l": {**_PAPER, "input_shape": (224, 224, 1), "conv1_padding": 1,
-            "normalization": "none", "pixel_scale": 1 / 127.5},
+            "normalization": "none", "initializer": "glorot"},
     # torchvision.models.alexnet: the "one weird trick" layout, dropout before
     # fc6 and fc7, and a 6x6 adaptive average pool before the flatten.
     "torchvision": {"input_shape": (224, 224, 3), "conv1_padding": 2, "normalization": "none",
                     "filters": (64, 192, 384, 256, 256), "groups": (1, 1, 1, 1, 1),
-                    "dropout": "before",
+                    "initializer": "glorot", "dropout": "before",
                     "pixel_offset": tuple(255 * mean for mean in IMAGENET_MEAN),
                     "pixel_scale": tuple(1 / (255 * std) for std in IMAGENET_STD)},
 }
@@ -89,11 +87,16 @@ def minimum_input_size(variant):
     return size
 
 
-def check_arguments(variant, num_classes, dropout_rate, normalization):
+def check_arguments(variant, num_classes, dropout_rate, normalization, initializer=None):
     """Raises `ValueError` naming the first argument `AlexNet` would refuse."""
     if variant not in VARIANTS:
         raise ValueError(
             f"`variant` must be one of {', '.join(VARIANTS)}. Received: variant={variant!r}"
+        )
+    if initializer not in (None, *INITIALIZERS):
+        raise ValueError(
+            f"`initializer` must be one of {', '.join(INITIALIZERS)}. "
+            f"Received: initializer={initializer!r}"
         )
     if normalization not in (None, *NORMALIZATIONS):
         raise ValueError(
@@ -126,13 +129,43 @@ def _checked_input_shape(variant, input_shape):
     return input_shape
 
 
-def _initializers(variant):
-    """(kernel initializer factory, bias initializer factory) of the variant."""
-    if variant.startswith("paper"):
+# The initialisations, and the pixel scale each is sized for:
+# - "paper": N(0, 0.01) weights, biases of 1 in conv2, conv4, conv5, fc6 and
+#   fc7, for 0-255 pixels (the paper subtracts the mean pixel, no more). The
+#   biases swamp the signal: at initialisation fc8's logits vary across
+#   images by 0.2% of their size, so SGD first fits the class prior and, on a
+#   small set, never leaves it (docs/training.md).
+# - "he": He normal weights (variance 2 / fan-in), zero biases, for pixels in
+#   [-1, 1]: every layer passes its input's scale on.
+# - "glorot": Glorot uniform, zero biases, for pixels in [-1, 1] (d2l's).
+_PIXEL_SCALES = {"paper": 1.0, "he": 1 / 127.5, "glorot": 1 / 127.5}
+
+
+def default_initializer(variant):
+    """The variant's own initialisation: "paper" for the paper's networks,
+    "glorot" for the others."""
+    return _VARIANT_DEFAULTS[variant]["initializer"]
+
+
+def default_pixel_scale(variant, initializer=None):
+    """The scale of centred 0-255 pixels `variant` takes under `initializer`
+    (the variant's own by default): its own where it fixes one (torchvision's
+    ImageNet std), else the one the initialisation is sized for."""
+    defaults = _VARIANT_DEFAULTS[variant]
+    return defaults.get("pixel_scale",
+                        _PIXEL_SCALES[initializer or defaults["initializer"]])
+
+
+def _initializers(initializer):
+    """(kernel initializer factory, bias initializer factory taking the
+    paper's bias) of `initializer`."""
+    if initializer == "paper":
         return (
             lambda: keras.initializers.RandomNormal(mean=0.0, stddev=0.01),
             keras.initializers.Constant,
         )
+    if initializer == "he":
+        return keras.initializers.HeNormal, lambda value: keras.initializers.Zeros()
     return keras.initializers.GlorotUniform, lambda value: keras.initializers.Zeros()
 
 
@@ -184,15 +217,20 @@ class AlexNet(keras.Model):
         normalization: `"lrn"` (after the ReLU of conv1 and conv2, as in the
             paper), `"batchnorm"` (between every convolution and its ReLU) or
             `"none"`; the variant's own by default.
+        initializer: `"paper"` (N(0, 0.01) weights, biases of 1 in conv2,
+            conv4, conv5, fc6 and fc7), `"he"` (He normal, zero biases) or
+            `"glorot"` (Glorot uniform, zero biases); the variant's own by
+            default ("paper" for the paper's networks, "glorot" for the
+            others). It sets the default `pixel_scale`: 0-255 pixels for
+            "paper", [-1, 1] for the others.
         pixel_offset: float (or one per channel) subtracted from 0-255
             pixels; the variant's own by default: 127.5 centres them, as the
             paper subtracts the mean pixel; "torchvision" subtracts
             ImageNet's mean per channel.
         pixel_scale: float (or one per channel) the centred pixels are scaled
-            by; the variant's own by default: 1 for "paper" (its N(0, 0.01)
-            initialisation is sized for the 0-255 scale), 1/127.5 for "d2l"
-            (Glorot expects [-1, 1]), 1/(255 * ImageNet's std) for
-            "torchvision".
+            by; by default the initialisation's: 1 for "paper" (N(0, 0.01)
+            is sized for the 0-255 scale), 1/127.5 for "he" and "glorot"
+            (sized for [-1, 1]); 1/(255 * ImageNet's std) for "torchvision".
         crop_fraction: float in (0, 1], the central share of each side of an
             image that evaluation and serving keep (0.875, 224 of 256).
         class_names: optional, one name per logit, kept with the model (a
@@ -223,13 +261,14 @@ class AlexNet(keras.Model):
         input_shape=None,
         dropout_rate=0.5,
         normalization=None,
+        initializer=None,
         pixel_offset=None,
         pixel_scale=None,
         crop_fraction=EVAL_CROP_FRACTION,
         class_names=None,
         **kwargs,
     ):
-        check_arguments(variant, num_classes, dropout_rate, normalization)
+        check_arguments(variant, num_classes, dropout_rate, normalization, initializer)
         if class_names is not None:
             class_names = tuple(str(name) for name in class_names)
             if len(class_names) != num_classes:
@@ -239,15 +278,16 @@ class AlexNet(keras.Model):
                 )
         defaults = _VARIANT_DEFAULTS[variant]
         normalization = normalization or defaults["normalization"]
+        initializer = initializer or defaults["initializer"]
         input_shape = _checked_input_shape(variant, input_shape or defaults["input_shape"])
         # Checks the pixel scaling and crop_fraction before the graph is built.
         image_spec = ImageSpec(
             *input_shape,
             defaults["pixel_offset"] if pixel_offset is None else pixel_offset,
-            defaults["pixel_scale"] if pixel_scale is None else pixel_scale,
+            default_pixel_scale(variant, initializer) if pixel_scale is None else pixel_scale,
             crop_fraction,
         )
-        kernel_init, bias_init = _initializers(variant)
+        kernel_init, bias_init = _initializers(initializer)
 
         inputs = keras.Input(shape=input_shape, name="image")
         x = inputs
@@ -308,6 +348,7 @@ class AlexNet(keras.Model):
         self.image_shape = input_shape
         self.dropout_rate = dropout_rate
         self.normalization = normalization
+        self.initializer = initializer
         self.pixel_offset = image_spec.pixel_offset
         self.pixel_scale = image_spec.pixel_scale
         self.crop_fraction = image_spec.crop_fraction
@@ -329,6 +370,7 @@ class AlexNet(keras.Model):
             "input_shape": list(self.image_shape),
             "dropout_rate": self.dropout_rate,
             "normalization": self.normalization,
+            "initializer": self.initializer,
             "pixel_offset": self.pixel_offset,
             "pixel_scale": self.pixel_scale,
             "crop_fraction": self.crop_fraction,

@@ -121,6 +121,11 @@ class ModelConfig:
     normalization: str | None = setting(
         shapes_run=True, tunable=True, choices=alexnet.NORMALIZATIONS,
         help="the variant's own when not given (lrn for paper, none for d2l)")
+    initializer: str | None = setting(
+        shapes_run=True, logged=True, choices=alexnet.INITIALIZERS,
+        help="paper: N(0, 0.01), biases of 1, pixels at the 0-255 scale; he: He normal, "
+             "zero biases, pixels in [-1, 1]; glorot: d2l's; the variant's own when not "
+             "given (paper for paper, glorot for d2l)")
     image_size: tuple[int, int] | None = setting(
         shapes_run=True,
         help="SIZE or HEIGHT,WIDTH; when not given: 67 for digits, else the variant's "
@@ -133,7 +138,8 @@ class ModelConfig:
         # The architecture's own checks, made before anything is ingested; the
         # class count is the data's, checked when the model is built.
         try:
-            alexnet.check_arguments(self.variant, 1, self.dropout_rate, self.normalization)
+            alexnet.check_arguments(self.variant, 1, self.dropout_rate, self.normalization,
+                                    self.initializer)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if self.image_size is not None and (
@@ -175,12 +181,18 @@ class TrainConfig:
     batch_size: int = setting(
         32, shapes_run=True, tunable=True, help="global batch size, split over the replicas")
     optimizer: str = setting("adam", shapes_run=True, tunable=True, choices=OPTIMIZERS)
+    momentum: float = setting(
+        0.9, shapes_run=True, help="SGD's momentum (the paper's 0.9; 0: plain SGD, as d2l)")
     learning_rate: float = setting(1e-4, shapes_run=True, tunable=True)
     weight_decay: float = setting(
         0.0, shapes_run=True, tunable=True, help="L2 on the kernels (the paper: 5e-4)")
     lr_schedule: str = setting(
         "constant", shapes_run=True, logged=True, choices=LR_SCHEDULES,
         help="plateau: the paper's divide-by-10 when validation loss stalls")
+    warmup_epochs: float = setting(
+        0.0, shapes_run=True,
+        help="raise the learning rate linearly from 0 over this many epochs (fractions "
+             "allowed) before the schedule; with constant or cosine")
     seed: int | None = setting(
         shapes_run=True, help="make a single-replica run reproducible")
     mixed_precision: bool = setting(
@@ -220,6 +232,11 @@ class TrainConfig:
             (self.batch_size >= 1, "batch_size", "must be at least 1"),
             (self.learning_rate > 0, "learning_rate", "must be positive"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
+            (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
+            (self.optimizer == "sgd" or self.momentum == 0.9, "momentum",
+             "is SGD's: it needs optimizer='sgd'"),
+            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
+             f"must be >= 0 and less than epochs={self.epochs}"),
             (self.cpu_replicas is None or self.cpu_replicas >= 1, "cpu_replicas",
              "must be at least 1"),
             (self.all_reduce_pack_mb >= 0, "all_reduce_pack_mb", "must be >= 0"),
@@ -242,6 +259,11 @@ class TrainConfig:
             raise ConfigError(
                 "`all_reduce` and `all_reduce_pack_mb` set the collectives of "
                 f"strategy='multiworker', not {self.strategy!r}"
+            )
+        if self.warmup_epochs and self.lr_schedule == "plateau":
+            raise ConfigError(
+                "`warmup_epochs` ramps the rate of lr_schedule='constant' or 'cosine'; "
+                "'plateau' divides a fixed rate: drop one of them"
             )
         if self.freeze and not self.init_from:
             raise ConfigError("`freeze` keeps loaded layers fixed: give `init_from` too")
@@ -347,7 +369,8 @@ class RunConfig:
         """The `RunConfig` that `to_json` (or a run's `config.json`) wrote:
         `RunConfig.from_json(config.to_json()) == config`. A partial config
         keeps the defaults of what it leaves out; top-level entries that are
-        not sections (`config.json`'s "ingested") are ignored. Each value is
+        not sections are refused, but for `config.json`'s "ingested" and a
+        recipe's "about" (a description, ignored). Each value is
         checked for its type and range by the same code that checks a flag."""
         return cls(**sections_from_json(text, source))
 
@@ -355,6 +378,9 @@ class RunConfig:
 # The sections of a `RunConfig`, by name: what the command line, the JSON reader
 # and the settings' lists go through.
 SECTIONS = {field.name: field.type for field in dataclasses.fields(RunConfig)}
+# Top-level entries of a config file that are not settings: what a run's
+# config.json records of its data, and a recipe's description.
+NOT_SETTINGS = ("ingested", "about")
 
 
 def sections_from_json(text, source):
@@ -363,6 +389,12 @@ def sections_from_json(text, source):
     recorded = json_values.parse_object(text, source, "pass a run's config.json")
     if not set(SECTIONS) & set(recorded):
         raise ConfigError(f"{source} holds no settings; pass a run's config.json")
+    unknown = sorted(set(recorded) - set(SECTIONS) - set(NOT_SETTINGS))
+    if unknown:
+        raise ConfigError(
+            f"{source} has entries this version does not know: {', '.join(unknown)}; "
+            f"remove them (the sections are {', '.join(SECTIONS)})"
+        )
     parts = {}
     for name, section_class in SECTIONS.items():
         if name not in recorded:

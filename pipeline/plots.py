@@ -40,6 +40,29 @@ def training_curves(rows, path):
     _save(figure, path, dpi=100)
 
 
+def learning_rate_range(test, path):
+    """The loss against the learning rate of a range test
+    (`pipeline.training.lr_finder.RangeTest`), the suggestion marked."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(test.learning_rates, test.losses, alpha=0.3, label="loss of each step")
+    axes.plot(test.learning_rates, test.smoothed, label="smoothed")
+    if test.suggestion is not None:
+        axes.axvline(test.suggestion, color="tab:red", linestyle="--",
+                     label=f"suggested: {test.suggestion:.2g}")
+    axes.set_xscale("log")
+    # The last steps' loss explodes: the picture shows the fall before it.
+    low, start = min(test.smoothed), test.smoothed[0]
+    axes.set_ylim(low - 0.1 * (start - low) - 1e-3, max(test.smoothed[:len(test.smoothed) // 2 + 1])
+                  + 0.5 * (start - low) + 1e-3)
+    axes.set_xlabel("learning rate")
+    axes.set_ylabel("training loss")
+    axes.set_title("Learning-rate range test")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend()
+    _save(figure, path, dpi=100)
+
+
 def search_scores(trial_ids, scores, objective, path):
     """Each trial's score in the order trials ran, and the best so far."""
     figure = Figure(figsize=(8, 4), layout="constrained")

@@ -16,6 +16,7 @@ import time
 import tensorflow as tf
 
 from pipeline.config import DataConfig
+from pipeline.errors import ConfigError
 from pipeline.data import file_sources
 from pipeline.data import ingest
 from pipeline.errors import PipelineError
@@ -30,6 +31,7 @@ from pipeline.storage import run_dir as run_dir_lib
 from pipeline.storage import saved_models
 from pipeline.training import distribute
 from pipeline.training import loop
+from pipeline.training import lr_finder
 from pipeline.training import models
 from pipeline.training import precision
 from pipeline.training import summaries
@@ -45,6 +47,26 @@ def run(config):
     runtimes.check_installed(config.export.export_formats)
     with run_dir_lib.claimed(config.train.output_dir) as run_dir:
         return _run(config, run_dir)
+
+
+def find_learning_rate(config):
+    """The learning-rate range test of the run `config` describes
+    (`pipeline.training.lr_finder`), in its run directory; returns the
+    `RangeTest` and the directory."""
+    if config.tune.tuner:
+        raise ConfigError("`find_lr` tests the rates of one configuration and `tuner` "
+                          "searches many: use one or the other")
+    with run_dir_lib.claimed(config.train.output_dir) as run_dir:
+        strategy = distribute.make_strategy(
+            config.train.strategy, config.train.cpu_replicas, config.train.all_reduce,
+            config.train.all_reduce_pack_mb,
+        )
+        precision.set_global_options(config.train, strategy)
+        ingested = ingest.ingest(config.data, config.data.ingest_dir
+                                 or ingest.default_ingest_dir(config.data.dataset))
+        model_config = models.resolve(config.model, ingested)
+        return lr_finder.find(strategy, model_config, config.train, config.data, ingested,
+                              run_dir), run_dir
 
 
 def _run(config, run_dir):

@@ -76,6 +76,16 @@ def run_config(args):
 
 def _run(args):
     config = run_config(args)
+    if args.find_lr:
+        test, run_dir = runner.find_learning_rate(config)
+        rate = f"{test.suggestion:.2g}" if test.suggestion else None
+        print(f"Suggested learning rate: {rate} (a tenth of the rate at the lowest loss); "
+              f"train with --learning-rate {rate}" if rate else
+              "The loss did not fall at any rate tried: no rate is suggested")
+        print(f"Loss against rate: {os.path.join(run_dir, 'lr_find.png')} "
+              f"(lowest smoothed loss {min(test.smoothed):.3f} at "
+              f"{test.learning_rates[test.smoothed.index(min(test.smoothed))]:.2g})")
+        return
     metrics = runner.run(config)
     if metrics is not None:
         print(_summary(metrics, config.train.output_dir), flush=True)

@@ -106,6 +106,11 @@ def run_parser():
                         help="a run's config.json, or a partial one such as a recipe: train "
                              "with its settings, the flags given beside it overriding them; "
                              "a new run (in runs/<timestamp> unless --output-dir is given)")
+    parser.add_argument("--find-lr", action="store_true",
+                        help="instead of training, run the learning-rate range test with "
+                             "these settings (100 steps, rates 1e-7 to 10): lr_find.png and "
+                             "lr_find.csv in the run directory, and a suggested "
+                             "--learning-rate")
     for section, title in _GROUPS.items():
         group = parser.add_argument_group(title)
         for field in dataclasses.fields(config_lib.SECTIONS[section]):

@@ -55,6 +55,7 @@ def build_model(model_config, num_classes):
         input_shape=(*model_config.image_size, model_config.channels),
         dropout_rate=model_config.dropout_rate,
         normalization=model_config.normalization,
+        initializer=model_config.initializer,
     )
 
 

@@ -45,20 +45,39 @@ class MomentumSGD(keras.optimizers.SGD):
         )
 
 
+def schedule(train_config, steps_per_epoch):
+    """The learning rate: a float, or a schedule of the optimizer's step.
+
+    Warm-up raises it linearly from 0 to `learning_rate` over
+    `warmup_epochs`; then "cosine" decays it to 0 at the last step and
+    "constant" keeps it. Keras' `CosineDecay` does both (its `alpha=1` is a
+    cosine that never falls).
+    """
+    peak = train_config.learning_rate
+    warmup_steps = round(train_config.warmup_epochs * steps_per_epoch)
+    if train_config.lr_schedule == "plateau" or (
+        train_config.lr_schedule == "constant" and not warmup_steps
+    ):
+        return peak
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else peak,
+        decay_steps=max(train_config.epochs * steps_per_epoch - warmup_steps, 1),
+        alpha=1.0 if train_config.lr_schedule == "constant" else 0.0,
+        warmup_target=peak if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
 def make_optimizer(train_config, steps_per_epoch, variables):
-    """SGD with the paper's momentum 0.9, or Adam, with the chosen schedule,
+    """SGD with momentum (the paper's 0.9 by default), or Adam, with the chosen schedule,
     built for `variables`.
 
     Call it in the strategy's scope: under MirroredStrategy the optimizer's
     slots must be created there, not later inside a replica's step.
     """
-    learning_rate = train_config.learning_rate
-    if train_config.lr_schedule == "cosine":
-        learning_rate = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=train_config.epochs * steps_per_epoch
-        )
+    learning_rate = schedule(train_config, steps_per_epoch)
     if train_config.optimizer == "sgd":
-        optimizer = MomentumSGD(learning_rate, momentum=0.9)
+        optimizer = MomentumSGD(learning_rate, momentum=train_config.momentum)
     else:
         optimizer = keras.optimizers.Adam(learning_rate)
     if train_config.mixed_precision and keras.mixed_precision.global_policy().name == (

@@ -50,7 +50,7 @@ class WarmStart:
 def _from_keras_file(path):
     model = models.load_model_file(path, "init_from")
     weights = {weight.path: keras.ops.convert_to_numpy(weight) for weight in model.weights}
-    return weights, model.variant
+    return weights, model.variant, (model.initializer, model.pixel_scale)
 
 
 def _from_saved_model(path):
@@ -64,7 +64,9 @@ def _from_saved_model(path):
                             "a SavedModel this package exported") from None
     # Exports older than alexnet_keras.json do not record the variant: only
     # the shapes are checked then.
-    return weights, info["config"].get("variant") if info else None
+    config = info["config"] if info else {}
+    pixels = (config.get("initializer"), config["pixel_scale"]) if "pixel_scale" in config else None
+    return weights, config.get("variant"), pixels
 
 
 def _from_torch_state_dict(path):
@@ -76,7 +78,7 @@ def _from_torch_state_dict(path):
     weights = {}
     for layer, (kernel, bias) in torchvision_weights.keras_weights(state).items():
         weights[f"{layer}/kernel"], weights[f"{layer}/bias"] = kernel, bias
-    return weights, "torchvision"
+    return weights, "torchvision", None
 
 
 def _from_run_dir(path):
@@ -135,12 +137,15 @@ def _from_run_dir(path):
     except (tf.errors.OpError, IndexError, KeyError, ValueError, message.DecodeError) as error:
         raise PipelineError(f"`init_from` {checkpoint} cannot be read as a run's checkpoint "
                             f"({first_line(error)[:200]}); {fix}") from None
-    return weights, settings.variant
+    initializer = settings.initializer or alexnet.default_initializer(settings.variant)
+    return weights, settings.variant, (
+        initializer, alexnet.default_pixel_scale(settings.variant, initializer))
 
 
 def source_weights(path):
     """Every weight of the model at `path`, as `{"<layer>/<weight>": array}`,
-    and its AlexNet variant where the source records it (else None)."""
+    its AlexNet variant and its `(initializer, pixel_scale)`, each where the
+    source records it (else None)."""
     if str(path).endswith(".keras"):
         if not tf.io.gfile.exists(path):
             raise PipelineError(f"`init_from` {path} does not exist; pass an existing "
@@ -167,13 +172,22 @@ def load(model, path, source=None):
     `source` is `source_weights(path)` when the caller already read it (a
     search loads the same source into every trial).
     """
-    weights, variant = source or source_weights(path)
+    weights, variant, pixels = source or source_weights(path)
     if variant is not None and variant != model.variant:
         # At some input sizes every shape matches, but the variants scale
         # pixels differently and only "paper" has LRN.
         raise PipelineError(
             f"`init_from` {path} is a {variant!r} AlexNet and this run trains a "
             f"{model.variant!r} one; use variant={variant!r} or another source"
+        )
+    if pixels is not None and not np.allclose(pixels[1], model.pixel_scale):
+        # Weights learnt on 0-255 pixels are wrong on [-1, 1] ones.
+        initializer = pixels[0] or alexnet.default_initializer(model.variant)
+        raise PipelineError(
+            f"`init_from` {path} takes pixels scaled by {np.round(pixels[1], 6)} (initializer="
+            f"{initializer!r}) and this run's model by {np.round(model.pixel_scale, 6)} "
+            f"(initializer={model.initializer!r}); use initializer={initializer!r}, "
+            "as the source did"
         )
     loaded, new = [], []
     for layer in model.layers:

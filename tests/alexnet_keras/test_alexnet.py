@@ -96,6 +96,28 @@ def test_paper_initialisation():
         np.testing.assert_array_equal(bias, np.full_like(bias, expected_bias), err_msg=name)
 
 
+def test_he_initialisation_and_the_pixel_scale_it_is_sized_for():
+    """He normal (std sqrt(2 / fan-in)), zero biases, and pixels in [-1, 1]
+    by default; the paper's initialisation keeps the 0-255 scale."""
+    model = AlexNet(variant="paper", num_classes=10, input_shape=(67, 67, 1), initializer="he")
+    assert model.initializer == "he" and model.pixel_scale == pytest.approx(1 / 127.5)
+    for name, fan_in in (("conv1", 11 * 11 * 1), ("conv2", 5 * 5 * 96), ("fc7", 4096)):
+        kernel, bias = (w.numpy() for w in model.get_layer(name).weights)
+        # HeNormal truncates at two standard deviations (std 0.88 of untruncated).
+        expected = np.sqrt(2 / fan_in)
+        assert kernel.std() == pytest.approx(expected, rel=0.05), name
+        assert not bias.any(), name
+    assert AlexNet(variant="paper", input_shape=(67, 67, 3)).pixel_scale == 1.0
+    assert AlexNet(variant="d2l", initializer="paper").pixel_scale == 1.0
+    # A given scale wins; torchvision keeps ImageNet's statistics.
+    assert AlexNet(initializer="he", pixel_scale=0.5, input_shape=(67, 67, 3)).pixel_scale == 0.5
+    torchvision = AlexNet(variant="torchvision", initializer="he")
+    assert torchvision.pixel_scale == AlexNet(variant="torchvision").pixel_scale
+    # Saved and loaded with its initializer and scale.
+    config = AlexNet.from_config(model.get_config()).get_config()
+    assert config["initializer"] == "he" and config["pixel_scale"] == model.pixel_scale
+
+
 def test_d2l_variant_matches_the_tutorial():
     model = AlexNet(variant="d2l", num_classes=10)
     assert model.count_params() == 46_764_746
@@ -147,6 +169,7 @@ def test_minimum_input_size():
         ({"normalization": "layernorm"}, "normalization='layernorm'"),
         ({"num_classes": 0}, "num_classes=0"),
         ({"dropout_rate": 1.0}, "dropout_rate=1.0"),
+        ({"initializer": "xavier"}, "initializer='xavier'"),
         ({"input_shape": (227, 227)}, "input_shape=\\(227, 227\\)"),
         ({"crop_fraction": 0.0}, "crop_fraction=0.0"),
     ],

@@ -33,11 +33,14 @@ def test_the_lists_each_reader_uses_come_from_the_fields():
         "train": ("batch_size", "optimizer", "learning_rate", "weight_decay"),
         "export": (), "tune": (),
     }
-    assert config_lib.logged_settings()["model"] == ("variant", "dropout_rate", "normalization")
+    assert config_lib.logged_settings()["model"] == (
+        "variant", "dropout_rate", "normalization", "initializer")
     assert "lr_schedule" in config_lib.logged_settings()["train"]
     shaping = config_lib.shaping_settings()
     assert "epochs" not in shaping["train"]  # a larger one extends a run
-    assert {"batch_size", "init_from", "freeze", "seed"} <= set(shaping["train"])
+    assert {"batch_size", "init_from", "freeze", "seed", "momentum", "warmup_epochs"} <= set(
+        shaping["train"])
+    assert "initializer" in shaping["model"]
     assert shaping["export"] == shaping["tune"] == ()
 
 
@@ -100,6 +103,15 @@ def test_a_config_round_trips_and_a_partial_one_keeps_the_defaults():
     ('{"train": [1, 2]}', "the section `train` must be an object of settings"),
     ('{"train": {"epochs": 0}}', "`epochs` must be at least 1. Received: epochs=0"),
     ('{"train": {"warmup": 3}}', "settings this version does not know: train.warmup"),
+    ('{"trian": {"epochs": 3}, "model": {}}',
+     "entries this version does not know: trian; remove them (the sections are data, "),
+    ('{"train": {"warmup_epochs": 2, "epochs": 2}}',
+     "`warmup_epochs` must be >= 0 and less than epochs=2. Received: warmup_epochs=2"),
+    ('{"train": {"warmup_epochs": 1, "lr_schedule": "plateau"}}',
+     "'plateau' divides a fixed rate: drop one of them"),
+    ('{"train": {"momentum": 0.5}}', "`momentum` is SGD's: it needs optimizer='sgd'"),
+    ('{"train": {"momentum": 1.0, "optimizer": "sgd"}}', "`momentum` must be in [0, 1)"),
+    ('{"model": {"initializer": "xavier"}}', "`initializer` must be one of paper, he, glorot"),
     ("[" * 100_000 + "]" * 100_000, "is not JSON (nested too deeply)"),
     ("[]", "must hold a JSON object. Received: []"),
     ("{}", "holds no settings"),

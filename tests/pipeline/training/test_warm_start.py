@@ -77,6 +77,29 @@ def test_an_export_records_its_variant(tmp_path):
         warm_start.load(small_model(3, seed=2, variant="d2l"), str(tmp_path / "models"))
 
 
+def test_a_source_of_another_pixel_scale_is_refused(tmp_path):
+    """Weights learnt on 0-255 pixels (the paper's initialisation) do not fit
+    a model fed [-1, 1] ones (He's): every kind of source says which
+    initializer to use; the same scale loads."""
+    source = small_model(3, seed=1, initializer="paper")
+    source.save(tmp_path / "source.keras")
+    builder.export_saved_model(source, ["a", "b", "c"], str(tmp_path / "models"))
+    run_dir = tmp_path / "run"
+    tf.train.Checkpoint(model=source).write(str(run_dir / "checkpoints" / "ckpt-1"))
+    (run_dir / "checkpoints" / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
+    (run_dir / "config.json").write_text(json.dumps({"model": {
+        "initializer": "paper", "image_size": [67, 67], "channels": 1}}))
+    for path in ("source.keras", "models", "run"):
+        with pytest.raises(PipelineError) as raised:
+            warm_start.load(small_model(3, seed=2, initializer="he"), str(tmp_path / path))
+        assert str(raised.value) == (
+            f"`init_from` {tmp_path / path} takes pixels scaled by 1.0 (initializer='paper') "
+            "and this run's model by 0.007843 (initializer='he'); use initializer='paper', "
+            "as the source did")
+        assert warm_start.load(small_model(3, seed=2), str(tmp_path / path)).new == ()
+
+
 @pytest.mark.parametrize("kind", ["tf2", "tf1"])
 def test_a_savedmodel_that_runs_code_when_loaded_is_refused_unrun(tmp_path, kind):
     path, marker = crafted_models.dangerous(kind, str(tmp_path / kind))
