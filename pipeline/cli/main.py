@@ -21,6 +21,7 @@ import re
 import sys
 
 from pipeline import config as config_lib
+from pipeline import config_files
 from pipeline import errors
 from pipeline import json_values
 from pipeline import runner
@@ -41,7 +42,7 @@ def _parse_run_args(parser, argv):
     """The run's flags, on top of the settings of `--config` when it is given."""
     args = parser.parse_args(argv)
     if args.config:
-        sections = config_lib.sections_from_json(read_config_file(args.config), args.config)
+        sections = config_files.sections_from_json(read_config_file(args.config), args.config)
         settings = {}
         for section in sections.values():
             settings.update(dataclasses.asdict(section))

@@ -23,7 +23,8 @@ def current_learning_rate(optimizer):
 
 class Plateau:
     """The paper's schedule: divide the learning rate by 10 when the validation
-    loss stops improving for `patience` epochs, at most three times.
+    loss stops improving for `patience` epochs, at most three times. It counts
+    the divisions; the optimizer's schedule, given `reductions`, divides.
 
     Its state is held in variables so that it is checkpointed with the run.
     """
@@ -45,7 +46,8 @@ class Plateau:
             return
         self.wait.assign_add(1)
         if self.wait.numpy() >= self.patience and self.reductions.numpy() < self.max_reductions:
-            optimizer.learning_rate = current_learning_rate(optimizer) / 10
+            # The optimizer's schedule divides by 10 per reduction
+            # (`optimizers.DividedOnPlateau`).
             self.reductions.assign_add(1)
             self.wait.assign(0)
             log.info("Validation loss stopped improving: learning rate divided by 10, now %g",

@@ -237,8 +237,9 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
         model = models.build_model(model_config, ingested.num_classes)
         if train_config.freeze:
             warm_start.freeze(model, train_config.freeze)
-        optimizer = optimizers.make_optimizer(train_config, steps, model.trainable_variables)
         plateau = callbacks_lib.Plateau()
+        optimizer = optimizers.make_optimizer(train_config, steps, model.trainable_variables,
+                                              plateau.reductions)
         early_stopping = (callbacks_lib.EarlyStopping(train_config.early_stopping)
                           if train_config.early_stopping else None)
     checkpoint = tf.train.Checkpoint(

@@ -45,19 +45,46 @@ class MomentumSGD(keras.optimizers.SGD):
         )
 
 
-def schedule(train_config, steps_per_epoch):
+@keras.saving.register_keras_serializable(package="pipeline")
+class DividedOnPlateau(keras.optimizers.schedules.LearningRateSchedule):
+    """`peak`, reached linearly over `warmup_steps`, divided by 10 for each
+    reduction the plateau schedule has made (`callbacks.Plateau.reductions`,
+    a variable checkpointed with the run)."""
+
+    def __init__(self, peak, warmup_steps, reductions):
+        self.peak = peak
+        self.warmup_steps = warmup_steps
+        self.reductions = reductions
+
+    def __call__(self, step):
+        rate = self.peak * tf.pow(0.1, tf.cast(self.reductions, tf.float32))
+        if self.warmup_steps:
+            rate *= tf.minimum(1.0, tf.cast(step, tf.float32) / self.warmup_steps)
+        return rate
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "reductions": int(self.reductions)}
+
+
+def schedule(train_config, steps_per_epoch, reductions=None):
     """The learning rate: a float, or a schedule of the optimizer's step.
 
     Warm-up raises it linearly from 0 to `learning_rate` over
-    `warmup_epochs`; then "cosine" decays it to 0 at the last step and
-    "constant" keeps it. Keras' `CosineDecay` does both (its `alpha=1` is a
-    cosine that never falls).
+    `warmup_epochs`; then "cosine" decays it to 0 at the last step,
+    "constant" keeps it, and "plateau" divides it by 10 at each of the
+    plateau schedule's `reductions` (a variable; none without it). Keras'
+    `CosineDecay` does the first two (its `alpha=1` is a cosine that never
+    falls).
     """
     peak = train_config.learning_rate
     warmup_steps = round(train_config.warmup_epochs * steps_per_epoch)
-    if train_config.lr_schedule == "plateau" or (
-        train_config.lr_schedule == "constant" and not warmup_steps
-    ):
+    if train_config.lr_schedule == "plateau":
+        if reductions is None and not warmup_steps:
+            return peak
+        return DividedOnPlateau(peak, warmup_steps,
+                                tf.constant(0) if reductions is None else reductions)
+    if train_config.lr_schedule == "constant" and not warmup_steps:
         return peak
     return keras.optimizers.schedules.CosineDecay(
         0.0 if warmup_steps else peak,
@@ -68,14 +95,17 @@ def schedule(train_config, steps_per_epoch):
     )
 
 
-def make_optimizer(train_config, steps_per_epoch, variables):
+def make_optimizer(train_config, steps_per_epoch, variables, plateau_reductions=None):
     """SGD with momentum (the paper's 0.9 by default), or Adam, with the chosen schedule,
     built for `variables`.
+
+    `plateau_reductions` is the plateau schedule's count of divisions by 10
+    (`callbacks.Plateau.reductions`), read at every step.
 
     Call it in the strategy's scope: under MirroredStrategy the optimizer's
     slots must be created there, not later inside a replica's step.
     """
-    learning_rate = schedule(train_config, steps_per_epoch)
+    learning_rate = schedule(train_config, steps_per_epoch, plateau_reductions)
     if train_config.optimizer == "sgd":
         optimizer = MomentumSGD(learning_rate, momentum=train_config.momentum)
     else:

@@ -26,7 +26,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from alexnet_keras import alexnet
 from alexnet_keras import torchvision_weights
-from pipeline import config as config_lib
+from pipeline import config_files
 from pipeline import json_values
 from pipeline.errors import first_line
 from pipeline.training import models
@@ -96,8 +96,9 @@ def _from_run_dir(path):
     if "model" not in recorded:
         raise PipelineError(f"`init_from` {config_path} has no `model` settings; {fix}")
     # Only the model's settings matter here (another version's other sections may differ).
-    settings = config_lib.sections_from_json(json.dumps({"model": recorded["model"]}),
-                                             config_path)["model"]
+    settings = config_files.sections_from_json(json.dumps({
+        key: recorded[key] for key in ("model", "ingested") if key in recorded
+    }), config_path)["model"]
     # The checkpoint knows layers by position, which the run's variant and
     # normalization fix; its image size and class count only change shapes,
     # which are read from the checkpoint: the source is built at the smallest

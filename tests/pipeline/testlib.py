@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import onnxruntime
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from ai_edge_litert import interpreter as litert
 from PIL import Image
 from sklearn.linear_model import LogisticRegression
@@ -375,3 +376,20 @@ class Children(contextlib.AbstractContextManager):
         for process in self.processes.values():
             process.wait()
         return None
+
+
+def tfds_metadata(data_dir, name, split_sizes):
+    """Writes the dataset_info.json a prepared dataset would have, so that
+    tfds.testing.mock_data knows the dataset's splits."""
+    builder = tfds.builder(name, data_dir=str(data_dir))
+    builder.info.set_splits(
+        tfds.core.SplitDict(
+            [
+                tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0)
+                for split, size in split_sizes.items()
+            ]
+        )
+    )
+    os.makedirs(builder.data_dir)
+    builder.info.write_to_directory(builder.data_dir)
+    return builder.info

@@ -377,26 +377,9 @@ def test_a_tfrecord_label_far_off_the_others_is_named_not_allocated(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def _tfds_metadata(data_dir, name, split_sizes):
-    """Writes the dataset_info.json a prepared dataset would have, so that
-    tfds.testing.mock_data knows the dataset's splits."""
-    builder = tfds.builder(name, data_dir=str(data_dir))
-    builder.info.set_splits(
-        tfds.core.SplitDict(
-            [
-                tfds.core.SplitInfo(name=split, shard_lengths=[size], num_bytes=0)
-                for split, size in split_sizes.items()
-            ]
-        )
-    )
-    os.makedirs(builder.data_dir)
-    builder.info.write_to_directory(builder.data_dir)
-    return builder.info
-
-
 @pytest.mark.parametrize("name,flip", [("fashion_mnist", True), ("mnist", False)])
 def test_tfds_source_with_mock_data(tmp_path, name, flip):
-    info = _tfds_metadata(tmp_path / "tfds", name, {"train": 40, "test": 20})
+    info = testlib.tfds_metadata(tmp_path / "tfds", name, {"train": 40, "test": 20})
     with tfds.testing.mock_data(
         num_examples=40,
         data_dir=str(tmp_path / "tfds"),

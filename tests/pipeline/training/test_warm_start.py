@@ -137,8 +137,9 @@ def test_a_run_directory_loads_its_newest_checkpoint(tmp_path):
     manager.save(checkpoint_number=1)
     source.get_layer("conv3").kernel.assign(source.get_layer("conv3").kernel * 2)
     manager.save(checkpoint_number=2)
+    # The source is AlexNet's own default, the paper's initialisation.
     model_config = config_lib.ModelConfig(normalization="batchnorm", image_size=(67, 67),
-                                          channels=1)
+                                          channels=1, initializer="paper")
     (run_dir / "config.json").write_text(json.dumps(
         {"model": dataclasses.asdict(config_lib.RunConfig(model=model_config).model)}
     ))

@@ -76,7 +76,10 @@ def test_a_trials_cosine_schedule_decays_over_the_epochs_the_trial_trains(
     # SMALL_SPACE's batch.
     steps = input_pipeline.steps_per_epoch(TrainConfig(batch_size=16), ingested, 1)
     trial_epochs = hyperband_epochs or 2
-    assert optimizer._learning_rate.decay_steps == trial_epochs * steps
+    # After the run's warm-up (half an epoch), the cosine spans the rest.
+    warmup = round(config.train.warmup_epochs * steps)
+    assert optimizer._learning_rate.warmup_steps == warmup
+    assert optimizer._learning_rate.decay_steps == trial_epochs * steps - warmup
 
 
 @pytest.mark.slow
@@ -121,7 +124,7 @@ def test_each_tuner_completes_and_the_final_model_uses_the_winner(
             "epoch_loss", "epoch_accuracy", "epoch_learning_rate", "epoch_images_per_second"
         }
     assert testlib.tensorboard_hparams(run_dir / "logs") == {
-        **hparams, "lr_schedule": "constant", "variant": "paper"
+        **hparams, "lr_schedule": "cosine", "variant": "paper", "initializer": "he"
     }
     assert testlib.tensorboard_scalars(run_dir / "logs" / "validation")["epoch_accuracy"]
 
@@ -145,7 +148,7 @@ def test_hparams_file_trains_without_a_search(tmp_path, digits_dir):
     # epoch at step 0, the test accuracy beside it, and the pictures.
     logs = run_dir / "logs"
     assert testlib.tensorboard_hparams(logs) == {
-        **hparams, "lr_schedule": "constant", "variant": "paper"
+        **hparams, "lr_schedule": "cosine", "variant": "paper", "initializer": "he"
     }
     for split in ("train", "validation"):
         assert testlib.tensorboard_scalars(logs / split)["epoch_accuracy"].keys() == {0}
@@ -233,7 +236,7 @@ def test_trials_start_from_init_from_with_the_frozen_layers_fixed(
     """A fine-tuning run's trials start where its final training will."""
     ingested = ingested_dataset.IngestedDataset.load(digits_dir)
     keras.utils.set_random_seed(1)
-    source = AlexNet(num_classes=6, input_shape=(67, 67, 1))
+    source = AlexNet(num_classes=6, input_shape=(67, 67, 1), initializer="he")
     source.save(tmp_path / "source.keras")
     config = RunConfig(
         model=ModelConfig(image_size=(67, 67), channels=1),
