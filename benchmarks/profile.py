@@ -155,7 +155,8 @@ def main(argv=None):
         parser.error("every count must be at least 1")
 
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd",
-                               learning_rate=0.01, mixed_precision=args.mixed_precision)
+                               learning_rate=0.01, lr_schedule="constant", warmup_epochs=0.0,
+                               mixed_precision=args.mixed_precision)
     strategy = distribute.make_strategy("mirrored")
     with (tempfile.TemporaryDirectory() as directory,
           common.built(args.variant, input_shapes[args.variant], strategy,

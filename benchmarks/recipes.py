@@ -4,7 +4,7 @@ accuracy, of whole `python -m pipeline.run` runs, side by side.
     python -m benchmarks.recipes                      # the default against the previous one, digits
     python -m benchmarks.recipes --dataset folder:/data/fashion_mnist --epochs 2
     python -m benchmarks.recipes --recipe recipes/d2l_fashion_mnist.json \\
-        --recipe recipes/default.json --set --image-size=67
+        --recipe recipes/default.json --set=--image-size=67
 
 Each recipe runs as a user runs it (`--config FILE`, the `--set` flags after
 it) on each dataset, with `--seed` and without ten-crop testing; the data is

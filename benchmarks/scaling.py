@@ -61,7 +61,8 @@ def worker(args):
     workers = strategy.num_replicas_in_sync
     global_batch = args.batch_size * workers
     train_config = TrainConfig(strategy="multiworker", batch_size=global_batch,
-                               optimizer="sgd", learning_rate=0.01)
+                               optimizer="sgd", learning_rate=0.01, lr_schedule="constant",
+                               warmup_epochs=0.0)
     model_config = ModelConfig(image_size=(args.image_size, args.image_size), channels=3)
     with strategy.scope():
         model = models.build_model(model_config, common.NUM_CLASSES)

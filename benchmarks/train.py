@@ -93,6 +93,7 @@ def pipeline_training_speed(variant, input_shape, ingested, args, jit_compile, s
         # in history.csv: the rest are the timed steps.
         epochs=1, steps_per_epoch=1 + args.steps,
         batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
+        lr_schedule="constant", warmup_epochs=0.0,
         jit_compile=jit_compile, seed=0, mixed_precision=precision == "bfloat16",
     )
     with common.built(variant, input_shape, strategy, train_config) as (model, optimizer):
@@ -110,6 +111,7 @@ def step_speed(variant, input_shape, args, strategy, precision="float32"):
     from pipeline.config import TrainConfig
 
     train_config = TrainConfig(batch_size=args.batch_size, optimizer="sgd", learning_rate=0.01,
+                               lr_schedule="constant", warmup_epochs=0.0,
                                mixed_precision=precision == "bfloat16")
     with common.built(variant, input_shape, strategy, train_config) as (model, optimizer):
         images = tf.random.uniform((args.batch_size, *input_shape), 0, 255)

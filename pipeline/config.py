@@ -9,7 +9,7 @@ line read them from here, so a new setting is one field.
 
 `pipeline.cli` turns flags into a `RunConfig` (each flag sets the field of the
 same name: `--batch-size` is `TrainConfig.batch_size`); it is written to the
-run directory as `config.json`, read back only through `config_files.run_config`,
+run directory as `config.json`, read back only through `RunConfig.from_json`,
 and each stage receives only its own part. Errors name settings as
 `name=value` or `` `name` ``, which the command line shows as its flags.
 """
@@ -22,6 +22,8 @@ import time
 from alexnet_keras import alexnet
 from pipeline import json_values
 from pipeline.errors import ConfigError
+from pipeline.settings import check_choice
+from pipeline.settings import setting
 
 STRATEGIES = ("default", "one_device", "mirrored", "multiworker", "tpu")
 OPTIMIZERS = ("sgd", "adam")
@@ -33,32 +35,6 @@ TUNERS = ("random", "hyperband", "bayesian")
 FREEZABLE_LAYERS = alexnet.WEIGHT_LAYERS[:-1]
 # A config file larger than this is not a config.
 MAX_CONFIG_BYTES = json_values.MAX_BYTES
-
-
-def setting(default=None, *, shapes_run, tunable=False, logged=False, ingest=False,
-            flag=None, choices=None, help=None, default_factory=None):
-    """A config field and what is true of it.
-
-    Args:
-        shapes_run: a run resumed under another value would not be the run its
-            `config.json` describes, so resuming refuses the change.
-        tunable: the tuner may search it (`tune_space`, `best_hparams.json`).
-        logged: TensorBoard's HParams dashboard shows it (tunable ones always).
-        ingest: ingest reads it; `python -m pipeline.ingest` and `evaluate`
-            take its flag too.
-        flag: its flag where that is not `--<name-with-dashes>`.
-        choices: the values it takes, shown in `--help` (the dataclass checks).
-        help: the flag's help.
-    """
-    metadata = {"shapes_run": shapes_run, "tunable": tunable, "logged": logged or tunable,
-                "ingest": ingest, "flag": flag, "choices": choices, "help": help}
-    if default_factory is not None:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def flag_of(field):
-    return field.metadata["flag"] or "--" + field.name.replace("_", "-")
 
 
 def _timestamped_run_dir():
@@ -123,7 +99,7 @@ class ModelConfig:
         help="the variant's own when not given (lrn for paper, none for d2l)")
     # He by default: the paper's own leaves the signal to its biases, and SGD
     # at its rate then stays at chance on small sets (docs/training.md). None
-    # is the variant's own (a run recorded before this setting existed).
+    # is the variant's own, as for `AlexNet`.
     initializer: str | None = setting(
         "he", shapes_run=True, logged=True, choices=alexnet.INITIALIZERS,
         help="he: He normal, zero biases, pixels in [-1, 1]; paper: the paper's N(0, 0.01) "
@@ -150,13 +126,7 @@ class ModelConfig:
             raise ConfigError(
                 f"`image_size` must be (height, width). Received: image_size={self.image_size}"
             )
-        _check_choice("channels", self.channels, (None, 1, 3))
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        shown = ", ".join(str(choice) for choice in choices if choice is not None)
-        raise ConfigError(f"`{name}` must be one of {shown}. Received: {name}={value!r}")
+        check_choice("channels", self.channels, (None, 1, 3))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +154,8 @@ class TrainConfig:
         32, shapes_run=True, tunable=True, help="global batch size, split over the replicas")
     optimizer: str = setting("adam", shapes_run=True, tunable=True, choices=OPTIMIZERS)
     momentum: float = setting(
-        0.9, shapes_run=True, help="SGD's momentum (the paper's 0.9; 0: plain SGD, as d2l)")
+        0.9, shapes_run=True,
+        help="SGD's momentum (the paper's 0.9; 0: plain SGD, as d2l); Adam ignores it")
     # The default recipe (recipes/default.json): Adam at 3e-4 after half an
     # epoch of warm-up, then a cosine decay; measured against the earlier
     # default (Adam 1e-4, constant, the paper's initialisation) in docs/training.md.
@@ -239,8 +210,6 @@ class TrainConfig:
             (self.learning_rate > 0, "learning_rate", "must be positive"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (0 <= self.momentum < 1, "momentum", "must be in [0, 1)"),
-            (self.optimizer == "sgd" or self.momentum == 0.9, "momentum",
-             "is SGD's: it needs optimizer='sgd'"),
             (0 <= self.warmup_epochs < self.epochs, "warmup_epochs",
              f"must be >= 0 and less than epochs={self.epochs}"),
             (self.cpu_replicas is None or self.cpu_replicas >= 1, "cpu_replicas",
@@ -254,11 +223,11 @@ class TrainConfig:
                 raise ConfigError(
                     f"`{name}` {requirement}. Received: {name}={getattr(self, name)!r}"
                 )
-        _check_choice("strategy", self.strategy, STRATEGIES)
-        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_choice("all_reduce", self.all_reduce, ALL_REDUCES)
-        _check_choice("freeze", self.freeze, (None, *FREEZABLE_LAYERS))
+        check_choice("strategy", self.strategy, STRATEGIES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        check_choice("all_reduce", self.all_reduce, ALL_REDUCES)
+        check_choice("freeze", self.freeze, (None, *FREEZABLE_LAYERS))
         if self.strategy != "multiworker" and (
             self.all_reduce != "auto" or self.all_reduce_pack_mb
         ):
@@ -341,7 +310,7 @@ class TuneConfig:
         help="best_hparams.json of an earlier search: train with it, no search")
 
     def __post_init__(self):
-        _check_choice("tuner", self.tuner, (None, *TUNERS))
+        check_choice("tuner", self.tuner, (None, *TUNERS))
         if self.max_trials < 1 or self.tune_epochs < 1:
             raise ConfigError(
                 "`max_trials` and `tune_epochs` must be at least 1. Received: "
@@ -365,10 +334,48 @@ class RunConfig:
     def to_json(self):
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
+    @classmethod
+    def from_json(cls, text, source="the config"):
+        """The `RunConfig` that `to_json` (or a run's `config.json`) wrote:
+        `RunConfig.from_json(config.to_json()) == config`. A partial config
+        (a recipe) keeps the defaults of what it leaves out; top-level entries
+        that are not sections are refused, but for `config.json`'s "ingested"
+        and a recipe's "about" (a description, ignored). Each value is
+        checked for its type and range by the same code that checks a flag."""
+        return cls(**sections_from_json(text, source))
+
 
 # The sections of a `RunConfig`, by name: what the command line, the JSON reader
 # and the settings' lists go through.
 SECTIONS = {field.name: field.type for field in dataclasses.fields(RunConfig)}
+# Top-level entries of a config file that are not settings: what a run's
+# config.json records of its data, and a recipe's description.
+NOT_SETTINGS = ("ingested", "about")
+
+
+def _as_recorded_then(recorded):
+    """A run's `config.json` (it records "ingested") written before a setting
+    existed reads back as the run it was: its variant's own initialisation,
+    no warm-up."""
+    model, train = recorded.get("model", {}), recorded.get("train", {})
+    if "ingested" in recorded and isinstance(model, dict) and isinstance(train, dict):
+        variant = model.get("variant", ModelConfig.variant)
+        if variant in alexnet.VARIANTS:
+            recorded["model"] = {"initializer": alexnet.default_initializer(variant), **model}
+            recorded["train"] = {"warmup_epochs": 0.0, **train}
+    return recorded
+
+
+def sections_from_json(text, source):
+    """`{section name: config}` for the sections a `config.json` (or a partial
+    one) sets, each value checked; raises `ConfigError` naming `source`."""
+    recorded = _as_recorded_then(
+        json_values.parse_object(text, source, "pass a run's config.json"))
+    if not set(SECTIONS) & set(recorded):
+        raise ConfigError(f"{source} holds no settings; pass a run's config.json")
+    return json_values.sections(recorded, SECTIONS, source, NOT_SETTINGS)
+
+
 def _settings_where(key):
     return {
         section: tuple(field.name for field in dataclasses.fields(config_class)

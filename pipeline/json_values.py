@@ -5,6 +5,7 @@ dataclasses would need: `checked` accepts exactly what a flag of that type
 would, so a config file is held to the same rules as the command line.
 """
 
+import dataclasses
 import json
 import os
 import types
@@ -99,3 +100,40 @@ def _type_name(annotation):
         return f"a list of {len(items)} {items[0].__name__}"
     return {"int": "an integer", "float": "a number", "str": "a string",
             "bool": "true or false"}[annotation.__name__]
+
+
+def sections(recorded, section_classes, source, not_sections=()):
+    """`{name: section_class(**settings)}` for each of `section_classes` (a
+    dict of frozen dataclasses) from a parsed JSON object: a section it
+    leaves out, or a setting a section leaves out, keeps its default. An
+    entry that is neither a section nor in `not_sections`, a section that is
+    not an object, a setting the section does not have and a value of the
+    wrong type are each one `ConfigError` naming `source`."""
+    unknown = sorted(set(recorded) - set(section_classes) - set(not_sections))
+    if unknown:
+        raise ConfigError(
+            f"{source} has entries this version does not know: {', '.join(unknown)}; "
+            f"remove them (the sections are {', '.join(section_classes)})"
+        )
+    parts = {}
+    for name, section_class in section_classes.items():
+        settings = recorded.get(name, {})
+        if not isinstance(settings, dict):
+            raise ConfigError(f"{source}: the section `{name}` must be an object of "
+                              f"settings. Received: {json.dumps(settings)[:80]}")
+        fields = {field.name: field for field in dataclasses.fields(section_class)}
+        unknown = sorted(set(settings) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{source} has settings this version does not know: "
+                f"{', '.join(f'{name}.{key}' for key in unknown)}; remove them"
+            )
+        try:
+            parts[name] = section_class(**{
+                key: checked(value, fields[key].type, f"{source}: `{key}`")
+                for key, value in settings.items()
+            })
+        except ConfigError as error:
+            raise ConfigError(str(error) if str(error).startswith(source)
+                              else f"{source}: {error}") from None
+    return parts

@@ -16,9 +16,9 @@ import time
 import tensorflow as tf
 
 from pipeline.config import DataConfig
-from pipeline.errors import ConfigError
 from pipeline.data import file_sources
 from pipeline.data import ingest
+from pipeline.errors import ConfigError
 from pipeline.errors import PipelineError
 from pipeline.evaluation import metrics as metrics_lib
 from pipeline.serving import blessing as blessing_lib
@@ -53,9 +53,9 @@ def find_learning_rate(config):
     """The learning-rate range test of the run `config` describes
     (`pipeline.training.lr_finder`), in its run directory; returns the
     `RangeTest` and the directory."""
-    if config.tune.tuner:
-        raise ConfigError("`find_lr` tests the rates of one configuration and `tuner` "
-                          "searches many: use one or the other")
+    if config.tune.tuner or config.tune.hparams:
+        raise ConfigError("`find_lr` tests the rates of the settings given, not of a search's "
+                          "(`tuner`, `hparams`): give the hyperparameters as flags instead")
     with run_dir_lib.claimed(config.train.output_dir) as run_dir:
         strategy = distribute.make_strategy(
             config.train.strategy, config.train.cpu_replicas, config.train.all_reduce,

@@ -21,7 +21,6 @@ import re
 import sys
 
 from pipeline import config as config_lib
-from pipeline import config_files
 from pipeline import errors
 from pipeline import json_values
 from pipeline import runner
@@ -42,7 +41,7 @@ def _parse_run_args(parser, argv):
     """The run's flags, on top of the settings of `--config` when it is given."""
     args = parser.parse_args(argv)
     if args.config:
-        sections = config_files.sections_from_json(read_config_file(args.config), args.config)
+        sections = config_lib.sections_from_json(read_config_file(args.config), args.config)
         settings = {}
         for section in sections.values():
             settings.update(dataclasses.asdict(section))
@@ -78,18 +77,23 @@ def run_config(args):
 def _run(args):
     config = run_config(args)
     if args.find_lr:
-        test, run_dir = runner.find_learning_rate(config)
-        rate = f"{test.suggestion:.2g}" if test.suggestion else None
-        print(f"Suggested learning rate: {rate} (a tenth of the rate at the lowest loss); "
-              f"train with --learning-rate {rate}" if rate else
-              "The loss did not fall at any rate tried: no rate is suggested")
-        print(f"Loss against rate: {os.path.join(run_dir, 'lr_find.png')} "
-              f"(lowest smoothed loss {min(test.smoothed):.3f} at "
-              f"{test.learning_rates[test.smoothed.index(min(test.smoothed))]:.2g})")
+        print(_find_lr_summary(*runner.find_learning_rate(config)), flush=True)
         return
     metrics = runner.run(config)
     if metrics is not None:
         print(_summary(metrics, config.train.output_dir), flush=True)
+
+
+def _find_lr_summary(test, run_dir):
+    picture = os.path.join(run_dir, "lr_find.png")
+    if test.lowest is None:
+        return (f"The loss did not fall below its start at any rate tried: no rate is "
+                f"suggested; see {picture}")
+    rate = f"{test.suggestion:.2g}"
+    return (f"Suggested learning rate: {rate} (a tenth of the rate at the lowest loss); "
+            f"train with --learning-rate {rate}\n"
+            f"Loss against rate: {picture} (lowest smoothed loss "
+            f"{test.smoothed[test.lowest]:.3f} at {test.learning_rates[test.lowest]:.2g})")
 
 
 def _summary(metrics, run_dir):

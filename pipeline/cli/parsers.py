@@ -1,7 +1,7 @@
 """The commands' argument parsers.
 
 `python -m pipeline.run`'s flags are made from the config fields themselves
-(`pipeline.config.setting`): each field is a flag of the same name with dashes
+(`pipeline.settings.setting`): each field is a flag of the same name with dashes
 (`batch_size` is `--batch-size`), its type, choices, default and help read
 from the field. A new setting is a new field, and its flag follows.
 """
@@ -14,6 +14,7 @@ import types
 import typing
 
 from pipeline import config as config_lib
+from pipeline import settings as settings_lib
 from pipeline import environment
 from pipeline.data import image_formats
 
@@ -22,7 +23,7 @@ _GROUPS = {"data": "data", "model": "model", "train": "training",
            "tune": "tuning (keras-tuner)", "export": "evaluation and export"}
 # Settings whose flag is not their own, per command other than run.
 FLAG_OF = {
-    "run": {field.name: config_lib.flag_of(field)
+    "run": {field.name: settings_lib.flag_of(field)
             for section in config_lib.SECTIONS.values()
             for field in dataclasses.fields(section)},
     "ingest": {"ingest_dir": "--output-dir"},
@@ -75,7 +76,7 @@ def _add_setting(group, field, flag=None):
         options.update(type=_image_size, default=default)
     else:
         options.update(type=kind, default=default)
-    group.add_argument(flag or config_lib.flag_of(field), **options)
+    group.add_argument(flag or settings_lib.flag_of(field), **options)
 
 
 def _prog(command):

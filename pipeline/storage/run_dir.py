@@ -18,7 +18,6 @@ import os
 
 import tensorflow as tf
 
-from pipeline import config_files
 from pipeline.config import RunConfig
 from pipeline.config import shaping_settings
 from pipeline.errors import PipelineError
@@ -87,7 +86,7 @@ def record(config, ingested):
 def changed_settings(recorded_text, config, ingested, source=CONFIG_FILE):
     """`name old -> new` for each setting of `config` that would change the run
     whose `config.json` is `recorded_text`."""
-    recorded = config_files.run_config(recorded_text, source=source)
+    recorded = RunConfig.from_json(recorded_text, source=source)
     changes = []
     for section, names in shaping_settings().items():
         for name in names:

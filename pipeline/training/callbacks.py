@@ -13,6 +13,7 @@ from pipeline.errors import PipelineError
 from pipeline.errors import first_line
 from pipeline.storage import atomic
 from pipeline.training import history
+from pipeline.training import optimizers
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def current_learning_rate(optimizer):
 class Plateau:
     """The paper's schedule: divide the learning rate by 10 when the validation
     loss stops improving for `patience` epochs, at most three times. It counts
-    the divisions; the optimizer's schedule, given `reductions`, divides.
+    the divisions in `reductions`, which a warmed-up rate follows.
 
     Its state is held in variables so that it is checkpointed with the run.
     """
@@ -46,9 +47,11 @@ class Plateau:
             return
         self.wait.assign_add(1)
         if self.wait.numpy() >= self.patience and self.reductions.numpy() < self.max_reductions:
-            # The optimizer's schedule divides by 10 per reduction
-            # (`optimizers.DividedOnPlateau`).
             self.reductions.assign_add(1)
+            # After a warm-up the optimizer's schedule follows the count
+            # (`optimizers.DividedOnPlateau`); a plain rate is divided here.
+            if not optimizers.follows_plateau(optimizer):
+                optimizer.learning_rate = current_learning_rate(optimizer) / 10
             self.wait.assign(0)
             log.info("Validation loss stopped improving: learning rate divided by 10, now %g",
                      current_learning_rate(optimizer))

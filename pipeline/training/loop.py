@@ -94,7 +94,6 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
             steps, verbose=1 if interactive else 2, unit_name="step",
             stateful_metrics=_SHOWN_METRICS,
         )
-        learning_rate = callbacks_lib.current_learning_rate(optimizer)
         # The last epoch's iterator goes first: one that stopped before the
         # end of a `cache` file still holds the file's lock.
         train_iterator = None
@@ -108,7 +107,7 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
                 # As Keras' TerminateOnNaN: the weights are lost from here on.
                 # Every replica sees the same reduced loss, so all stop here.
                 raise _diverged(f"at epoch {epoch + 1}, step {step + 1}: the loss is "
-                                f"{batch_loss}", learning_rate)
+                                f"{batch_loss}", callbacks_lib.current_learning_rate(optimizer))
             loss_sum += batch_loss
             correct += float(batch_correct)
             count += float(batch_count)
@@ -120,6 +119,9 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
                     step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)]
                 )
         elapsed = time.perf_counter() - warmed_up
+        # The rate at the end of the epoch (a schedule moves it within the
+        # epoch; the plateau schedule moves it after, in the callbacks).
+        learning_rate = callbacks_lib.current_learning_rate(optimizer)
         timed_images = count * (steps - 1) / steps if steps > 1 else count
         validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
         if not math.isfinite(validation_metrics["loss"]):

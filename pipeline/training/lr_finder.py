@@ -21,7 +21,6 @@ import math
 import os
 
 import numpy as np
-import tensorflow as tf
 
 from pipeline import plots
 from pipeline.data import input_pipeline
@@ -46,23 +45,27 @@ _SKIP_BEGIN = 10
 
 @dataclasses.dataclass(frozen=True)
 class RangeTest:
-    """The rates tried, the loss of each step and its smoothed value, and the
-    suggested rate (None when the loss never fell)."""
+    """The rates tried, the loss of each step and its smoothed value, the
+    point of the lowest smoothed loss after the first ten (None when the loss
+    never fell below its start), and the suggested rate, a tenth of its."""
 
     learning_rates: tuple[float, ...]
     losses: tuple[float, ...]
     smoothed: tuple[float, ...]
-    suggestion: float | None
+    lowest: int | None
+
+    @property
+    def suggestion(self):
+        return None if self.lowest is None else self.learning_rates[self.lowest] / 10
 
 
-def suggest(learning_rates, smoothed):
-    """A tenth of the rate at which `smoothed` is lowest (fastai's rule: the
-    lowest point is already at the edge of divergence), looked for from the
-    eleventh point on; None if the loss never fell below its start."""
+def lowest_point(smoothed):
+    """Where `smoothed` is lowest, looked for from the eleventh point on (the
+    rate there is already at the edge of divergence: fastai's rule suggests a
+    tenth of it); None if the loss never fell below its start there."""
     if len(smoothed) <= _SKIP_BEGIN or min(smoothed[_SKIP_BEGIN:]) >= smoothed[0]:
         return None
-    lowest = _SKIP_BEGIN + int(np.argmin(smoothed[_SKIP_BEGIN:]))
-    return learning_rates[lowest] / 10
+    return _SKIP_BEGIN + int(np.argmin(smoothed[_SKIP_BEGIN:]))
 
 
 def range_test(step, set_learning_rate, start=START, end=END, steps=STEPS):
@@ -84,8 +87,7 @@ def range_test(step, set_learning_rate, start=START, end=END, steps=STEPS):
         smoothed.append(average / (1 - _BETA ** (index + 1)))
         if index > 10 and smoothed[-1] > _DIVERGED * min(smoothed):
             break
-    return RangeTest(tuple(rates), tuple(losses), tuple(smoothed),
-                     suggest(rates, smoothed) if rates else None)
+    return RangeTest(tuple(rates), tuple(losses), tuple(smoothed), lowest_point(smoothed))
 
 
 def find(strategy, model_config, train_config, data_config, ingested, run_dir,

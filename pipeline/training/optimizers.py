@@ -67,6 +67,12 @@ class DividedOnPlateau(keras.optimizers.schedules.LearningRateSchedule):
                 "reductions": int(self.reductions)}
 
 
+def follows_plateau(optimizer):
+    """Whether `optimizer`'s rate divides itself by `callbacks.Plateau`'s count."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
+    return isinstance(optimizer._learning_rate, DividedOnPlateau)
+
+
 def schedule(train_config, steps_per_epoch, reductions=None):
     """The learning rate: a float, or a schedule of the optimizer's step.
 
@@ -80,7 +86,9 @@ def schedule(train_config, steps_per_epoch, reductions=None):
     peak = train_config.learning_rate
     warmup_steps = round(train_config.warmup_epochs * steps_per_epoch)
     if train_config.lr_schedule == "plateau":
-        if reductions is None and not warmup_steps:
+        # Without warm-up the rate is a plain variable that `callbacks.Plateau`
+        # divides itself, as in runs checkpointed before warm-up existed.
+        if not warmup_steps:
             return peak
         return DividedOnPlateau(peak, warmup_steps,
                                 tf.constant(0) if reductions is None else reductions)

@@ -26,7 +26,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from alexnet_keras import alexnet
 from alexnet_keras import torchvision_weights
-from pipeline import config_files
+from pipeline import config as config_lib
 from pipeline import json_values
 from pipeline.errors import first_line
 from pipeline.training import models
@@ -95,8 +95,9 @@ def _from_run_dir(path):
                                         config_path, fix)
     if "model" not in recorded:
         raise PipelineError(f"`init_from` {config_path} has no `model` settings; {fix}")
-    # Only the model's settings matter here (another version's other sections may differ).
-    settings = config_files.sections_from_json(json.dumps({
+    # Only the model's settings matter here (another version's other sections
+    # may differ), and "ingested", which marks a run's record.
+    settings = config_lib.sections_from_json(json.dumps({
         key: recorded[key] for key in ("model", "ingested") if key in recorded
     }), config_path)["model"]
     # The checkpoint knows layers by position, which the run's variant and

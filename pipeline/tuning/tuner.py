@@ -207,12 +207,15 @@ class AlexNetHyperModel(keras_tuner.HyperModel):
     def _trial_config(self, hp):
         """The run's config with the trial's hyperparameters and its epochs (a
         Hyperband round's own, else `tune_epochs`), so that a cosine schedule
-        decays over the epochs the trial trains."""
+        decays over the epochs the trial trains, after a warm-up of at most
+        half of them."""
         hparams = {name: _define(hp, name, spec) for name, spec in self.space.items()}
         config = apply_hparams(self.config, hparams)
         epochs = hp.values.get("tuner/epochs", self.config.tune.tune_epochs)
+        # A warm-up longer than half a short trial is cut to that half.
+        warmup = min(config.train.warmup_epochs, epochs / 2)
         return dataclasses.replace(
-            config, train=dataclasses.replace(config.train, epochs=epochs)
+            config, train=dataclasses.replace(config.train, epochs=epochs, warmup_epochs=warmup)
         )
 
     def build(self, hp):

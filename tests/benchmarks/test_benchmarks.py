@@ -4,6 +4,7 @@ They are smoke runs at tiny sizes: speeds are the benchmarks' output, never
 asserted here.
 """
 
+import json
 import os
 import re
 import subprocess
@@ -19,7 +20,8 @@ from benchmarks import profile
 _IMPORT_CHECK = """
 import os, sys
 import benchmarks.convolutions, benchmarks.input_pipeline, benchmarks.profile
-import benchmarks.runtimes, benchmarks.scaling, benchmarks.serving, benchmarks.train
+import benchmarks.recipes, benchmarks.runtimes, benchmarks.scaling, benchmarks.serving
+import benchmarks.train
 assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
 assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ, "importing set TF_CPP_MIN_LOG_LEVEL"
 heavy = sorted({"pipeline", "tensorflow", "keras"} & set(sys.modules))
@@ -272,3 +274,26 @@ def test_runtimes_benchmark_prints_each_file_against_its_float32_form():
         assert 0.2 < size_ratio < 0.3
         assert ratio1 == pytest.approx(batch1 / rows[reference][2], rel=0.02, abs=0.01)
         assert ratio32 == pytest.approx(batch32 / rows[reference][4], rel=0.02, abs=0.01)
+
+
+@pytest.mark.slow
+def test_recipes_benchmark_prints_each_runs_accuracies_side_by_side(tmp_path):
+    output = _run("benchmarks.recipes", "--epochs", "1", "--set=--steps-per-epoch=2",
+                  f"--set=--ingest-dir={tmp_path / 'digits'}", "--keep", str(tmp_path))
+    assert re.search(r"^Recipes on .+, \d+ cores; seed 1, 1 epochs", output, re.M), output
+    lines = output.splitlines()
+    header = lines.index("digits: validation accuracy after each epoch")
+    assert lines[header + 1].split() == ["epoch", "previous_default", "default"]
+    rows = {line.split()[0] + (" ref" if line.startswith("vs ref") else ""): line.split()
+            for line in lines[header + 2:header + 6]}
+    # The figures are the runs' own, as they wrote them.
+    for column, name in ((1, "previous_default"), (2, "default")):
+        run_dir = tmp_path / f"{name}-digits"
+        with open(run_dir / "history.csv") as file:
+            val_accuracy = float(file.read().splitlines()[1].split(",")[4])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert float(rows["1"][column]) == pytest.approx(val_accuracy, abs=5e-5)
+        assert float(rows["test"][column]) == pytest.approx(metrics["test_accuracy"], abs=5e-5)
+        assert rows["images"][column] == "194"
+    assert float(rows["vs ref"][2 + 1]) == pytest.approx(
+        float(rows["test"][2]) - float(rows["test"][1]), abs=2e-4)

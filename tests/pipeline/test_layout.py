@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(testlib.REPO) / "pipeline"
 # Each stage may import itself and the stages before it.
 STAGES = ("data", "training", "tuning", "evaluation", "serving")
 # What every stage may use.
-SHARED = {"config", "config_files", "errors", "json_values", "environment", "plots", "storage"}
+SHARED = {"config", "settings", "errors", "json_values", "environment", "plots", "storage"}
 COMMANDS = ("run", "ingest", "evaluate", "export", "predict")
 
 

@@ -11,7 +11,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 import testlib
-from pipeline import config_files
 from pipeline import config as config_lib
 from pipeline.cli import main as cli
 
@@ -23,7 +22,7 @@ FEW_STEPS = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--
 
 def recipe_config(path):
     with open(path) as file:
-        return config_files.run_config(file.read(), source=path)
+        return config_lib.RunConfig.from_json(file.read(), source=path)
 
 
 def test_the_recipes_are_the_ones_the_docs_list():
@@ -43,6 +42,11 @@ def test_each_recipe_is_a_partial_config_that_says_what_it_is(path):
         about = json.load(file)["about"]
     assert isinstance(about, str) and len(about) > 40
     assert config.train.epochs >= 2
+    # What it reproduces does not move when the command's defaults do.
+    with open(path) as file:
+        pinned = json.load(file)
+    assert {"optimizer", "learning_rate", "batch_size", "epochs", "lr_schedule",
+            "warmup_epochs"} <= set(pinned["train"]) and "initializer" in pinned["model"]
 
 
 def test_the_default_recipe_is_the_commands_default():
@@ -89,8 +93,10 @@ def test_each_recipe_runs_end_to_end(path, tmp_path, digits_dir, monkeypatch, ca
     with open(tmp_path / "run" / "config.json") as file:
         recorded = json.load(file)
     # The run is the recipe's, but for the flags given beside it.
+    with open(path) as file:
+        pinned = json.load(file)
     for section in ("model", "train"):
-        for key, value in json.load(open(path)).get(section, {}).items():
+        for key, value in pinned.get(section, {}).items():
             if f"--{key.replace('_', '-')}" not in argv:
                 assert recorded[section][key] == value, (section, key)
     assert recorded["model"]["image_size"] == list(config.model.image_size or (67, 67))

@@ -11,12 +11,13 @@ import pytest
 import tensorflow as tf
 
 import testlib
-from alexnet_keras import AlexNet
 from pipeline.cli import main as cli
 from pipeline import runner
 from pipeline.serving import runtimes
+from pipeline.training import models
 from pipeline.training import precision
 from pipeline.config import DataConfig
+from pipeline.config import ModelConfig
 
 # Small and quick: the smallest input the paper's AlexNet takes, few steps.
 TINY = ["--image-size", "67", "--batch-size", "16", "--steps-per-epoch", "3"]
@@ -156,7 +157,8 @@ def test_a_run_exports_litert_and_onnx_files_of_the_served_network(
     served = testlib.ServingSession(metrics["export_path"])
     expected = served.run({"image_bytes": np.array(encoded)})["probabilities"]
     served.close()
-    image_spec = AlexNet(variant="paper", num_classes=10, input_shape=(67, 67, 1)).image_spec
+    # The run's own input (its initialisation's pixel scale), as pipeline.run built it.
+    image_spec = models.build_model(ModelConfig(image_size=(67, 67), channels=1), 10).image_spec
     images = testlib.preprocessed(encoded, image_spec)
     for export_format in ("litert", "onnx"):
         logits = testlib.RUNTIMES[export_format](metrics[f"{export_format}_path"], images)

@@ -9,7 +9,6 @@ import sys
 import pytest
 import tensorflow as tf
 
-from pipeline import config_files
 from pipeline.cli import main as cli
 from pipeline.cli import parsers
 from pipeline import config as config_lib
@@ -77,7 +76,7 @@ def test_config_json_round_trips_exactly():
     # config.json adds the data's fingerprint beside the settings.
     written = json.loads(config.to_json())
     written["ingested"] = {"source": "folder", "fingerprint": "abc"}
-    assert config_files.run_config(json.dumps(written)) == config
+    assert config_lib.RunConfig.from_json(json.dumps(written)) == config
 
 
 def test_config_flag_reruns_a_run_with_the_flags_beside_it_overriding(tmp_path):

@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 
 import testlib
-from alexnet_keras import AlexNet
 from pipeline.cli import main as cli
 from pipeline.storage import atomic
+from pipeline.training import models
+from pipeline.config import ModelConfig
 
 
 def _write(path, text):
@@ -100,7 +101,8 @@ def test_the_pipeline_runs_on_another_file_system(tmp_path, monkeypatch, capsys)
     # So does the LiteRT file, brought back from where it was written.
     tflite = str(tmp_path / "model.tflite")
     tf.io.gfile.copy(metrics["litert_path"], tflite)
-    image_spec = AlexNet(variant="paper", num_classes=10, input_shape=(67, 67, 1)).image_spec
+    # The run's own input, as pipeline.run built its model.
+    image_spec = models.build_model(ModelConfig(image_size=(67, 67), channels=1), 10).image_spec
     logits = testlib.RUNTIMES["litert"](tflite, testlib.preprocessed([image], image_spec))
     np.testing.assert_allclose(tf.nn.softmax(logits), outputs["probabilities"],
                                atol=testlib.RUNTIME_TOLERANCE)

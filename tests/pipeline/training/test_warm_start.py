@@ -227,7 +227,7 @@ def test_fine_tuning_on_other_classes_moves_only_the_unfrozen_layers(tmp_path):
     run("--dataset", f"folder:{tmp_path / 'second'}", "--output-dir", "second",
         "--init-from", "first", "--freeze", "fc6", "--export-format", "keras")
 
-    source, _ = warm_start.source_weights(str(tmp_path / "first"))
+    source = warm_start.source_weights(str(tmp_path / "first"))[0]
     tuned = keras.saving.load_model(tmp_path / "second" / "model.keras")
     for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6"):
         for weight in tuned.get_layer(name).weights:
