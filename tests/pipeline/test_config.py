@@ -92,16 +92,19 @@ def test_a_config_round_trips_and_a_partial_one_keeps_the_defaults():
 
 
 def test_a_run_recorded_before_initializer_existed_keeps_its_variants_own():
-    """A run's config.json without `initializer` trained with the variant's own
-    (the paper's N(0, 0.01) on 0-255 pixels): resuming it, or starting from
-    it, must not take today's default; a recipe without it does."""
+    """A run's config.json without `initializer` and `warmup_epochs` trained
+    with the variant's own initialisation (the paper's N(0, 0.01) on 0-255
+    pixels) and no warm-up: resuming it, or starting from it, must not take
+    today's defaults; a recipe without them does."""
     old = {"model": {"variant": "paper"}, "train": {"epochs": 3},
            "ingested": {"source": "digits", "fingerprint": "f"}}
-    assert RunConfig.from_json(json.dumps(old)).model.initializer == "paper"
+    recorded = RunConfig.from_json(json.dumps(old))
+    assert recorded.model.initializer == "paper" and recorded.train.warmup_epochs == 0.0
     old["model"]["variant"] = "d2l"
     assert RunConfig.from_json(json.dumps(old)).model.initializer == "glorot"
     del old["ingested"]
-    assert RunConfig.from_json(json.dumps(old)).model.initializer == "he"
+    recipe = RunConfig.from_json(json.dumps(old))
+    assert recipe.model.initializer == "he" and recipe.train.warmup_epochs == 0.5
 
 
 @pytest.mark.parametrize("text, message", [

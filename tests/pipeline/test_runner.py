@@ -374,18 +374,18 @@ def test_bfloat16_trains_to_the_accuracy_of_float32(tmp_path, digits_dir):
     """`--mixed-precision` on a CPU with bfloat16 instructions: over the same
     seeds and epochs, bfloat16 reaches float32's mean test accuracy, within three
     points. Three, because that is the noise of this measurement: one seed moves
-    a run's accuracy on the 194 test digits by one to two and a half points
-    (measured, 6 epochs, on two CPUs: float32 0.892, 0.892 / 0.892, 0.902;
-    bfloat16 0.912, 0.887 / 0.897, 0.871), so the difference of two 2-seed means
-    has a spread of about 1.5 points; a bfloat16 path that is broken (unscaled
-    float16-style underflow, a bfloat16 export) loses far more than that. A
-    cosine schedule, whose last epochs settle instead of swinging a few points;
-    six epochs, not more: this is the suite's slowest test."""
+    a run's accuracy on the 194 test digits by up to a point (measured, the
+    default recipe, 3 epochs, seeds 1-3: float32 0.948, 0.948, 0.948; bfloat16
+    0.954, 0.943, 0.938), and runs of 6 epochs of the previous default
+    spread by 2.5 points; a bfloat16 path that is broken (unscaled
+    float16-style underflow, a bfloat16 export) loses far more than that. The
+    default's cosine decay settles the last epoch; three epochs, not more:
+    this is the suite's slowest test."""
     accuracies = {"float32": [], "bfloat16": []}
     for seed in ("1", "2"):
         for dtype, flags in (("float32", []), ("bfloat16", ["--mixed-precision"])):
             run_dir = f"{dtype}-{seed}"
-            run_pipeline(tmp_path, digits_dir, "--epochs", "6", "--lr-schedule", "cosine",
+            run_pipeline(tmp_path, digits_dir, "--epochs", "3",
                          "--seed", seed, "--output-dir", run_dir, "--no-ten-crop",
                          "--export-dir", str(tmp_path / run_dir / "models"), *flags)
             metrics = json.loads((tmp_path / run_dir / "metrics.json").read_text())
@@ -397,7 +397,7 @@ def test_bfloat16_trains_to_the_accuracy_of_float32(tmp_path, digits_dir):
                 ten_crop=False)
             assert served["confusion_matrix"] == metrics["confusion_matrix"]
     mean = {precision: np.mean(values) for precision, values in accuracies.items()}
-    assert mean["float32"] > 0.85, accuracies
+    assert mean["float32"] > 0.9, accuracies
     assert mean["bfloat16"] >= mean["float32"] - 0.03, accuracies
 
 
