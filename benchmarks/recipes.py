@@ -4,7 +4,7 @@ accuracy, of whole `python -m pipeline.run` runs, side by side.
     python -m benchmarks.recipes                      # the default against the previous one, digits
     python -m benchmarks.recipes --dataset folder:/data/fashion_mnist --epochs 2
     python -m benchmarks.recipes --recipe recipes/d2l_fashion_mnist.json \\
-        --recipe recipes/default.json --set=--image-size=67
+        --recipe recipes/default.json --set image-size=67
 
 Each recipe runs as a user runs it (`--config FILE`, the `--set` flags after
 it) on each dataset, with `--seed` and without ten-crop testing; the data is
@@ -30,7 +30,8 @@ _DEFAULT_RECIPES = ("recipes/previous_default.json", "recipes/default.json")
 def _run(recipe, dataset, args, run_dir):
     command = [sys.executable, "-m", "pipeline.run", "--config", recipe, "--dataset", dataset,
                "--seed", str(args.seed), "--no-ten-crop", "--output-dir", run_dir,
-               "--export-dir", os.path.join(run_dir, "models"), *args.set]
+               "--export-dir", os.path.join(run_dir, "models"),
+               *(f"--{flag}" for flag in args.set)]
     if args.epochs:
         command += ["--epochs", str(args.epochs)]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -57,7 +58,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, help="override the recipes' epochs")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--set", action="append", default=[],
-                        help="one more pipeline.run flag for every run, as --set=--flag=value")
+                        help="one more pipeline.run flag for every run, without its dashes: "
+                             "--set image-size=67 --set no-pca-noise")
     parser.add_argument("--keep", help="keep the runs in this directory")
     args = parser.parse_args(argv)
     recipes = args.recipe or list(_DEFAULT_RECIPES)
@@ -69,7 +71,7 @@ def main(argv=None):
 
     print(f"Recipes on {common.cpu_model()}; seed {args.seed}"
           + (f", {args.epochs} epochs" if args.epochs else "")
-          + (f", {' '.join(args.set)}" if args.set else ""))
+          + (f", {' '.join('--' + flag for flag in args.set)}" if args.set else ""))
     with tempfile.TemporaryDirectory() as scratch:
         root = args.keep or scratch
         for dataset in datasets:

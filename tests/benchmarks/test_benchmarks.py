@@ -278,8 +278,8 @@ def test_runtimes_benchmark_prints_each_file_against_its_float32_form():
 
 @pytest.mark.slow
 def test_recipes_benchmark_prints_each_runs_accuracies_side_by_side(tmp_path):
-    output = _run("benchmarks.recipes", "--epochs", "1", "--set=--steps-per-epoch=2",
-                  f"--set=--ingest-dir={tmp_path / 'digits'}", "--keep", str(tmp_path))
+    output = _run("benchmarks.recipes", "--epochs", "1", "--set", "steps-per-epoch=2",
+                  "--set", f"ingest-dir={tmp_path / 'digits'}", "--keep", str(tmp_path))
     assert re.search(r"^Recipes on .+, \d+ cores; seed 1, 1 epochs", output, re.M), output
     lines = output.splitlines()
     header = lines.index("digits: validation accuracy after each epoch")

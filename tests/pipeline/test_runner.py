@@ -239,7 +239,7 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     error = other.stderr.splitlines()[-1]
     assert error.startswith("python -m pipeline.run: error: ")
     assert "Traceback" not in other.stderr
-    for change in ("--normalization None -> \"batchnorm\"", "--learning-rate 0.0001 -> 0.01",
+    for change in ("--normalization None -> \"batchnorm\"", "--learning-rate 0.0003 -> 0.01",
                    "--epochs 3 -> 2", "new --output-dir"):
         assert change in error
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before

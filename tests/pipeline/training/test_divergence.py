@@ -20,7 +20,8 @@ def test_a_diverging_run_stops_in_one_line_and_loses_nothing(tmp_path):
     served.mkdir(parents=True)
     (served / "saved_model.pb").write_bytes(b"an earlier version, left alone")
     command = [sys.executable, "-m", "pipeline.run", "--optimizer", "sgd",
-               "--learning-rate", "1e4", "--epochs", "2", "--steps-per-epoch", "3",
+               "--learning-rate", "1e4", "--lr-schedule", "constant", "--warmup-epochs", "0",
+               "--epochs", "2", "--steps-per-epoch", "3",
                "--batch-size", "16", "--seed", "0", "--output-dir", "run",
                "--export-dir", "models"]
     errors = []
