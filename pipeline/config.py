@@ -74,6 +74,10 @@ class DataConfig:
         shapes_run=False, help="cache decoded examples: 'memory' or a file path")
     pca_noise: bool = setting(
         False, shapes_run=True, help="the paper's PCA colour augmentation (colour data)")
+    data_service: str | None = setting(
+        shapes_run=False,
+        help="grpc://HOST:PORT of a tf.data service dispatcher (alexnet-data-service): read, "
+             "decode and augment the training split on its workers")
 
     def __post_init__(self):
         if self.max_pixels < 1:
@@ -183,6 +187,13 @@ class TrainConfig:
         help="on by default: 3x3 convolutions in the train step by Winograd F(4x4,3x3) "
              "(float32 on CPUs, maps of whole 4x4 tiles); --no-winograd computes them "
              "directly")
+    # Beside the checkpoint of every epoch's end, and the one a preempted run
+    # saves: with long epochs (ImageNet's ~10,000 steps) a kill loses no more.
+    checkpoint_every_steps: int | None = setting(
+        shapes_run=False, help="also checkpoint every N training steps inside an epoch")
+    checkpoint_every_minutes: float = setting(
+        30.0, shapes_run=False,
+        help="also checkpoint inside an epoch when this long has passed since the last save")
     output_dir: str = setting(
         shapes_run=False, default_factory=_timestamped_run_dir,
         help="run directory (runs/<timestamp> when not given); rerun with the same one "
@@ -217,6 +228,10 @@ class TrainConfig:
             (self.all_reduce_pack_mb >= 0, "all_reduce_pack_mb", "must be >= 0"),
             (self.early_stopping is None or self.early_stopping >= 1, "early_stopping",
              "must be at least 1"),
+            (self.checkpoint_every_steps is None or self.checkpoint_every_steps >= 1,
+             "checkpoint_every_steps", "must be a positive number of steps"),
+            (self.checkpoint_every_minutes > 0, "checkpoint_every_minutes",
+             "must be a positive number of minutes"),
         )
         for ok, name, requirement in checks:
             if not ok:

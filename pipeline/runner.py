@@ -18,6 +18,7 @@ import tensorflow as tf
 from pipeline.config import DataConfig
 from pipeline.data import file_sources
 from pipeline.data import ingest
+from pipeline.data import service as data_service
 from pipeline.errors import ConfigError
 from pipeline.errors import PipelineError
 from pipeline.evaluation import metrics as metrics_lib
@@ -43,10 +44,21 @@ log = logging.getLogger("pipeline.run")
 def run(config):
     """Runs every stage in order; returns the metrics written to `metrics.json`
     (None on a keras-tuner worker, which stops after the search)."""
-    # A missing converter is found now, not after training.
+    # A missing converter or an absent data service is found now, not later.
     runtimes.check_installed(config.export.export_formats)
+    if config.data.data_service:
+        data_service.check_reachable(config.data.data_service)
+    config = _with_task_output_dir(config)
     with run_dir_lib.claimed(config.train.output_dir) as run_dir:
         return _run(config, run_dir)
+
+
+def _with_task_output_dir(config):
+    """`config` with this task's own run directory inside a multi-worker run's
+    one `output_dir` (`distribute.task_output_dir`)."""
+    output_dir = distribute.task_output_dir(config.train.output_dir, config.train.strategy)
+    return dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                 output_dir=output_dir))
 
 
 def find_learning_rate(config):
@@ -56,6 +68,7 @@ def find_learning_rate(config):
     if config.tune.tuner or config.tune.hparams:
         raise ConfigError("`find_lr` tests the rates of the settings given, not of a search's "
                           "(`tuner`, `hparams`): give the hyperparameters as flags instead")
+    config = _with_task_output_dir(config)
     with run_dir_lib.claimed(config.train.output_dir) as run_dir:
         strategy = distribute.make_strategy(
             config.train.strategy, config.train.cpu_replicas, config.train.all_reduce,

@@ -6,6 +6,7 @@
     alexnet-export alexnet_imagenet.keras  # python -m pipeline.export ...
     alexnet-predict digit.png --saved-model saved_models/alexnet
     alexnet-summary --variant d2l          # python -m alexnet_keras.summary ...
+    alexnet-data-service dispatcher        # python -m pipeline.data.service ...
 
 The `python -m pipeline.X` modules and the console commands `pip install` puts
 on the PATH ([project.scripts]) all come here. TensorFlow reads its
@@ -53,3 +54,10 @@ def summary():
     from alexnet_keras import summary as summary_lib
 
     sys.exit(summary_lib.main())
+
+
+def data_service():
+    environment.prepare()
+    from pipeline.data import service
+
+    sys.exit(service.main())

@@ -202,7 +202,8 @@ def main(command, argv=None):
     """Runs `command` ("run", "ingest", "evaluate", "export" or "predict") on `argv`.
 
     Errors a user can cause print one line, `<prog>: error: <what and the fix>`,
-    and return 2; anything else is a bug and keeps its traceback. Otherwise it
+    and return 2 (a preempted run, saved: 138, `checkpoints.PREEMPTED_EXIT_STATUS`);
+    anything else is a bug and keeps its traceback. Otherwise it
     returns the command's own status (predict: 1 if an image was not
     classified), else 0.
     """
@@ -221,5 +222,5 @@ def main(command, argv=None):
         status = execute(args)
     except errors.PipelineError as error:
         print(f"{parser.prog}: error: {_as_flags(str(error), command)}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_status", 2)
     return status or 0

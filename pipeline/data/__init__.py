@@ -7,4 +7,5 @@
     ingested_dataset the artifact ingest hands on: splits, classes, fingerprint
     preprocess_ops   decode, crop, resize, flip, PCA noise: one image's ops
     input_pipeline   the tf.data pipelines of training and evaluation
+    service          the training pipeline on tf.data service workers
 """

@@ -12,6 +12,7 @@ import glob
 import numpy as np
 import tensorflow as tf
 
+from pipeline.data import service as data_service
 from pipeline.data import ingested_dataset
 from pipeline.data import preprocess_ops
 from pipeline.config import DataConfig
@@ -104,9 +105,16 @@ def _read(ingested, split, channels, training, data_config, seed, input_context)
     return dataset.cache(path)
 
 
-def _augmented(dataset, ingested, split, image_spec, data_config, seed, input_context):
+def _augmented(dataset, ingested, split, image_spec, data_config, seed, input_context,
+               repeat=False, skip=0):
     """The training map: shuffled, a random crop resized to the model's input,
-    a flip where the classes allow it, PCA noise if asked, normalised."""
+    a flip where the classes allow it, PCA noise if asked, normalised.
+
+    With `repeat` the shuffled examples cycle for good; `skip` drops the first
+    examples of the stream before anything is decoded (a resumed run's
+    place in its epoch): what follows is what an unskipped stream gives after
+    them, augmentation seeds included.
+    """
     channels, image_size = image_spec.channels, image_spec.image_size
 
     def crop(image, crop_seed):
@@ -129,6 +137,8 @@ def _augmented(dataset, ingested, split, image_spec, data_config, seed, input_co
         return image_spec.normalize(image), label
 
     dataset = dataset.shuffle(min(ingested.num_examples(split), SHUFFLE_BUFFER), seed=seed)
+    if repeat:
+        dataset = dataset.repeat()
     # Stateless augmentation with per-example seeds from a seeded stream: the
     # same crops and flips on every run with `seed`, new ones every epoch,
     # and other ones in every input pipeline.
@@ -136,7 +146,9 @@ def _augmented(dataset, ingested, split, image_spec, data_config, seed, input_co
     if seed is not None and input_context:
         augment_seed += input_context.input_pipeline_id
     seeds = tf.data.Dataset.random(augment_seed, rerandomize_each_iteration=True).batch(2)
-    return tf.data.Dataset.zip(dataset, seeds).map(augment, num_parallel_calls=AUTOTUNE)
+    # Skipped before the map: the skipped examples are read, not decoded.
+    return tf.data.Dataset.zip(dataset, seeds).skip(skip).map(
+        augment, num_parallel_calls=AUTOTUNE)
 
 
 def _preprocessed_for_eval(dataset, image_spec, data_config, ten_crop=False):
@@ -154,7 +166,7 @@ def _preprocessed_for_eval(dataset, image_spec, data_config, ten_crop=False):
 
 def make_dataset(
     ingested, split, image_spec, batch_size, training, *, data_config=DataConfig(),
-    seed=None, input_context=None, ten_crop=False,
+    seed=None, input_context=None, ten_crop=False, repeat=False, skip=0,
 ):
     """Batches of (images float32 [batch, height, width, channels], labels int32).
 
@@ -172,9 +184,13 @@ def make_dataset(
             its own shard of the data.
         ten_crop: for evaluation: each image as the paper's ten patches,
             images float32 [batch, 10, height, width, channels].
+        repeat: for training: cycle through the split for good (batches then
+            run across the end of a pass).
+        skip: for training: leave out the first `skip` examples without
+            decoding them, where a run resumed inside an epoch starts.
 
-    One pass over the split; the caller repeats it per epoch. The order is
-    deterministic only when `seed` is set.
+    One pass over the split, unless `repeat`. The order is deterministic only
+    when `seed` is set and no data service mixes it.
     """
     if split not in ingested.splits:
         raise PipelineError(
@@ -196,7 +212,9 @@ def make_dataset(
                     input_context)
     if training:
         dataset = _augmented(dataset, ingested, split, image_spec, data_config, seed,
-                             input_context)
+                             input_context, repeat, skip)
+        if data_config.data_service:
+            dataset = data_service.distribute(dataset, data_config.data_service)
     else:
         dataset = _preprocessed_for_eval(dataset, image_spec, data_config, ten_crop)
     dataset = dataset.batch(
@@ -211,23 +229,39 @@ def make_dataset(
 
 def distribute_dataset(
     strategy, ingested, split, image_spec, global_batch_size, training, *,
-    data_config=DataConfig(), seed=None, repeat=False,
+    data_config=DataConfig(), seed=None, repeat=False, skip_steps=0,
 ):
     """`make_dataset` for every input pipeline of `strategy`, each replica getting
     `global_batch_size / num_replicas` examples per step, prefetched to its device.
 
     With `repeat`, every pipeline cycles through its shard forever, so that all
     workers can run the same number of steps whatever the size of their shards.
+    `skip_steps` starts after that many global batches (a resumed run's place
+    in its epoch), without decoding them.
     """
     check_batch_split(global_batch_size, strategy.num_replicas_in_sync)
 
     def dataset_fn(input_context):
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        batches = make_dataset(
+        # A pipeline feeds each of its replicas one batch per step.
+        per_step = global_batch_size // input_context.num_input_pipelines
+        if not training:
+            batches = make_dataset(ingested, split, image_spec, batch_size, training,
+                                   data_config=data_config, input_context=input_context)
+            return batches.repeat() if repeat else batches
+        skip, repeats = skip_steps * per_step, repeat
+        if data_config.data_service:
+            # The service's workers each read their own files: a skip inside
+            # would drop from every worker's stream, so the resumed epoch reads
+            # a fresh pass instead. One trainer needs no more than one pass
+            # (the epoch's steps are full batches of it): without a repeat, a
+            # job's pass is each example once, as a repeat could not keep it.
+            skip = 0
+            repeats = repeat and input_context.num_input_pipelines > 1
+        return make_dataset(
             ingested, split, image_spec, batch_size, training, data_config=data_config,
-            seed=seed, input_context=input_context,
+            seed=seed, input_context=input_context, repeat=repeats, skip=skip,
         )
-        return batches.repeat() if repeat else batches
 
     return strategy.distribute_datasets_from_function(
         dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)

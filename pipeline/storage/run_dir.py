@@ -73,7 +73,10 @@ def _make(run_dir):
 
 
 def has_checkpoint(run_dir):
-    return tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    """Whether `run_dir` holds a checkpoint of an epoch's end, or one saved
+    inside an epoch (`checkpoints/steps`, pipeline.training.checkpoints)."""
+    return any(tf.train.latest_checkpoint(os.path.join(run_dir, *parts)) is not None
+               for parts in (("checkpoints",), ("checkpoints", "steps")))
 
 
 def record(config, ingested):

@@ -4,14 +4,10 @@ schedule, early stopping, `history.csv` and the epoch-end checkpoint."""
 import logging
 import math
 import os
-import re
 
 import keras
 import tensorflow as tf
 
-from pipeline.errors import PipelineError
-from pipeline.errors import first_line
-from pipeline.storage import atomic
 from pipeline.training import history
 from pipeline.training import optimizers
 
@@ -121,28 +117,9 @@ class Checkpointer(keras.callbacks.Callback):
     so a checkpoint holds everything the epoch changed; its number is the
     epoch a resumed run starts after."""
 
-    def __init__(self, manager):
+    def __init__(self, checkpoints):
         super().__init__()
-        self.manager = manager
+        self.checkpoints = checkpoints
 
     def on_epoch_end(self, epoch, logs=None):
-        try:
-            self.manager.save(checkpoint_number=epoch + 1)
-        except (OSError, tf.errors.OpError) as error:
-            # A full disk, a quota, a lost mount: the half-written checkpoint
-            # goes, the earlier ones stay, and the same command resumes.
-            remove_partial_checkpoints(self.manager.directory)
-            raise PipelineError(
-                f"cannot save the checkpoint of epoch {epoch + 1} in "
-                f"{self.manager.directory} ({first_line(error)}); free space there and "
-                "run the same command again: it resumes from the last saved epoch"
-            ) from None
-
-
-def remove_partial_checkpoints(checkpoint_dir):
-    """Removes what a save that failed half-way left: TensorFlow writes a
-    checkpoint's shards into `ckpt-N_temp...` and renames them into place."""
-    if tf.io.gfile.isdir(checkpoint_dir):
-        for name in tf.io.gfile.listdir(checkpoint_dir):
-            if re.fullmatch(r"ckpt-\d+_temp.*", name.rstrip("/")):
-                atomic.remove(os.path.join(checkpoint_dir, name.rstrip("/")))
+        self.checkpoints.save_epoch(epoch + 1)

@@ -11,6 +11,7 @@
   project's CI.
 """
 
+import dataclasses
 import json
 import os
 
@@ -19,6 +20,7 @@ import tensorflow as tf
 from pipeline.config import STRATEGIES
 from pipeline.errors import ConfigError
 from pipeline.errors import PipelineError
+from pipeline.storage import run_dir
 
 
 def _split_cpu(replicas):
@@ -40,6 +42,56 @@ def _split_cpu(replicas):
             "TensorFlow runs anything"
         )
     return devices[:replicas]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """This process's task in a cluster: its type ("worker", "chief") and index."""
+
+    type: str
+    index: int
+    chief: bool
+
+
+def cluster_task(raw=None):
+    """This process's `Task` in `TF_CONFIG` (or `raw`), None if it is not set;
+    raises `ConfigError` if it does not parse or names no task of its cluster."""
+    raw = os.environ.get("TF_CONFIG") if raw is None else raw
+    if not raw:
+        return None
+    try:
+        tf_config = json.loads(raw)
+        cluster, task = tf_config["cluster"], tf_config["task"]
+        task_type, index = task["type"], int(task.get("index", 0))
+        cluster[task_type][index]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise ConfigError(
+            "TF_CONFIG must be JSON naming the cluster and this process's task in it, "
+            '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+            f'"task": {{"type": "worker", "index": 0}}}}). Received: {raw!r}'
+        ) from None
+    chief = task_type == "chief" or (task_type == "worker" and index == 0
+                                     and "chief" not in cluster)
+    return Task(task_type, index, chief)
+
+
+def task_output_dir(output_dir, strategy_name):
+    """Where this process of a run writes, given the run's one `output_dir`: the
+    chief there, every other task of a multi-worker cluster in
+    `workers/<type>-<index>` inside it. So every pod runs one command.
+
+    A non-chief task that started in `output_dir` itself before this layout
+    (its own `--output-dir` per worker) and left checkpoints there resumes
+    there."""
+    if strategy_name != "multiworker":
+        return output_dir
+    task = cluster_task()
+    if task is None or task.chief:
+        return output_dir
+    own = os.path.join(output_dir, "workers", f"{task.type}-{task.index}")
+    if not tf.io.gfile.exists(own) and run_dir.has_checkpoint(output_dir):
+        return output_dir
+    return own
 
 
 def is_chief(strategy):
@@ -107,21 +159,12 @@ def communication_options(all_reduce="auto", all_reduce_pack_mb=0):
 
 
 def _multi_worker_strategy(all_reduce, all_reduce_pack_mb):
-    raw = os.environ.get("TF_CONFIG")
-    if not raw:
+    if cluster_task() is None:
         raise ConfigError(
             "strategy='multiworker' needs the TF_CONFIG environment variable "
             '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             '"task": {"type": "worker", "index": 0}}) on every worker'
         )
-    try:
-        tf_config = json.loads(raw)
-        tf_config["cluster"]["worker"]
-        tf_config["task"]["type"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(
-            f"TF_CONFIG is not valid JSON with 'cluster.worker' and 'task.type': {raw!r}"
-        ) from None
     # Collective ops over gRPC ("ring") work on CPUs and GPUs alike; "auto"
     # picks NCCL on GPU clusters.
     if all_reduce == "nccl" and not tf.config.list_physical_devices("GPU"):

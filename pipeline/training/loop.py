@@ -4,8 +4,10 @@ Keras 3's `model.fit` fails under `MultiWorkerMirroredStrategy`
 (keras-team/keras#20585), so training runs its own step through
 `strategy.run` inside a `tf.function`, the same code on one CPU, several GPUs
 or several machines. It prints Keras' progress bar, checkpoints every epoch
-and resumes from the last finished one, and writes `history.csv`, TensorBoard
-logs (see `pipeline.training.summaries`) and `training_curves.png` to the run directory.
+and inside epochs (`pipeline.training.checkpoints`) and resumes from the
+newest checkpoint, at the step it was saved, and writes `history.csv`,
+TensorBoard logs (see `pipeline.training.summaries`) and `training_curves.png`
+to the run directory.
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.errors import TrainingDiverged
 from pipeline.storage import atomic
 from pipeline.training import callbacks as callbacks_lib
+from pipeline.training import checkpoints as checkpoints_lib
 from pipeline.training import history
 from pipeline.training import models
 from pipeline.training import optimizers
@@ -46,8 +49,21 @@ def _diverged(where, learning_rate):
     )
 
 
+def _ran_out(epoch, step, steps, data_config):
+    """The training data ended before the epoch's last step: only a data
+    service whose worker was lost does that (DYNAMIC sharding loses the files
+    it held; the local pipeline repeats)."""
+    where = (f"the data service at {data_config.data_service} " if data_config.data_service
+             else "the training data ")
+    return PipelineError(
+        f"{where}ran out after step {step} of {steps} in epoch {epoch + 1} (a lost service "
+        "worker loses the shards it was reading); run the same command again: it resumes "
+        "from the last checkpoint"
+    )
+
+
 def fit(model, optimizer, strategy, train_config, data_config, ingested,
-        initial_epoch=0, callbacks=()):
+        initial_epoch=0, callbacks=(), checkpoints=None):
     """Trains `model` from `initial_epoch` to `train_config.epochs`; the epoch loop.
 
     Prints `Epoch k/N` and Keras' progress bar, validates after every epoch and
@@ -58,20 +74,24 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     `TerminateOnNaN`) ends training after that epoch. Returns the logs of the
     epochs it ran.
 
+    With `checkpoints` (a `RunCheckpoints` that has resumed), it starts at
+    the step where they stand and saves inside epochs and when preempted.
+
     Raises `TrainingDiverged` at the first step whose loss is NaN or infinite,
     or after validation if its loss is, before that epoch's callbacks (and so
-    its checkpoint) run.
+    its checkpoint) run; `checkpoints.Preempted` after a SIGTERM's save.
     """
     global_batch_size = train_config.batch_size
     steps = input_pipeline.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
 
-    def train_batches(epoch):
+    def train_batches(epoch, skip_steps):
         # Each epoch's own dataset, seeded by the run's seed and the epoch: a
         # resumed run sees the batches the uninterrupted one saw.
         return iter(input_pipeline.distribute_dataset(
             strategy, ingested, "train", model.image_spec, global_batch_size,
             training=True, data_config=data_config,
             seed=input_pipeline.epoch_seed(train_config.seed, epoch), repeat=True,
+            skip_steps=skip_steps,
         ))
 
     validation = input_pipeline.make_dataset(
@@ -87,6 +107,11 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     logs_per_epoch = []
     model.stop_training = False
     callbacks.on_train_begin()
+    first_step = checkpoints.position.step if checkpoints else 0
+    if first_step and data_config.data_service:
+        log.warning("Resuming inside epoch %d with a data service: its remaining %d steps "
+                    "read a new pass of the epoch (the service's order is not repeatable)",
+                    initial_epoch + 1, steps - first_step)
     for epoch in range(initial_epoch, train_config.epochs):
         print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
         callbacks.on_epoch_begin(epoch)
@@ -97,11 +122,15 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         # The last epoch's iterator goes first: one that stopped before the
         # end of a `cache` file still holds the file's lock.
         train_iterator = None
-        train_iterator = train_batches(epoch)
-        loss_sum = correct = count = 0.0
+        train_iterator = train_batches(epoch, first_step)
+        # A run resumed inside the epoch goes on with the sums it saved.
+        loss_sum, correct, count = checkpoints.sums.values() if first_step else (0.0,) * 3
         warmed_up = time.perf_counter()
-        for step in range(steps):
-            batch_loss, batch_correct, batch_count = train_step(train_iterator)
+        for step in range(first_step, steps):
+            try:
+                batch_loss, batch_correct, batch_count = train_step(train_iterator)
+            except tf.errors.OutOfRangeError:
+                raise _ran_out(epoch, step, steps, data_config) from None
             batch_loss = float(batch_loss)
             if not math.isfinite(batch_loss):
                 # As Keras' TerminateOnNaN: the weights are lost from here on.
@@ -111,9 +140,12 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
             loss_sum += batch_loss
             correct += float(batch_correct)
             count += float(batch_count)
-            if step == 0 and steps > 1:
+            if step == first_step and steps - first_step > 1:
                 # The first step traces and compiles; images/s counts the rest.
                 warmed_up = time.perf_counter()
+            if checkpoints:
+                checkpoints.after_step(epoch * steps + step + 1, (loss_sum, correct, count),
+                                       last_of_epoch=step == steps - 1)
             if step < steps - 1:
                 progress.update(
                     step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)]
@@ -122,7 +154,12 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         # The rate at the end of the epoch (a schedule moves it within the
         # epoch; the plateau schedule moves it after, in the callbacks).
         learning_rate = callbacks_lib.current_learning_rate(optimizer)
-        timed_images = count * (steps - 1) / steps if steps > 1 else count
+        steps_run = steps - first_step
+        timed_images = global_batch_size * (steps_run - 1 if steps_run > 1 else steps_run)
+        if not timed_images:
+            # Resumed after the epoch's last step, before its validation.
+            elapsed = 0
+        first_step = 0
         validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
         if not math.isfinite(validation_metrics["loss"]):
             # The epoch's last updates broke the weights: not checkpointed.
@@ -188,50 +225,16 @@ class TrainResult:
         return summary
 
 
-# Checkpoints kept per worker: the last two epochs, so that workers killed
-# between one epoch's saves still share one of them.
-_CHECKPOINTS_KEPT = 2
-
-
-def _saved_epochs(manager):
-    """The epochs whose checkpoint `manager` holds (checkpoint k is epoch k's end)."""
-    return [int(path.rsplit("-", 1)[1]) for path in manager.checkpoints]
-
-
-def newest_common_epoch(saved_epochs_per_replica):
-    """The newest epoch that every replica has a checkpoint of, 0 (the start)
-    if there is none; each replica's list may be padded with zeros."""
-    common = set.intersection(*(set(epochs) for epochs in saved_epochs_per_replica))
-    return max(common | {0})
-
-
-def _agreed_epoch(strategy, manager):
-    """The epoch to resume from, the same in every replica of `strategy`.
-
-    Every worker keeps its own checkpoints, in its own run directory, so no
-    file system needs to be shared; a worker killed before saving its last
-    epoch holds one epoch less than the others, and all of them resume from
-    the newest epoch every one of them holds.
-    """
-    saved = _saved_epochs(manager)[-_CHECKPOINTS_KEPT:]
-    padded = tf.constant(saved + [0] * (_CHECKPOINTS_KEPT - len(saved)), tf.int64)
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        per_replica = strategy.experimental_distribute_values_from_function(
-            lambda context: padded
-        )
-        padded = strategy.gather(per_replica, axis=0)
-    return newest_common_epoch(tf.reshape(padded, [-1, _CHECKPOINTS_KEPT]).numpy().tolist())
-
-
 def train(strategy, chief, model_config, train_config, data_config, ingested, run_dir):
     """Trains AlexNet on the ingested data under `strategy`; resumes if it can.
 
     `run_dir` receives `history.csv`, `training_curves.png`, TensorBoard logs
     and the run's hyperparameters under `logs/` and checkpoints under
     `checkpoints/`. Every worker of a multi-worker run checkpoints into its
-    own run directory, and all resume from the newest epoch that each of them
-    holds; a worker other than the chief removes its checkpoints once
-    training is done.
+    own run directory, and all resume from the newest checkpoint that each of
+    them holds; a worker other than the chief removes its checkpoints once
+    training is done. SIGTERM stops it at the next step, saved
+    (`checkpoints.Preempted`).
     Returns the trained model, the whole history and the epoch it started from.
     """
     steps = input_pipeline.steps_per_epoch(train_config, ingested, strategy.num_replicas_in_sync)
@@ -244,29 +247,21 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
                                               plateau.reductions)
         early_stopping = (callbacks_lib.EarlyStopping(train_config.early_stopping)
                           if train_config.early_stopping else None)
-    checkpoint = tf.train.Checkpoint(
+    tracked = dict(
         model=model, optimizer=optimizer, random_states=_random_states(model),
         **plateau.trackables(), **(early_stopping.trackables() if early_stopping else {})
     )
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     # A save that died half-way (a kill, a full disk) is not resumed from; the
     # run directory is this process's (run_dir.claimed), so nothing writes there.
-    callbacks_lib.remove_partial_checkpoints(checkpoint_dir)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir,
-                                         max_to_keep=_CHECKPOINTS_KEPT)
-    initial_epoch = _agreed_epoch(strategy, manager)
+    checkpoints_lib.remove_partial(checkpoint_dir)
+    checkpoints = checkpoints_lib.RunCheckpoints(
+        tracked, checkpoint_dir, steps, strategy, train_config.checkpoint_every_steps,
+        train_config.checkpoint_every_minutes)
+    position = checkpoints.resume()
+    initial_epoch = position.epoch
     started_from = None
-    if initial_epoch:
-        path = os.path.join(checkpoint_dir, f"ckpt-{initial_epoch}")
-        try:
-            checkpoint.restore(path).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError):
-            raise PipelineError(
-                f"the checkpoint {path} is of another model or optimizer, or unreadable; "
-                "resume with the same flags or use a new `output_dir`"
-            ) from None
-        log.info("Resuming from %s (epoch %d finished)", path, initial_epoch)
-    elif train_config.init_from:
+    if position == checkpoints_lib.Position() and train_config.init_from:
         started_from = warm_start.load(model, train_config.init_from)
     rows = history.epochs_up_to(os.path.join(run_dir, "history.csv"), initial_epoch)
     callbacks = [
@@ -278,7 +273,7 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
         callbacks.append(callbacks_lib.PlateauSchedule(plateau, optimizer))
     if early_stopping:
         callbacks.append(early_stopping)
-    callbacks.append(callbacks_lib.Checkpointer(manager))
+    callbacks.append(callbacks_lib.Checkpointer(checkpoints))
 
     def stopped_after():
         if early_stopping is None:
@@ -289,8 +284,13 @@ def train(strategy, chief, model_config, train_config, data_config, ingested, ru
         log.info("%s stopped early after epoch %d: nothing is left to train", run_dir,
                  stopped_after())
     else:
-        fit(model, optimizer, strategy, train_config, data_config, ingested,
-            initial_epoch, callbacks)
+        checkpoints.watch_preemption()
+        try:
+            fit(model, optimizer, strategy, train_config, data_config, ingested,
+                initial_epoch, callbacks, checkpoints)
+        finally:
+            checkpoints.close()
+        checkpoints.remove_step_checkpoints()
     if not chief:
         # Only the chief's checkpoints outlive the run; a killed worker's are
         # what its next run resumes from, and that run removes them.

@@ -63,7 +63,8 @@ def checkpoint_values(run_dir):
     return {
         name: reader.get_tensor(name)
         for name in reader.get_variable_to_shape_map()
-        if name != "_CHECKPOINTABLE_OBJECT_GRAPH"
+        # What the run's Checkpoint object counts of its own saves, not of training.
+        if name not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
     }
 
 
@@ -78,6 +79,14 @@ def checkpoint_values(run_dir):
         (["--dataset", "folder:/no/such/folder"], "/no/such/folder"),
         (["--strategy", "default", "--cpu-replicas", "2"], "--cpu-replicas only applies"),
         (["--dropout-rate", "1.0"], "--dropout-rate must be in [0, 1)"),
+        (["--checkpoint-every-steps", "0"],
+         "--checkpoint-every-steps must be a positive number of steps"),
+        (["--checkpoint-every-minutes", "-5"],
+         "--checkpoint-every-minutes must be a positive number of minutes"),
+        (["--data-service", "localhost"], "--data-service must be a dispatcher address"),
+        # Port 1 (tcpmux) is served nowhere these days: the connection is refused.
+        (["--data-service", "grpc://127.0.0.1:1"],
+         "no tf.data service dispatcher answers at --data-service"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(tmp_path, digits_dir, capsys, flags, message):
@@ -184,9 +193,11 @@ def test_a_run_exports_litert_and_onnx_files_of_the_served_network(
 def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     run_dir = tmp_path / "run"
     flags = ["--ingest-dir", digits_dir, "--export-dir", str(tmp_path / "models"),
-             "--output-dir", str(run_dir), "--epochs", "3", "--seed", "7", *TINY]
+             "--output-dir", str(run_dir), "--epochs", "3", "--seed", "7",
+             "--checkpoint-every-steps", "2", *TINY]
     # Killed in epoch 2 after its history row is written but before its
-    # checkpoint: the one moment that leaves the history ahead of the checkpoint.
+    # checkpoint: the history is ahead of the checkpoints, whose newest is
+    # the step checkpoint after step 4 of the run (epoch 2, step 1 of 3).
     marker = str(tmp_path / "paused")
     with testlib.Children(tmp_path) as children:
         children.start("killed", testlib.paused_command(
@@ -196,18 +207,34 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2]
     checkpoint = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
     assert os.path.basename(checkpoint) == "ckpt-1"
+    assert sorted(os.listdir(run_dir / "checkpoints" / "steps"))[-1] == "ckpt-4.index"
 
     command = [sys.executable, "-m", "pipeline.run", *flags]
 
-    def rerun(*more_flags):
+    def rerun(*more_flags, command=command):
         return subprocess.run(command + list(more_flags), capture_output=True, text=True,
                               timeout=900, cwd=tmp_path, env=testlib.child_env())
 
+    # Resumed at step 2 of epoch 2, it gets SIGTERM after step 3 of epoch 2
+    # (its second step), as a preempted pod does; TensorFlow's handler takes
+    # the next step boundary it can announce (after step 2 of epoch 3), saves
+    # there and the run exits with the status that asks for a restart.
+    preempted = rerun(command=testlib.sigterm_command(
+        "run", "pipeline.training.checkpoints:RunCheckpoints.after_step", 2, *flags))
+    assert preempted.returncode == 138, preempted.stderr[-3000:]
+    assert "Epoch 1/3" not in preempted.stdout and "Epoch 2/3" in preempted.stdout
+    assert preempted.stderr.strip().splitlines()[-1] == (
+        "python -m pipeline.run: error: stopped by SIGTERM after step 2 of epoch 3, saved in "
+        f"{run_dir}/checkpoints/steps; run the same command to resume there (exit status "
+        "138: preempted)")
+    assert "Traceback" not in preempted.stderr
+    assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2]
+
     result = rerun()
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Epoch 1/3" not in result.stdout
-    assert "Epoch 2/3" in result.stdout and "Epoch 3/3" in result.stdout
-    # Epoch 2 ran again and is in the history once.
+    assert "Resuming from" in result.stderr and "steps/ckpt-8" in result.stderr
+    assert "Epoch 2/3" not in result.stdout and "Epoch 3/3" in result.stdout
+    # Each epoch is in the history once.
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]
     # The killed run had logged epoch 2 (step 1) to TensorBoard before its
     # checkpoint; the resumed run logged it again, and TensorBoard shows the
@@ -215,15 +242,20 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
     assert [step for tag, step, _ in testlib.tensorboard_events(run_dir / "logs" / "train")
             if tag == "epoch_loss"] == [0, 1, 1, 2]
     assert_tensorboard_matches_history(run_dir)
-    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["resumed_from_epoch"] == 2
+    # A finished run keeps its epochs' checkpoints, not the steps'.
+    assert not (run_dir / "checkpoints" / "steps").exists()
     # The same data order, augmentation and dropout as a run never killed: the
-    # same weights and optimizer state, to the bit.
+    # same weights and optimizer state, to the bit, and the same history.
     run_pipeline(tmp_path, digits_dir, "--output-dir", str(tmp_path / "unbroken"),
                  "--epochs", "3", "--seed", "7", *TINY)
     resumed, unbroken = checkpoint_values(run_dir), checkpoint_values(tmp_path / "unbroken")
     assert resumed.keys() == unbroken.keys() and len(resumed) >= 48
     for name, value in resumed.items():
         np.testing.assert_array_equal(value, unbroken[name], err_msg=name)
+    for mine, theirs in zip(read_history(run_dir), read_history(tmp_path / "unbroken")):
+        del mine["images_per_second"], theirs["images_per_second"]
+        assert mine == theirs
 
     # Run again, the run is complete: nothing is trained or pushed again.
     versions = sorted(os.listdir(tmp_path / "models"))

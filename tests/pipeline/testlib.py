@@ -290,10 +290,12 @@ def run_on_a_full_disk(command, cwd, limit_bytes):
 # Runs `cli.main(<command>, <args>)`, as `python -m pipeline.<command> <args>`
 # does, with <target> ("module:Class.method") replaced by a wrapper that, on its
 # <calls>-th call, returns from the original, creates <marker> and then waits for
-# good: the test kills the child at a known point. (`cli.main`, not runpy: runpy would run a
-# second copy of the module, which the patch would not reach.)
+# good: the test kills the child at a known point. With <marker> "SIGTERM" it
+# sends itself SIGTERM there instead, and goes on after a pause long enough for
+# a thread that polls each second to see it. (`cli.main`, not runpy: runpy would
+# run a second copy of the module, which the patch would not reach.)
 _PAUSED_MAIN = """
-import importlib, sys, threading
+import importlib, os, signal, sys, threading, time
 from pipeline import environment
 environment.prepare()
 command, target, calls, marker, *args = sys.argv[1:]
@@ -308,7 +310,10 @@ done = []
 def paused(*call_args, **call_kwargs):
     result = original(*call_args, **call_kwargs)
     done.append(None)
-    if len(done) == int(calls):
+    if len(done) == int(calls) and marker == "SIGTERM":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(2.5)
+    elif len(done) == int(calls):
         open(marker, "w").close()
         threading.Event().wait()
     return result
@@ -324,6 +329,13 @@ def paused_command(command, target, calls, marker, *args):
     good right after `target` ("package.module:Class.method") has returned for the
     `calls`-th time, and says so by creating the file `marker`."""
     return [sys.executable, "-c", _PAUSED_MAIN, command, target, str(calls), marker, *args]
+
+
+def sigterm_command(command, target, calls, *args):
+    """A command line that runs `python -m pipeline.<command> *args` and sends
+    itself SIGTERM right after `target` has returned for the `calls`-th time,
+    as Kubernetes does to a pod it stops."""
+    return paused_command(command, target, calls, "SIGTERM", *args)
 
 
 class Children(contextlib.AbstractContextManager):

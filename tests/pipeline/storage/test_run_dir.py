@@ -12,7 +12,6 @@ import pytest
 
 import testlib
 from pipeline.storage import run_dir
-from pipeline.training import loop
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
 from pipeline.config import RunConfig
@@ -99,14 +98,3 @@ def test_settings_are_checked_only_against_a_begun_run(tmp_path):
     assert run_dir.check_resumable(path, other, _Ingested()) is True
     with pytest.raises(PipelineError, match=r"\(`seed` 3 -> None\)"):
         run_dir.check_resumable(path, config, _Ingested())
-
-
-@pytest.mark.parametrize("saved,expected", [
-    ([[0, 0], [0, 0]], 0),  # a new run
-    ([[1, 2], [1, 2]], 2),  # killed between epochs
-    ([[2, 3], [1, 2]], 2),  # worker 1 killed before saving epoch 3
-    ([[3, 4], [1, 2]], 0),  # nothing in common: start again
-    ([[1, 2]], 2),
-])
-def test_workers_resume_from_the_newest_epoch_all_of_them_hold(saved, expected):
-    assert loop.newest_common_epoch(saved) == expected

@@ -1,0 +1,141 @@
+"""Input preprocessing on tf.data service: reading, decoding and augmenting the
+training split on other machines' cores, TensorFlow's own engine for it.
+
+    alexnet-data-service dispatcher --port 5050
+    alexnet-data-service worker --dispatcher HOST:5050 --port 5051
+    python -m pipeline.run --data-service grpc://HOST:5050
+
+A worker needs nothing but this package (so that its TensorFlow matches the
+trainer's): the trainer sends the pipeline's functions to the service as graphs.
+
+The training dataset is split dynamically (`ShardingPolicy.DYNAMIC`): the
+dispatcher hands each worker whole shard files, so one pass of a job reads
+every example once, whichever worker reads it. TensorFlow documents it as at
+most once: the files a lost worker was reading are not read again in that
+pass. Batching stays on the trainer, so the workers' shares need not be
+multiples of the batch. Every iteration is a job of its own (no job name):
+each epoch, and each input pipeline of a multi-worker run, reads its own
+pass, and a restarted trainer never joins the job its killed run left.
+"""
+
+import argparse
+import socket
+import sys
+import urllib.parse
+
+import tensorflow as tf
+
+from pipeline.errors import ConfigError
+
+PROTOCOL = "grpc"
+# A dispatcher that does not answer within this time is not there.
+_CONNECT_TIMEOUT_SECONDS = 10
+
+
+def host_and_port(address):
+    """`(host, port)` of a dispatcher address, `grpc://host:port` or `host:port`;
+    raises `ConfigError` naming the setting otherwise."""
+    parsed = urllib.parse.urlsplit(address if "://" in address else f"{PROTOCOL}://{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if parsed.scheme != PROTOCOL or not parsed.hostname or port is None:
+        raise ConfigError(
+            f"`data_service` must be a dispatcher address, grpc://HOST:PORT. "
+            f"Received: data_service={address!r}"
+        )
+    return parsed.hostname, port
+
+
+def check_reachable(address):
+    """Raises `ConfigError` unless a dispatcher accepts connections at `address`:
+    tf.data service would otherwise retry for as long as its timeout, silently."""
+    host, port = host_and_port(address)
+    try:
+        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_SECONDS).close()
+    except OSError as error:
+        raise ConfigError(
+            f"no tf.data service dispatcher answers at data_service={address!r} "
+            f"({error.strerror or error}); start one with `alexnet-data-service dispatcher "
+            f"--port {port}` or drop `data_service` to preprocess locally"
+        ) from None
+
+
+def distribute(dataset, address):
+    """`dataset`'s elements, produced by the service's workers, each element
+    of a pass once (but see the module's note on lost workers)."""
+    host, port = host_and_port(address)
+    return dataset.apply(tf.data.experimental.service.distribute(
+        processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
+        service=f"{PROTOCOL}://{host}:{port}",
+    ))
+
+
+def make_parser():
+    parser = argparse.ArgumentParser(
+        prog="alexnet-data-service",
+        description="Run a tf.data service dispatcher or worker for `python -m "
+                    "pipeline.run --data-service grpc://HOST:PORT`.",
+    )
+    commands = parser.add_subparsers(dest="role", required=True)
+    dispatcher = commands.add_parser("dispatcher", help="the one process that hands out work")
+    dispatcher.add_argument("--port", type=_port, default=5050,
+                            help="port to serve on (default: %(default)s)")
+    dispatcher.add_argument("--work-dir", help="where the dispatcher keeps its journal, so "
+                            "a restarted dispatcher resumes its jobs (a shared file system "
+                            "or gs://; none: jobs end with it)")
+    worker = commands.add_parser("worker", help="a process that reads and preprocesses")
+    worker.add_argument("--dispatcher", required=True, type=_dispatcher_address,
+                        help="the dispatcher's HOST:PORT")
+    worker.add_argument("--port", type=_port, default=0,
+                        help="port to serve on (default: any free one)")
+    worker.add_argument("--worker-address",
+                        help="the host name the trainers reach this worker at (default: "
+                             "this machine's name; in Kubernetes, the pod IP)")
+    return parser
+
+
+def _port(text):
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port < 2**16:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}")
+    return port
+
+
+def _dispatcher_address(text):
+    try:
+        host, port = host_and_port(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}") from None
+    return f"{host}:{port}"
+
+
+def serve(args):
+    """Starts the server `args` describe and serves until the process is stopped."""
+    service = tf.data.experimental.service
+    if args.role == "dispatcher":
+        server = service.DispatchServer(service.DispatcherConfig(
+            port=args.port, work_dir=args.work_dir, fault_tolerant_mode=bool(args.work_dir)))
+        address = f"{socket.gethostname()}:{server.target.rsplit(':', 1)[1]}"
+        print(f"tf.data service dispatcher at grpc://{address}; workers: "
+              f"alexnet-data-service worker --dispatcher {address}", flush=True)
+    else:
+        host = args.worker_address or socket.gethostname()
+        server = service.WorkerServer(service.WorkerConfig(
+            dispatcher_address=args.dispatcher, port=args.port,
+            worker_address=f"{host}:%port%"))
+        print(f"tf.data service worker of dispatcher {args.dispatcher}", flush=True)
+    server.join()
+
+
+def main(argv=None):
+    serve(make_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
