@@ -301,23 +301,32 @@ def test_seeded_runs_end_with_identical_weights(tmp_path, digits_dir):
         np.testing.assert_array_equal(value, weights[1][name], err_msg=name)
 
 
+def _worker_commands(tmp_path, digits_dir, free_port, *flags):
+    """Each worker's command line and environment: the same command for both,
+    as a Kubernetes spec gives every pod, and its own TF_CONFIG."""
+    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
+    command = [
+        "--strategy", "multiworker", "--ingest-dir", digits_dir,
+        "--export-dir", str(tmp_path / "models"), "--output-dir", str(tmp_path / "run"), *flags,
+    ]
+    for index in range(2):
+        tf_config = json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        )
+        yield index, command, testlib.child_env(TF_CONFIG=tf_config)
+
+
 @pytest.mark.slow
 def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path, digits_dir, free_port):
-    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
     with testlib.Children(tmp_path) as children:
-        for index in range(2):
-            tf_config = json.dumps(
-                {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-            )
-            command = [
-                sys.executable, "-m", "pipeline.run", "--strategy", "multiworker",
-                "--ingest-dir", digits_dir, "--export-dir", str(tmp_path / "models"),
-                "--output-dir", str(tmp_path / f"worker{index}"), "--epochs", "2", *TINY,
-            ]
-            children.start(f"worker{index}", command, cwd=tmp_path,
-                           env=testlib.child_env(TF_CONFIG=tf_config))
+        for index, command, env in _worker_commands(tmp_path, digits_dir, free_port,
+                                                    "--epochs", "2", *TINY):
+            children.start(f"worker{index}", [sys.executable, "-m", "pipeline.run", *command],
+                           cwd=tmp_path, env=env)
         children.wait(timeout=900)
-    chief, other = (read_history(tmp_path / f"worker{index}") for index in range(2))
+    # One --output-dir: the chief's files in it, the other worker's beside them.
+    run_dirs = [tmp_path / "run", tmp_path / "run" / "workers" / "worker-1"]
+    chief, other = (read_history(run_dir) for run_dir in run_dirs)
     assert [row["epoch"] for row in chief] == [row["epoch"] for row in other] == ["1", "2"]
     for mine, theirs in zip(chief, other):
         # Both workers saw the all-reduced loss of the same global batches (the
@@ -326,75 +335,66 @@ def test_two_workers_train_in_step_and_only_the_chief_writes(tmp_path, digits_di
         assert float(mine["loss"]) == pytest.approx(float(theirs["loss"]), rel=1e-6)
         assert float(mine["val_loss"]) == pytest.approx(float(theirs["val_loss"]), rel=1e-6)
     chief_metrics, other_metrics = (
-        json.loads((tmp_path / f"worker{index}" / "metrics.json").read_text())
-        for index in range(2)
-    )
+        json.loads((run_dir / "metrics.json").read_text()) for run_dir in run_dirs)
     assert chief_metrics["test_accuracy"] == other_metrics["test_accuracy"]
-    assert (tmp_path / "worker0" / "checkpoints" / "checkpoint").exists()
-    assert not (tmp_path / "worker1" / "checkpoints").exists()
+    assert (run_dirs[0] / "checkpoints" / "checkpoint").exists()
+    assert not (run_dirs[1] / "checkpoints").exists()
     assert sorted(os.listdir(tmp_path / "models")) == ["1"]
     assert other_metrics["export_path"] is None
 
 
-def _worker_commands(tmp_path, digits_dir, free_port, *flags):
-    workers = [f"localhost:{free_port()}", f"localhost:{free_port()}"]
-    for index in range(2):
-        tf_config = json.dumps(
-            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        )
-        flags_of_worker = [
-            "--strategy", "multiworker", "--ingest-dir", digits_dir,
-            "--export-dir", str(tmp_path / "models"),
-            "--output-dir", str(tmp_path / f"worker{index}"), *flags,
-        ]
-        yield index, flags_of_worker, testlib.child_env(TF_CONFIG=tf_config)
-
-
 @pytest.mark.slow
-def test_a_killed_multi_worker_run_resumes_on_every_worker(tmp_path, digits_dir, free_port):
-    flags = ["--epochs", "4", "--seed", "5", *TINY]
-    # Both workers stop once epoch 2 is checkpointed; worker 1 is killed, then
-    # worker 0 (a peer's death leaves it waiting in a collective).
+def test_a_preempted_worker_makes_every_worker_save_the_same_step(tmp_path, digits_dir,
+                                                                  free_port):
+    flags = ["--epochs", "3", "--seed", "5", *TINY]
+    run_dirs = [tmp_path / "run", tmp_path / "run" / "workers" / "worker-1"]
+    # Worker 1 gets SIGTERM after its 4th step (epoch 2, step 1): TensorFlow's
+    # handler tells worker 0, both save the same step and exit with 138.
     with testlib.Children(tmp_path) as children:
-        markers = []
         for index, command, env in _worker_commands(tmp_path, digits_dir, free_port, *flags):
-            markers.append(str(tmp_path / f"paused{index}"))
-            children.start(f"killed{index}", testlib.paused_command(
-                "run", "pipeline.training.callbacks:Checkpointer.on_epoch_end", 2, markers[-1],
-                *command,
-            ), cwd=tmp_path, env=env)
-        for marker in markers:
-            children.wait_for_file(marker, timeout=600)
-        for name in ("killed1", "killed0"):
-            children.processes[name].kill()
-            children.processes[name].wait()
-    for index in range(2):
-        assert [row["epoch"] for row in read_history(tmp_path / f"worker{index}")] == ["1", "2"]
-        assert tf.train.latest_checkpoint(str(tmp_path / f"worker{index}" / "checkpoints"))
+            if index == 1:
+                command = testlib.sigterm_command(
+                    "run", "pipeline.training.checkpoints:RunCheckpoints.after_step", 4,
+                    *command)
+            else:
+                command = [sys.executable, "-m", "pipeline.run", *command]
+            children.start(f"preempted{index}", command, cwd=tmp_path, env=env)
+        statuses = [children.processes[f"preempted{index}"].wait(timeout=600)
+                    for index in range(2)]
+        assert statuses == [138, 138], [children.output(f"preempted{i}")[-2000:]
+                                        for i in range(2)]
+        saved = [sorted(os.listdir(run_dir / "checkpoints" / "steps"))
+                 for run_dir in run_dirs]
+        assert saved[0] == saved[1] and saved[0][-1] == "ckpt-6.index"
+        assert "stopped by SIGTERM after step 3 of epoch 2" in children.output("preempted0")
+    for run_dir in run_dirs:
+        assert [row["epoch"] for row in read_history(run_dir)] == ["1"]
 
-    # Started again with new ports (a cluster's restarted job gets new ones).
+    # Started again with the same command (and new ports, as a restarted job gets).
     with testlib.Children(tmp_path) as children:
         for index, command, env in _worker_commands(tmp_path, digits_dir, free_port, *flags):
             children.start(f"worker{index}", [sys.executable, "-m", "pipeline.run", *command],
                            cwd=tmp_path, env=env)
         children.wait(timeout=900)
         outputs = [children.output(f"worker{index}") for index in range(2)]
-    histories = [read_history(tmp_path / f"worker{index}") for index in range(2)]
+    histories = [read_history(run_dir) for run_dir in run_dirs]
     for output, rows in zip(outputs, histories):
-        assert "Epoch 1/4" not in output and "Epoch 2/4" not in output
-        assert "Epoch 3/4" in output and "Epoch 4/4" in output
-        assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
+        assert "steps/ckpt-6 (epoch 2, step 3 of 3 done)" in output
+        assert "Epoch 1/3" not in output and "Epoch 3/3" in output
+        assert [row["epoch"] for row in rows] == ["1", "2", "3"]
     # Each worker validates its own weights on the whole validation split: the
     # same losses mean the same weights.
     for mine, theirs in zip(*histories):
         assert float(mine["val_loss"]) == pytest.approx(float(theirs["val_loss"]), rel=1e-6)
-    metrics = [json.loads((tmp_path / f"worker{index}" / "metrics.json").read_text())
-               for index in range(2)]
-    assert metrics[0]["resumed_from_epoch"] == metrics[1]["resumed_from_epoch"] == 2
+    # Every step was trained once: the optimizer counted 3 epochs of 3 steps.
+    assert checkpoint_values(run_dirs[0])[
+        "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == 9
+    metrics = [json.loads((run_dir / "metrics.json").read_text()) for run_dir in run_dirs]
+    assert metrics[0]["resumed_from_epoch"] == metrics[1]["resumed_from_epoch"] == 1
     assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
     # The worker's checkpoints were its own to resume from; the finished run
     # removed them.
-    assert not (tmp_path / "worker1" / "checkpoints").exists()
+    assert not (run_dirs[1] / "checkpoints").exists()
     assert sorted(os.listdir(tmp_path / "models")) == ["1"]
 
 
