@@ -78,12 +78,16 @@ class DataConfig:
         shapes_run=False,
         help="grpc://HOST:PORT of a tf.data service dispatcher (alexnet-data-service): read, "
              "decode and augment the training split on its workers")
+    data_service_timeout: float = setting(
+        600.0, shapes_run=False,
+        help="seconds without a batch from the data service (a lost worker stalls its job) "
+             "before the run stops with exit status 138, to be resumed")
 
     def __post_init__(self):
-        if self.max_pixels < 1:
-            raise ConfigError(
-                f"`max_pixels` must be positive. Received: max_pixels={self.max_pixels}"
-            )
+        for name in ("max_pixels", "data_service_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(
+                    f"`{name}` must be positive. Received: {name}={getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)

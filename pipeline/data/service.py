@@ -19,17 +19,28 @@ pass, and a restarted trainer never joins the job its killed run left.
 """
 
 import argparse
+import logging
+import os
 import socket
 import sys
+import threading
+import time
 import urllib.parse
 
 import tensorflow as tf
 
 from pipeline.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 PROTOCOL = "grpc"
 # A dispatcher that does not answer within this time is not there.
 _CONNECT_TIMEOUT_SECONDS = 10
+# Workers report every 2 s and one silent for 10 s is dropped: the trainers
+# then go on with the others. (TensorFlow's defaults, 30 s and an hour, leave
+# a trainer waiting on a lost worker for that hour.)
+HEARTBEAT_MS = 2_000
+WORKER_TIMEOUT_MS = 10_000
 
 
 def host_and_port(address):
@@ -70,6 +81,44 @@ def distribute(dataset, address):
         processing_mode=tf.data.experimental.service.ShardingPolicy.DYNAMIC,
         service=f"{PROTOCOL}://{host}:{port}",
     ))
+
+
+class Watchdog:
+    """Inside `with watchdog:` for more than `timeout` seconds, the process ends
+    with `exit_status` after logging `message`.
+
+    A tf.data service job whose worker died holding unread files never ends
+    (measured: the trainer waits with no error, whatever the dispatcher's
+    worker timeout), and a thread is the one place that can see it: the
+    trainer's own thread is blocked in TensorFlow.
+    """
+
+    def __init__(self, timeout, message, exit_status):
+        self.timeout = timeout
+        self.message = message
+        self.exit_status = exit_status
+        self._entered = None
+        self._thread = threading.Thread(target=self._watch, name="data-service-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def __enter__(self):
+        self._entered = time.monotonic()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._entered = None
+
+    def _watch(self):
+        while True:
+            time.sleep(min(1.0, self.timeout / 10))
+            entered = self._entered
+            if entered is not None and time.monotonic() - entered > self.timeout:
+                break
+        log.error("%s", self.message)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(self.exit_status)
 
 
 def make_parser():
@@ -119,7 +168,8 @@ def serve(args):
     service = tf.data.experimental.service
     if args.role == "dispatcher":
         server = service.DispatchServer(service.DispatcherConfig(
-            port=args.port, work_dir=args.work_dir, fault_tolerant_mode=bool(args.work_dir)))
+            port=args.port, work_dir=args.work_dir, fault_tolerant_mode=bool(args.work_dir),
+            worker_timeout_ms=WORKER_TIMEOUT_MS))
         address = f"{socket.gethostname()}:{server.target.rsplit(':', 1)[1]}"
         print(f"tf.data service dispatcher at grpc://{address}; workers: "
               f"alexnet-data-service worker --dispatcher {address}", flush=True)
@@ -127,7 +177,7 @@ def serve(args):
         host = args.worker_address or socket.gethostname()
         server = service.WorkerServer(service.WorkerConfig(
             dispatcher_address=args.dispatcher, port=args.port,
-            worker_address=f"{host}:%port%"))
+            worker_address=f"{host}:%port%", heartbeat_interval_ms=HEARTBEAT_MS))
         print(f"tf.data service worker of dispatcher {args.dispatcher}", flush=True)
     server.join()
 

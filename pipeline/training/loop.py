@@ -10,6 +10,7 @@ TensorBoard logs (see `pipeline.training.summaries`) and `training_curves.png`
 to the run directory.
 """
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from pipeline import plots
 from pipeline.data import input_pipeline
+from pipeline.data import service as data_service
 from pipeline.errors import PipelineError
 from pipeline.errors import TrainingDiverged
 from pipeline.storage import atomic
@@ -107,6 +109,14 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     logs_per_epoch = []
     model.stop_training = False
     callbacks.on_train_begin()
+    # A lost service worker can stall a job for good (pipeline.data.service).
+    watchdog = data_service.Watchdog(
+        data_config.data_service_timeout,
+        f"error: no training batch from the tf.data service at {data_config.data_service} "
+        f"for {data_config.data_service_timeout:g} s: a service worker was lost holding "
+        "unread shards, which stalls the epoch's job; run the same command to resume from "
+        f"the last checkpoint (exit status {checkpoints_lib.PREEMPTED_EXIT_STATUS})",
+        checkpoints_lib.PREEMPTED_EXIT_STATUS) if data_config.data_service else None
     first_step = checkpoints.position.step if checkpoints else 0
     if first_step and data_config.data_service:
         log.warning("Resuming inside epoch %d with a data service: its remaining %d steps "
@@ -128,7 +138,8 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         warmed_up = time.perf_counter()
         for step in range(first_step, steps):
             try:
-                batch_loss, batch_correct, batch_count = train_step(train_iterator)
+                with watchdog or contextlib.nullcontext():
+                    batch_loss, batch_correct, batch_count = train_step(train_iterator)
             except tf.errors.OutOfRangeError:
                 raise _ran_out(epoch, step, steps, data_config) from None
             batch_loss = float(batch_loss)
