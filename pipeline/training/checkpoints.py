@@ -34,8 +34,9 @@ from pipeline.storage import atomic
 log = logging.getLogger(__name__)
 
 # 128 + SIGUSR1: the exit status Kubeflow's training operator keeps for a
-# retryable error of the user's own (its ExitCode policy also restarts 130,
-# 137 and 143, and never 1, 2, 126, 127, 128 or 139).
+# retryable error of the user's own. Its ExitCode policy restarts it in every
+# release (older ones: 130, 137, 138 and 143 only; newer: every status from
+# 128) and never restarts 2, this package's status for a user's error.
 PREEMPTED_EXIT_STATUS = 138
 STEPS_DIR = "steps"
 # Checkpoints kept of each kind, per worker: the last two, so that workers

@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import testlib
@@ -28,7 +29,8 @@ def recipe_config(path):
 def test_the_recipes_are_the_ones_the_docs_list():
     names = [os.path.basename(path) for path in RECIPES]
     assert names == ["cifar10_notebook.json", "d2l_fashion_mnist.json", "default.json",
-                     "paper_imagenet.json", "previous_default.json"]
+                     "paper_imagenet.json", "paper_imagenet_cluster.json",
+                     "previous_default.json"]
     with open(os.path.join(ROOT, "docs", "training.md")) as file:
         docs = file.read()
     for name in names:
@@ -78,6 +80,13 @@ def test_each_recipe_runs_end_to_end(path, tmp_path, digits_dir, monkeypatch, ca
     monkeypatch.chdir(tmp_path)
     config = recipe_config(path)
     argv = ["--config", path, *FEW_STEPS, "--output-dir", "run", "--export-dir", "models"]
+    if config.data.data_service:
+        # The recipe's dispatcher, here in this process, with one worker.
+        service = tf.data.experimental.service
+        dispatcher = service.DispatchServer()
+        worker = service.WorkerServer(service.WorkerConfig(  # noqa: F841 (serves while alive)
+            dispatcher_address=dispatcher.target.split("://")[1]))
+        argv += ["--data-service", dispatcher.target]
     dataset = config.data.dataset
     if dataset.startswith("tfds:"):
         name = dataset.split(":", 1)[1]
