@@ -11,6 +11,10 @@ folder, ingests them as `folder:`, then measures on this machine:
 2. `AlexNet(variant="paper")` trained by the pipeline's own train step
    (`train_steps.make_train_step`, XLA off) from that pipeline;
 3. the same training from a few batches cached as in-memory tensors;
+4. what resuming inside an epoch costs: the time to the first batch of an
+   epoch, and of the same epoch resumed at step `--resume-step` (its earlier
+   examples skipped before they are decoded), beside the time decoding those
+   steps' batches would take;
 
 and prints images/s for each with the ratios pipeline / training and
 pipeline-fed / cached training. Run it on a quiet machine: the figures are only
@@ -36,6 +40,13 @@ def pipeline_speed(dataset, batches):
     start = time.perf_counter()
     images = sum(len(next(iterator)[1]) for _ in range(batches))
     return images / (time.perf_counter() - start)
+
+
+def first_batch_seconds(dataset):
+    """Seconds from a new iterator of `dataset` to its first batch."""
+    start = time.perf_counter()
+    next(iter(dataset))
+    return time.perf_counter() - start
 
 
 def training_speed(step, dataset, steps, warmup_steps, batch_size):
@@ -74,6 +85,8 @@ def main(argv=None):
     parser.add_argument(
         "--pipeline-batches", type=int, default=50, help="timed pipeline batches"
     )
+    parser.add_argument("--resume-step", type=int, default=50,
+                        help="the step a resumed epoch starts at")
     args = parser.parse_args(argv)
     if (
         min(
@@ -82,6 +95,7 @@ def main(argv=None):
             args.steps,
             args.warmup_steps,
             args.pipeline_batches,
+            args.resume_step,
         )
         < 1
     ):
@@ -107,6 +121,13 @@ def main(argv=None):
         step = train_steps.make_train_step(
             model, optimizer, tf.distribute.get_strategy(), args.batch_size
         )
+        logger.info("timing the first batch of an epoch, and of one resumed")
+        first, resumed = (
+            first_batch_seconds(input_pipeline.make_dataset(
+                ingested, "train", model.image_spec, args.batch_size, True, seed=0,
+                repeat=True, skip=skip * args.batch_size))
+            for skip in (0, args.resume_step))
+
         logger.info("timing training fed by the pipeline")
         fed = training_speed(step, dataset, args.steps, args.warmup_steps, args.batch_size)
         # A few real batches, held as tensors: training with no input cost at all.
@@ -125,6 +146,10 @@ def main(argv=None):
         ("AlexNet training from cached tensors (images/s)", f"{cached:10.1f}"),
         ("pipeline / pipeline-fed training", f"{pipeline / fed:9.1f}x"),
         ("pipeline-fed / cached training", f"{fed / cached:10.3f}"),
+        ("first batch of an epoch (s)", f"{first:10.2f}"),
+        (f"first batch resumed at step {args.resume_step} (s)", f"{resumed:10.2f}"),
+        (f"decoding those {args.resume_step} steps' batches (s)",
+         f"{args.resume_step * args.batch_size / pipeline:10.2f}"),
     )
     print(f"batch {args.batch_size}, {args.steps} timed steps, {os.cpu_count()} CPUs")
     for name, value in rows:

@@ -19,7 +19,8 @@ from benchmarks import profile
 
 _IMPORT_CHECK = """
 import os, sys
-import benchmarks.convolutions, benchmarks.input_pipeline, benchmarks.profile
+import benchmarks.convolutions, benchmarks.data_service, benchmarks.input_pipeline
+import benchmarks.profile
 import benchmarks.recipes, benchmarks.runtimes, benchmarks.scaling, benchmarks.serving
 import benchmarks.train
 assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ, "importing set TF_ENABLE_ONEDNN_OPTS"
@@ -187,12 +188,15 @@ def test_training_benchmark_prints_every_row():
 @pytest.mark.slow
 def test_input_pipeline_benchmark_prints_its_ratios():
     output = _run("benchmarks.input_pipeline", "--images", "32", "--steps", "2",
-                  "--batch-size", "4", "--pipeline-batches", "3")
+                  "--batch-size", "4", "--pipeline-batches", "3", "--resume-step", "5")
     pipeline = float(re.search(r"input pipeline alone.*?(\d+\.\d)$", output, re.M).group(1))
     fed = float(re.search(r"training fed by the pipeline.*?(\d+\.\d)$", output, re.M).group(1))
     ratio = float(re.search(r"pipeline / pipeline-fed training\s+(\d+\.\d)x", output).group(1))
     assert pipeline > 0 and fed > 0
     assert ratio == pytest.approx(pipeline / fed, rel=0.02, abs=0.06)
+    for row in ("first batch of an epoch (s)", "first batch resumed at step 5 (s)",
+                "decoding those 5 steps' batches (s)"):
+        assert float(re.search(rf"{re.escape(row)}\s+(\d+\.\d\d)$", output, re.M).group(1)) > 0
 
 
 @pytest.mark.slow
@@ -297,3 +301,17 @@ def test_recipes_benchmark_prints_each_runs_accuracies_side_by_side(tmp_path):
         assert rows["images"][column] == "194"
     assert float(rows["vs ref"][2 + 1]) == pytest.approx(
         float(rows["test"][2]) - float(rows["test"][1]), abs=2e-4)
+
+
+def test_data_service_benchmark_compares_the_service_with_local_preprocessing():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.data_service", "--steps", "2", "--batch-size", "4",
+         "--image-size", "67"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    local, service = (next(line for line in lines if line.startswith(name))
+                      for name in ("local ", "service, 2 workers "))
+    # The service's workers spent CPU on the images, and local preprocessing none.
+    assert float(local.split()[-1]) == 0.0 and float(service.split()[-1]) > 0.0
+    assert re.search(r"^service / local: images/s x[\d.]+, trainer CPU per image x[\d.]+$",
+                     result.stdout, re.M)

@@ -157,7 +157,7 @@ def test_commands_print_only_their_own_output(tmp_path):
 
 def test_console_commands_are_installed_and_name_themselves():
     bin_dir = os.path.dirname(sys.executable)
-    for command in ("run", "ingest", "evaluate", "predict", "summary"):
+    for command in ("run", "ingest", "evaluate", "predict", "summary", "data-service"):
         assert os.access(os.path.join(bin_dir, f"alexnet-{command}"), os.X_OK), command
     result = subprocess.run(
         [os.path.join(bin_dir, "alexnet-predict"), "photo.jpg"],
@@ -167,4 +167,13 @@ def test_console_commands_are_installed_and_name_themselves():
     assert result.stderr.splitlines()[-1] == (
         "alexnet-predict: error: one of the arguments --server --grpc --saved-model is "
         "required"
+    )
+    result = subprocess.run(
+        [os.path.join(bin_dir, "alexnet-data-service"), "worker"],
+        capture_output=True, text=True, env=testlib.child_env(), timeout=300,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "alexnet-data-service worker: error: the following arguments are required: "
+        "--dispatcher"
     )
