@@ -117,6 +117,7 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         "unread shards, which stalls the epoch's job; run the same command to resume from "
         f"the last checkpoint (exit status {checkpoints_lib.PREEMPTED_EXIT_STATUS})",
         checkpoints_lib.PREEMPTED_EXIT_STATUS) if data_config.data_service else None
+    traced = False
     first_step = checkpoints.position.step if checkpoints else 0
     if first_step and data_config.data_service:
         log.warning("Resuming inside epoch %d with a data service: its remaining %d steps "
@@ -138,8 +139,11 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
         warmed_up = time.perf_counter()
         for step in range(first_step, steps):
             try:
-                with watchdog or contextlib.nullcontext():
+                # Not the process's first step: it traces and compiles, for as
+                # long as the model and XLA take.
+                with watchdog if watchdog and traced else contextlib.nullcontext():
                     batch_loss, batch_correct, batch_count = train_step(train_iterator)
+                traced = True
             except tf.errors.OutOfRangeError:
                 raise _ran_out(epoch, step, steps, data_config) from None
             batch_loss = float(batch_loss)

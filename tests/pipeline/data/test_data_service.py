@@ -132,10 +132,10 @@ def test_a_lost_service_worker_stops_the_run_to_be_resumed(tmp_path, dispatcher,
     command = [sys.executable, "-m", "pipeline.run", "--ingest-dir", digits_dir,
                "--export-dir", str(tmp_path / "models"), "--output-dir", str(run_dir),
                "--image-size", "67", "--batch-size", "46", "--epochs", "1",
-               "--checkpoint-every-steps", "4", "--data-service", f"grpc://{address}",
-               "--data-service-timeout", "20", "--no-ten-crop"]
+               "--checkpoint-every-steps", "2", "--data-service", f"grpc://{address}",
+               "--data-service-timeout", "10", "--no-ten-crop"]
     run = children.start("run", command, cwd=tmp_path, env=testlib.child_env())
-    children.wait_for_file(str(run_dir / "checkpoints" / "steps" / "ckpt-4.index"),
+    children.wait_for_file(str(run_dir / "checkpoints" / "steps" / "ckpt-2.index"),
                            timeout=600)
     # The only worker that holds the epoch's shards dies; another one comes.
     _start_worker(children, "worker1", address, free_port())
@@ -143,7 +143,7 @@ def test_a_lost_service_worker_stops_the_run_to_be_resumed(tmp_path, dispatcher,
     assert run.wait(timeout=600) == 138
     last_line = children.output("run").strip().splitlines()[-1]
     assert last_line.startswith(f"error: no training batch from the tf.data service at "
-                                f"grpc://{address} for 20 s")
+                                f"grpc://{address} for 10 s")
     assert last_line.endswith("run the same command to resume from the last checkpoint "
                               "(exit status 138)")
 

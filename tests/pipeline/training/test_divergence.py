@@ -70,7 +70,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_temp(tmp_
                            "epoch 1 in run/checkpoints (")
     assert "File too large" in line and line.endswith(
         "free space there and run the same command again: it resumes from the last saved "
-        "epoch")
+        "checkpoint")
     assert os.listdir(tmp_path / "run" / "checkpoints") == []
     # A temp directory from a save killed outright goes at the next start.
     (tmp_path / "run" / "checkpoints" / "ckpt-1_temp").mkdir()
