@@ -1,7 +1,8 @@
 """The errors a user can cause and fix, and the line of a library error that says what.
 
 Every stage raises `PipelineError` (or `ConfigError` for a setting); the
-command line prints its one line and exits with status 2.
+command line prints its one line and exits with status 2 (138 for a run that
+stopped to be resumed, `pipeline.training.checkpoints.Retryable`).
 """
 
 import re

@@ -47,6 +47,10 @@ def run(config):
     # A missing converter or an absent data service is found now, not later.
     runtimes.check_installed(config.export.export_formats)
     if config.data.data_service:
+        if config.data.cache:
+            # Each service worker would write (and lock) the same cache file.
+            raise ConfigError("`cache` is local to a trainer: drop it with `data_service`, "
+                              "whose workers decode every epoch")
         data_service.check_reachable(config.data.data_service)
     config = _with_task_output_dir(config)
     with run_dir_lib.claimed(config.train.output_dir) as run_dir:

@@ -21,6 +21,8 @@ from pipeline.errors import PipelineError
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 10_000
+# Shard files read at once.
+_READ_CYCLE = 8
 
 
 def epoch_seed(seed, epoch):
@@ -45,13 +47,20 @@ def _records(files, training, seed, input_context):
         # all, in the same order, and keeps every n-th record.
         dataset = tf.data.TFRecordDataset(files)
         return dataset.shard(pipelines, input_context.input_pipeline_id)
-    dataset = tf.data.Dataset.from_tensor_slices(files)
     if pipelines > 1:
-        dataset = dataset.shard(pipelines, input_context.input_pipeline_id)
+        files = files[input_context.input_pipeline_id::pipelines]
     if training:
-        dataset = dataset.shuffle(len(files), seed=seed)
-    return dataset.interleave(
-        tf.data.TFRecordDataset, cycle_length=AUTOTUNE, num_parallel_calls=AUTOTUNE
+        # Permuted here, not by a tf.data shuffle: a shuffle ahead of the files
+        # would pull every file into the first tf.data service worker to ask
+        # (measured: one worker of two read all), where dynamic sharding
+        # should deal them out.
+        files = [files[index] for index in np.random.default_rng(seed).permutation(len(files))]
+    # A fixed cycle, not AUTOTUNE's (which follows the machine's cores): the
+    # record order, and so where a resumed epoch's skip lands, is the same on
+    # any machine.
+    return tf.data.Dataset.from_tensor_slices(files).interleave(
+        tf.data.TFRecordDataset, cycle_length=min(len(files), _READ_CYCLE),
+        num_parallel_calls=AUTOTUNE,
     )
 
 
@@ -243,13 +252,13 @@ def distribute_dataset(
 
     def dataset_fn(input_context):
         batch_size = input_context.get_per_replica_batch_size(global_batch_size)
-        # A pipeline feeds each of its replicas one batch per step.
-        per_step = global_batch_size // input_context.num_input_pipelines
         if not training:
             batches = make_dataset(ingested, split, image_spec, batch_size, training,
                                    data_config=data_config, input_context=input_context)
             return batches.repeat() if repeat else batches
-        skip, repeats = skip_steps * per_step, repeat
+        # A pipeline feeds each of its replicas one batch per step.
+        skip = skip_steps * (global_batch_size // input_context.num_input_pipelines)
+        repeats = repeat
         if data_config.data_service:
             # The service's workers each read their own files: a skip inside
             # would drop from every worker's stream, so the resumed epoch reads

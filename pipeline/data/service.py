@@ -98,6 +98,7 @@ class Watchdog:
         self.message = message
         self.exit_status = exit_status
         self._entered = None
+        self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="data-service-watchdog",
                                         daemon=True)
         self._thread.start()
@@ -109,12 +110,17 @@ class Watchdog:
     def __exit__(self, *exc_info):
         self._entered = None
 
+    def stop(self):
+        self._stopped.set()
+        self._thread.join()
+
     def _watch(self):
-        while True:
-            time.sleep(min(1.0, self.timeout / 10))
+        while not self._stopped.wait(min(1.0, self.timeout / 10)):
             entered = self._entered
             if entered is not None and time.monotonic() - entered > self.timeout:
                 break
+        else:
+            return
         log.error("%s", self.message)
         logging.shutdown()
         sys.stderr.flush()

@@ -11,10 +11,11 @@ with the input pipeline's `skip_steps` and the checkpointed random state,
 a seeded run resumed inside an epoch trains every step the uninterrupted one
 would, on the same batches.
 
-On SIGTERM (Kubernetes' notice before it stops a pod) TensorFlow's
-`PreemptionCheckpointHandler` picks the next step boundary; under
-`MultiWorkerMirroredStrategy` every worker saves at that same step. The run
-then stops with `Preempted`: the command line exits with status 138, which
+On SIGTERM (Kubernetes' notice before it stops a pod) the run saves at the
+next step boundary; under `MultiWorkerMirroredStrategy` TensorFlow's
+`PreemptionCheckpointHandler` picks a step every worker saves at, at most two
+steps on. The run then stops with `Preempted`: the command line exits with
+status 138, which
 Kubeflow's training operator restarts (`restartPolicy: ExitCode`), and the
 same command resumes there.
 """
@@ -47,10 +48,14 @@ KEPT = 2
 _TIME_CHECK_STEPS = 10
 
 
-class Preempted(PipelineError):
-    """The run was asked to stop (SIGTERM) and saved where it was."""
+class Retryable(PipelineError):
+    """The run stopped for a cause outside it, and the same command resumes it."""
 
     exit_status = PREEMPTED_EXIT_STATUS
+
+
+class Preempted(Retryable):
+    """The run was asked to stop (SIGTERM) and saved where it was."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,12 +107,6 @@ def _numbers(manager):
     return [int(path.rsplit("-", 1)[1]) for path in manager.checkpoints][-KEPT:]
 
 
-def has_checkpoint(checkpoint_dir):
-    """Whether `checkpoint_dir` holds a checkpoint of either kind."""
-    return any(tf.train.latest_checkpoint(directory) is not None
-               for directory in (checkpoint_dir, os.path.join(checkpoint_dir, STEPS_DIR)))
-
-
 def remove_partial(checkpoint_dir):
     """Removes what saves that failed half-way left: TensorFlow writes a
     checkpoint's shards into `ckpt-N_temp...` and renames them into place."""
@@ -141,6 +140,7 @@ class RunCheckpoints:
             os.path.join(directory, STEPS_DIR), max_to_keep=KEPT)
         self.position = Position()
         self._global_step = 0
+        self._sums = (0.0, 0.0, 0.0)
         self._last_save = time.monotonic()
         self._handler = None
         self._sigterm = None
@@ -193,9 +193,12 @@ class RunCheckpoints:
         epoch's running sums: saves if preempted (and raises `Preempted`) or
         if a step checkpoint is due."""
         self._global_step = global_step
-        self.sums.assign(*sums)
+        self._sums = sums
         if self._handler is not None:
             self._handler.save_checkpoint_if_preempted()
+        elif self._sigterm is not None and self._sigterm.is_set():
+            self._save_step()
+            self._preempted()
         if not last_of_epoch and self._due(global_step):
             self._save_step()
 
@@ -215,6 +218,7 @@ class RunCheckpoints:
         return bool(self.strategy.reduce(tf.distribute.ReduceOp.MAX, flags, axis=None))
 
     def _save_step(self):
+        self.sums.assign(*self._sums)
         position = _position(2 * self._global_step, self.steps_per_epoch)
         self._save(self.steps, self._global_step,
                    f"step {position.step} of epoch {position.epoch + 1}")
@@ -235,12 +239,22 @@ class RunCheckpoints:
 
     def watch_preemption(self):
         """From now on, SIGTERM makes the run save at the next step boundary
-        (every worker the same one) and raise `Preempted`. Not under
-        `TPUStrategy`, which TensorFlow's handler serves otherwise."""
+        and raise `Preempted`; under `MultiWorkerMirroredStrategy` every
+        worker saves the same step, through TensorFlow's
+        `PreemptionCheckpointHandler`. Not under `TPUStrategy` (TensorFlow's
+        handler works through the TPU's own notices there; not done here)."""
         if isinstance(self.strategy, tf.distribute.TPUStrategy):
             return
+        if self.multi_worker and _on_cloud_cpu():
+            # TensorFlow's handler turns itself off on Google Cloud CPU machines
+            # (GKE's CPU nodes among them): SIGTERM keeps its default there.
+            log.warning("Google Cloud CPU machine: TensorFlow's PreemptionCheckpointHandler "
+                        "does not run here, so a SIGTERM stops the run without a save; "
+                        "it resumes from its last checkpoint")
+            return
         self._sigterm = _SigtermFlag()
-        resolver = self.strategy.cluster_resolver if self.multi_worker else None
+        if not self.multi_worker:
+            return
         config = tf.distribute.experimental.TerminationConfig(
             # Polled by the handler's thread: on a cloud GPU VM it would
             # otherwise watch only the VM's maintenance notices, not the
@@ -250,7 +264,7 @@ class RunCheckpoints:
         # The handler restores what its manager holds and counts its own steps
         # from there: it gets an empty one, as this run's restore is done.
         self._handler = tf.distribute.experimental.PreemptionCheckpointHandler(
-            resolver, tf.train.CheckpointManager(
+            self.strategy.cluster_resolver, tf.train.CheckpointManager(
                 tf.train.Checkpoint(), os.path.join(self.directory, "preemption"), 1),
             termination_config=config)
 
@@ -267,7 +281,12 @@ class RunCheckpoints:
         if self._sigterm is not None:
             self._sigterm.restore()
             self._sigterm = None
-        self._handler = None
+        if self._handler is not None:
+            # What the handler's own __del__ does, which its threads (holding
+            # its methods) would keep from running.
+            self._handler._stop_poll_termination_signal_thread()
+            self._handler._stop_cluster_wise_termination_watcher_thread()
+            self._handler = None
 
     def remove_step_checkpoints(self):
         """A finished run's step checkpoints are behind its last epoch's."""
@@ -290,4 +309,16 @@ class _SigtermFlag:
         return self._set
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        # None: a handler set outside Python, which cannot be put back.
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None
+                      else signal.SIG_DFL)
+
+
+def _on_cloud_cpu():
+    """Whether TensorFlow sees a Google Cloud CPU (or TPU) machine, where its
+    `PreemptionCheckpointHandler` does nothing."""
+    from tensorflow.python.distribute.failure_handling import failure_handling_util
+
+    platform = failure_handling_util.detect_platform()
+    return platform in (failure_handling_util.PlatformDevice.GCE_CPU,
+                        failure_handling_util.PlatformDevice.GCE_TPU)

@@ -63,10 +63,12 @@ def cluster_task(raw=None):
         tf_config = json.loads(raw)
         cluster, task = tf_config["cluster"], tf_config["task"]
         task_type, index = task["type"], int(task.get("index", 0))
+        if index < 0:
+            raise IndexError(index)
         cluster[task_type][index]
     except (ValueError, KeyError, TypeError, IndexError, AttributeError):
         raise ConfigError(
-            "TF_CONFIG must be JSON naming the cluster and this process's task in it, "
+            "TF_CONFIG must be JSON naming the cluster and this process's task in it "
             '(e.g. {"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
             f'"task": {{"type": "worker", "index": 0}}}}). Received: {raw!r}'
         ) from None

@@ -24,7 +24,6 @@ import tensorflow as tf
 from pipeline import plots
 from pipeline.data import input_pipeline
 from pipeline.data import service as data_service
-from pipeline.errors import PipelineError
 from pipeline.errors import TrainingDiverged
 from pipeline.storage import atomic
 from pipeline.training import callbacks as callbacks_lib
@@ -57,7 +56,7 @@ def _ran_out(epoch, step, steps, data_config):
     it held; the local pipeline repeats)."""
     where = (f"the data service at {data_config.data_service} " if data_config.data_service
              else "the training data ")
-    return PipelineError(
+    return checkpoints_lib.Retryable(
         f"{where}ran out after step {step} of {steps} in epoch {epoch + 1} (a lost service "
         "worker loses the shards it was reading); run the same command again: it resumes "
         "from the last checkpoint"
@@ -112,92 +111,102 @@ def fit(model, optimizer, strategy, train_config, data_config, ingested,
     # A lost service worker can stall a job for good (pipeline.data.service).
     watchdog = data_service.Watchdog(
         data_config.data_service_timeout,
-        f"error: no training batch from the tf.data service at {data_config.data_service} "
-        f"for {data_config.data_service_timeout:g} s: a service worker was lost holding "
-        "unread shards, which stalls the epoch's job; run the same command to resume from "
-        f"the last checkpoint (exit status {checkpoints_lib.PREEMPTED_EXIT_STATUS})",
+        f"error: no training step finished in {data_config.data_service_timeout:g} s with "
+        f"the tf.data service at {data_config.data_service} (a service worker lost with "
+        "unread shards stalls its job; so does a lost peer trainer); run the same command "
+        f"to resume from the last checkpoint (exit status {checkpoints_lib.PREEMPTED_EXIT_STATUS})",
         checkpoints_lib.PREEMPTED_EXIT_STATUS) if data_config.data_service else None
     traced = False
     first_step = checkpoints.position.step if checkpoints else 0
+    if first_step and train_config.seed is None and not data_config.data_service:
+        log.warning("Resuming inside epoch %d without --seed: its remaining %d steps read "
+                    "the epoch in a new order, so some of its examples train twice and some "
+                    "not at all; --seed makes the resume exact", initial_epoch + 1,
+                    steps - first_step)
     if first_step and data_config.data_service:
         log.warning("Resuming inside epoch %d with a data service: its remaining %d steps "
                     "read a new pass of the epoch (the service's order is not repeatable)",
                     initial_epoch + 1, steps - first_step)
-    for epoch in range(initial_epoch, train_config.epochs):
-        print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
-        callbacks.on_epoch_begin(epoch)
-        progress = keras.utils.Progbar(
-            steps, verbose=1 if interactive else 2, unit_name="step",
-            stateful_metrics=_SHOWN_METRICS,
-        )
-        # The last epoch's iterator goes first: one that stopped before the
-        # end of a `cache` file still holds the file's lock.
-        train_iterator = None
-        train_iterator = train_batches(epoch, first_step)
-        # A run resumed inside the epoch goes on with the sums it saved.
-        loss_sum, correct, count = checkpoints.sums.values() if first_step else (0.0,) * 3
-        warmed_up = time.perf_counter()
-        for step in range(first_step, steps):
-            try:
-                # Not the process's first step: it traces and compiles, for as
-                # long as the model and XLA take.
-                with watchdog if watchdog and traced else contextlib.nullcontext():
-                    batch_loss, batch_correct, batch_count = train_step(train_iterator)
-                traced = True
-            except tf.errors.OutOfRangeError:
-                raise _ran_out(epoch, step, steps, data_config) from None
-            batch_loss = float(batch_loss)
-            if not math.isfinite(batch_loss):
-                # As Keras' TerminateOnNaN: the weights are lost from here on.
-                # Every replica sees the same reduced loss, so all stop here.
-                raise _diverged(f"at epoch {epoch + 1}, step {step + 1}: the loss is "
-                                f"{batch_loss}", callbacks_lib.current_learning_rate(optimizer))
-            loss_sum += batch_loss
-            correct += float(batch_correct)
-            count += float(batch_count)
-            if step == first_step and steps - first_step > 1:
-                # The first step traces and compiles; images/s counts the rest.
-                warmed_up = time.perf_counter()
-            if checkpoints:
-                checkpoints.after_step(epoch * steps + step + 1, (loss_sum, correct, count),
-                                       last_of_epoch=step == steps - 1)
-            if step < steps - 1:
-                progress.update(
-                    step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)]
-                )
-        elapsed = time.perf_counter() - warmed_up
-        # The rate at the end of the epoch (a schedule moves it within the
-        # epoch; the plateau schedule moves it after, in the callbacks).
-        learning_rate = callbacks_lib.current_learning_rate(optimizer)
-        steps_run = steps - first_step
-        timed_images = global_batch_size * (steps_run - 1 if steps_run > 1 else steps_run)
-        if not timed_images:
-            # Resumed after the epoch's last step, before its validation.
-            elapsed = 0
-        first_step = 0
-        validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
-        if not math.isfinite(validation_metrics["loss"]):
-            # The epoch's last updates broke the weights: not checkpointed.
-            raise _diverged(f"in epoch {epoch + 1}: the validation loss is "
-                            f"{validation_metrics['loss']}", learning_rate)
-        logs = {
-            "loss": loss_sum / count,
-            "accuracy": correct / count,
-            "val_loss": validation_metrics["loss"],
-            "val_accuracy": validation_metrics["accuracy"],
-            "learning_rate": learning_rate,
-            "images_per_second": timed_images / elapsed if elapsed > 0 else float("nan"),
-        }
-        progress.update(
-            steps,
-            [(key, logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")]
-            + [("images/s", logs["images_per_second"])],
-            finalize=True,
-        )
-        logs_per_epoch.append(logs)
-        callbacks.on_epoch_end(epoch, logs)
-        if model.stop_training:
-            break
+    try:
+        for epoch in range(initial_epoch, train_config.epochs):
+            print(f"Epoch {epoch + 1}/{train_config.epochs}", flush=True)
+            callbacks.on_epoch_begin(epoch)
+            progress = keras.utils.Progbar(
+                steps, verbose=1 if interactive else 2, unit_name="step",
+                stateful_metrics=_SHOWN_METRICS,
+            )
+            # The last epoch's iterator goes first: one that stopped before the
+            # end of a `cache` file still holds the file's lock.
+            train_iterator = None
+            if first_step < steps:
+                train_iterator = train_batches(epoch, first_step)
+            # A run resumed inside the epoch goes on with the sums it saved.
+            loss_sum, correct, count = checkpoints.sums.values() if first_step else (0.0,) * 3
+            warmed_up = time.perf_counter()
+            for step in range(first_step, steps):
+                try:
+                    # Not the process's first step: it traces and compiles, for as
+                    # long as the model and XLA take.
+                    with watchdog if watchdog and traced else contextlib.nullcontext():
+                        batch_loss, batch_correct, batch_count = train_step(train_iterator)
+                    traced = True
+                except tf.errors.OutOfRangeError:
+                    raise _ran_out(epoch, step, steps, data_config) from None
+                batch_loss = float(batch_loss)
+                if not math.isfinite(batch_loss):
+                    # As Keras' TerminateOnNaN: the weights are lost from here on.
+                    # Every replica sees the same reduced loss, so all stop here.
+                    raise _diverged(f"at epoch {epoch + 1}, step {step + 1}: the loss is "
+                                    f"{batch_loss}", callbacks_lib.current_learning_rate(optimizer))
+                loss_sum += batch_loss
+                correct += float(batch_correct)
+                count += float(batch_count)
+                if step == first_step and steps - first_step > 1:
+                    # The first step traces and compiles; images/s counts the rest.
+                    warmed_up = time.perf_counter()
+                if checkpoints:
+                    checkpoints.after_step(epoch * steps + step + 1, (loss_sum, correct, count),
+                                           last_of_epoch=step == steps - 1)
+                if step < steps - 1:
+                    progress.update(
+                        step + 1, [("loss", loss_sum / count), ("accuracy", correct / count)]
+                    )
+            elapsed = time.perf_counter() - warmed_up
+            # The rate at the end of the epoch (a schedule moves it within the
+            # epoch; the plateau schedule moves it after, in the callbacks).
+            learning_rate = callbacks_lib.current_learning_rate(optimizer)
+            steps_run = steps - first_step
+            timed_images = global_batch_size * (steps_run - 1 if steps_run > 1 else steps_run)
+            if not timed_images:
+                # Resumed after the epoch's last step, before its validation.
+                elapsed = 0
+            first_step = 0
+            validation_metrics = train_steps.evaluate_dataset(eval_step, validation)
+            if not math.isfinite(validation_metrics["loss"]):
+                # The epoch's last updates broke the weights: not checkpointed.
+                raise _diverged(f"in epoch {epoch + 1}: the validation loss is "
+                                f"{validation_metrics['loss']}", learning_rate)
+            logs = {
+                "loss": loss_sum / count,
+                "accuracy": correct / count,
+                "val_loss": validation_metrics["loss"],
+                "val_accuracy": validation_metrics["accuracy"],
+                "learning_rate": learning_rate,
+                "images_per_second": timed_images / elapsed if elapsed > 0 else float("nan"),
+            }
+            progress.update(
+                steps,
+                [(key, logs[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")]
+                + [("images/s", logs["images_per_second"])],
+                finalize=True,
+            )
+            logs_per_epoch.append(logs)
+            callbacks.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    finally:
+        if watchdog:
+            watchdog.stop()
     callbacks.on_train_end()
     return logs_per_epoch
 
@@ -232,7 +241,10 @@ class TrainResult:
     def summary(self):
         """The figures `metrics.json` reports of training."""
         last = self.history[-1] if self.history else {}
-        summary = {"images_per_second": last.get("images_per_second"), "epochs": self.epochs,
+        speed = last.get("images_per_second")
+        # NaN (an epoch resumed after its last step timed nothing) is not JSON.
+        speed = speed if speed is None or math.isfinite(speed) else None
+        summary = {"images_per_second": speed, "epochs": self.epochs,
                    "resumed_from_epoch": self.initial_epoch,
                    "stopped_early_after_epoch": self.stopped_after}
         if self.warm_start:

@@ -113,7 +113,8 @@ def find(strategy, model_config, train_config, data_config, ingested, run_dir,
     )
     iterator = iter(input_pipeline.distribute_dataset(
         strategy, ingested, "train", model.image_spec, train_config.batch_size,
-        training=True, data_config=data_config,
+        # Locally: a data service's job is one pass, and the test may need more.
+        training=True, data_config=dataclasses.replace(data_config, data_service=None),
         seed=input_pipeline.epoch_seed(train_config.seed, 0), repeat=True,
     ))
 

@@ -216,15 +216,15 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
                               timeout=900, cwd=tmp_path, env=testlib.child_env())
 
     # Resumed at step 2 of epoch 2, it gets SIGTERM after step 3 of epoch 2
-    # (its second step), as a preempted pod does; TensorFlow's handler takes
-    # the next step boundary it can announce (after step 2 of epoch 3), saves
-    # there and the run exits with the status that asks for a restart.
+    # (its second step), as a preempted pod does: it validates epoch 2, saves
+    # at the next step boundary (after step 1 of epoch 3) and exits with the
+    # status that asks for a restart.
     preempted = rerun(command=testlib.sigterm_command(
         "run", "pipeline.training.checkpoints:RunCheckpoints.after_step", 2, *flags))
     assert preempted.returncode == 138, preempted.stderr[-3000:]
     assert "Epoch 1/3" not in preempted.stdout and "Epoch 2/3" in preempted.stdout
     assert preempted.stderr.strip().splitlines()[-1] == (
-        "python -m pipeline.run: error: stopped by SIGTERM after step 2 of epoch 3, saved in "
+        "python -m pipeline.run: error: stopped by SIGTERM after step 1 of epoch 3, saved in "
         f"{run_dir}/checkpoints/steps; run the same command to resume there (exit status "
         "138: preempted)")
     assert "Traceback" not in preempted.stderr
@@ -232,7 +232,7 @@ def test_killed_run_resumes_exactly_where_it_stopped(tmp_path, digits_dir):
 
     result = rerun()
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Resuming from" in result.stderr and "steps/ckpt-8" in result.stderr
+    assert "Resuming from" in result.stderr and "steps/ckpt-7" in result.stderr
     assert "Epoch 2/3" not in result.stdout and "Epoch 3/3" in result.stdout
     # Each epoch is in the history once.
     assert [int(row["epoch"]) for row in read_history(run_dir)] == [1, 2, 3]

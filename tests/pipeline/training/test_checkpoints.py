@@ -44,7 +44,6 @@ def test_a_run_resumes_from_its_newest_checkpoint_of_either_kind(tmp_path):
     assert sorted(os.listdir(tmp_path / "steps")) == [
         "checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
         "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
-    assert checkpoints.has_checkpoint(str(tmp_path))
 
     weight, resumed = _run_checkpoints(tmp_path, every_steps=2)
     # Step 4 (epoch 2, step 1) is newer than epoch 1's end (step 3).
@@ -109,6 +108,8 @@ def test_the_task_is_read_from_tf_config(raw, task):
     "{not json", '{"cluster": {"worker": ["a:1"]}}', '{"task": {"type": "worker"}}',
     '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}',
     '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps", "index": 0}}', '[1]',
+    '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": -1}}',
+    '{"cluster": {"worker": ["a:1"]}, "task": "worker"}',
 ])
 def test_a_tf_config_that_names_no_task_is_one_line(raw):
     with pytest.raises(ConfigError, match="TF_CONFIG must be JSON naming the cluster") as error:
