@@ -49,32 +49,22 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _wait_for_port(port, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("localhost", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the data service did not start on port {port}")
-            time.sleep(0.2)
-
-
 def start_service(workers):
     """A dispatcher and `workers` workers as processes; returns (address, processes)."""
+    from pipeline.data import service
+
     command = [sys.executable, "-m", "pipeline.data.service"]
     port = _free_port()
     processes = [subprocess.Popen([*command, "dispatcher", "--port", str(port)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    _wait_for_port(port)
+    service.check_reachable(f"localhost:{port}", wait_seconds=120)
     for _ in range(workers):
         worker_port = _free_port()
         processes.append(subprocess.Popen(
             [*command, "worker", "--dispatcher", f"localhost:{port}", "--port",
              str(worker_port), "--worker-address", "localhost"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        _wait_for_port(worker_port)
+        service.check_reachable(f"localhost:{worker_port}", wait_seconds=120)
     return f"grpc://localhost:{port}", processes
 
 

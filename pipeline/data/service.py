@@ -59,18 +59,26 @@ def host_and_port(address):
     return parsed.hostname, port
 
 
-def check_reachable(address):
-    """Raises `ConfigError` unless a dispatcher accepts connections at `address`:
-    tf.data service would otherwise retry for as long as its timeout, silently."""
+def check_reachable(address, wait_seconds=0):
+    """Raises `ConfigError` unless a server (a dispatcher, or a worker) accepts
+    connections at `address` within `wait_seconds`: tf.data service would
+    otherwise retry for as long as its timeout, silently."""
     host, port = host_and_port(address)
-    try:
-        socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_SECONDS).close()
-    except OSError as error:
-        raise ConfigError(
-            f"no tf.data service dispatcher answers at data_service={address!r} "
-            f"({error.strerror or error}); start one with `alexnet-data-service dispatcher "
-            f"--port {port}` or drop `data_service` to preprocess locally"
-        ) from None
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=_CONNECT_TIMEOUT_SECONDS).close()
+            return
+        except OSError as error:
+            failure = error
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    raise ConfigError(
+        f"no tf.data service dispatcher answers at data_service={address!r} "
+        f"({failure.strerror or failure}); start one with `alexnet-data-service dispatcher "
+        f"--port {port}` or drop `data_service` to preprocess locally"
+    ) from None
 
 
 def distribute(dataset, address):

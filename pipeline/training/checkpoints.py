@@ -82,14 +82,10 @@ class EpochSums:
         return tuple(float(variable.numpy()) for variable in self.variables.values())
 
 
-def _key(position, steps_per_epoch):
-    """Positions as comparable numbers: twice the steps trained, plus one
-    after the epoch's validation (its epoch checkpoint comes after the step
-    checkpoint of its last step)."""
-    return 2 * (position.epoch * steps_per_epoch + position.step) + (position.step == 0)
-
-
 def _position(key, steps_per_epoch):
+    """The `Position` of a key: positions as comparable numbers are twice the
+    steps trained, plus one after the epoch's validation (its epoch
+    checkpoint comes after the step checkpoint of its last step)."""
     steps, epoch_end = divmod(key, 2)
     if epoch_end or steps == 0:
         return Position(steps // steps_per_epoch)
@@ -153,7 +149,7 @@ class RunCheckpoints:
         """Restores the newest checkpoint every worker holds and returns its
         `Position` (the start if there is none); raises `PipelineError` if it
         is of another model."""
-        keys = [_key(Position(epoch), self.steps_per_epoch) for epoch in _numbers(self.epochs)]
+        keys = [2 * epoch * self.steps_per_epoch + 1 for epoch in _numbers(self.epochs)]
         keys += [2 * step for step in _numbers(self.steps)]
         padded = tf.constant(keys + [0] * (2 * KEPT - len(keys)), tf.int64)
         if self.multi_worker:

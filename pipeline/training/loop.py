@@ -54,10 +54,9 @@ def _ran_out(epoch, step, steps, data_config):
     """The training data ended before the epoch's last step: only a data
     service whose worker was lost does that (DYNAMIC sharding loses the files
     it held; the local pipeline repeats)."""
-    where = (f"the data service at {data_config.data_service} " if data_config.data_service
-             else "the training data ")
     return checkpoints_lib.Retryable(
-        f"{where}ran out after step {step} of {steps} in epoch {epoch + 1} (a lost service "
+        f"the data service at {data_config.data_service} ran out after step {step} of "
+        f"{steps} in epoch {epoch + 1} (a lost service "
         "worker loses the shards it was reading); run the same command again: it resumes "
         "from the last checkpoint"
     )

@@ -3,10 +3,8 @@ separate processes on localhost, started as a cluster would start them."""
 
 import collections
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -25,21 +23,10 @@ def _service_command(*args):
     return [sys.executable, "-m", "pipeline.data.service", *args]
 
 
-def _wait_for_port(port, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("localhost", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"nothing serves port {port}"
-            time.sleep(0.2)
-
-
 def _start(children, name, port, *args):
     children.start(name, _service_command(*args, "--port", str(port)),
                    env=testlib.child_env())
-    _wait_for_port(port)
+    service.check_reachable(f"localhost:{port}", wait_seconds=120)
 
 
 @pytest.fixture()
